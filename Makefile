@@ -1,0 +1,54 @@
+# clearrec: every target creates and reuses the project's virtual environment in .venv/.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# The CPU wheel of torch that lies on these machines; installed first so that no other
+# requirement pulls a multi-GB CUDA build. Override for another platform: make TORCH_SPEC=torch
+TORCH_SPEC ?= torch==2.13.0
+EXTRAS ?= dev,extract,kfp
+STAMP := $(VENV)/.installed-$(EXTRAS)
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+SYNTH_DIR ?= data/synthetic
+SWEEP_CONFIG ?= configs/sweeps/default.yaml
+MODEL ?= lightgcn
+
+.PHONY: setup test test-slow lint train sweep ui repro repro-update bench images sweep-k8s pipeline k8s-validate clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip wheel
+	$(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/pip install -q -e ".[$(EXTRAS)]"
+	$(BIN)/pip install -q --no-deps "efficientnet-lite-pytorch>=0.1"
+	touch $@
+
+setup: $(STAMP) ## create .venv and install clearrec with its extras
+
+test: setup ## the test suite (no GPU, no ../shared needed); long real-data runs are excluded
+	$(BIN)/pytest -m "not slow" -q
+
+test-slow: setup ## long real-data runs (need ../shared/data)
+	$(BIN)/pytest -m slow -q
+
+lint: setup
+	$(BIN)/ruff check clear_core pipeline tests benchmarks
+
+$(SYNTH_DIR)/.complete: $(STAMP) configs/datasets/synthetic.yaml
+	$(BIN)/clearrec data synth $(SYNTH_DIR)
+
+train: $(SYNTH_DIR)/.complete ## train one model on the embedded default dataset
+	$(BIN)/clearrec train $(SYNTH_DIR) --model $(MODEL) --out runs/train-$(MODEL).json
+
+sweep: setup ## the main job: extract -> filter/split -> Tune+Optuna sweep -> final test, in MLflow
+	$(BIN)/clearrec sweep --config $(SWEEP_CONFIG)
+
+ui: setup ## the MLflow UI over the default tracking store
+	$(BIN)/mlflow ui --backend-store-uri $${MLFLOW_TRACKING_URI:-sqlite:///mlruns.db} --host 127.0.0.1 --port 5000
+
+bench: setup ## speed figures (see benchmarks/RESULTS.md)
+	$(BIN)/python benchmarks/bench_epoch.py
+
+clean:
+	rm -rf runs ray_results mlruns mlartifacts mlruns.db optuna.db $(SYNTH_DIR)

@@ -1,0 +1,79 @@
+"""The one small contract every recommender follows (after RecBole/MMRec).
+
+A model is built from a :class:`~clear_core.data.Dataset` and keyword arguments (Cornac
+style), and answers two questions: the loss for a batch of ``(user, positive, negative)``
+triples, and the scores of all items for a batch of users. Hooks let the trainer tell it
+when an epoch starts (edge dropout, projection refresh) and when scoring starts (cache
+propagated embeddings once instead of once per user batch).
+
+The same code runs on CPU and CUDA: a model keeps graphs and features as buffers so that
+``model.to(device)`` moves everything.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from clear_core.data.dataset import Dataset
+
+
+class Recommender(nn.Module):
+    """Base class. Subclasses set ``name`` and ``params`` (field -> type) and implement
+    :meth:`loss` and :meth:`score`.
+
+    ``params`` declares the keyword arguments the model takes; their defaults live in
+    ``configs/models/<name>.yaml`` and are merged and type-checked by
+    :func:`clear_core.models.build_model`.
+    """
+
+    name: ClassVar[str] = ""
+    params: ClassVar[dict[str, Any]] = {}
+    #: True for models that read ``dataset.features`` (the multimodal ones).
+    needs_features: ClassVar[bool] = False
+
+    def __init__(self, dataset: Dataset, **params: Any) -> None:
+        super().__init__()
+        self.n_users = dataset.n_users
+        self.n_items = dataset.n_items
+        self.hparams = dict(params)
+
+    # --- training -----------------------------------------------------------------------
+    def on_epoch_start(self, epoch: int) -> None:
+        """Called by the trainer before epoch ``epoch`` (1-based). Default: nothing."""
+
+    def loss(
+        self, users: torch.Tensor, pos_items: torch.Tensor, neg_items: torch.Tensor
+    ) -> torch.Tensor:
+        """Scalar loss for a batch of BPR triples (all 1-D int64 tensors on the model's device)."""
+        raise NotImplementedError
+
+    # --- scoring ------------------------------------------------------------------------
+    def prepare_scoring(self) -> None:
+        """Called once under ``torch.no_grad()`` and ``eval()`` before a round of :meth:`score`
+        calls; models that propagate over a graph cache the final embeddings here."""
+
+    def score(self, users: torch.Tensor) -> torch.Tensor:
+        """Scores of every item for ``users``: a ``(len(users), n_items)`` float tensor."""
+        raise NotImplementedError
+
+    def finish_scoring(self) -> None:
+        """Drop whatever :meth:`prepare_scoring` cached."""
+
+    # --- helpers --------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        for p in self.parameters():
+            return p.device
+        for b in self.buffers():
+            return b.device
+        return torch.device("cpu")
+
+    def extra_state_for_checkpoint(self) -> dict[str, Any]:
+        """State outside parameters and buffers that a resumed run needs (default none)."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`extra_state_for_checkpoint` returned."""
