@@ -47,14 +47,23 @@ class Dataset:
         return getattr(self, name)
 
     def stats(self) -> dict:
-        """The figures `clearrec data stats` prints."""
+        """The figures `clearrec data stats` prints.
+
+        ``interactions`` and ``splits`` count the rows of the file (what published tables
+        count); ``dropped`` says how many valid/test rows were removed because their user has
+        no training row, and ``used`` what remains for evaluation.
+        """
+        used = {s: int(len(self.split(s))) for s in SPLITS}
+        dropped = {s: int(self.dropped.get(s, 0)) for s in ("valid", "test")}
+        in_file = {s: used[s] + dropped.get(s, 0) for s in SPLITS}
         return {
             "name": self.name,
             "users": self.n_users,
             "items": self.n_items,
-            "interactions": self.n_interactions,
-            "splits": {s: int(len(self.split(s))) for s in SPLITS},
-            "dropped": dict(self.dropped),
+            "interactions": sum(in_file.values()),
+            "splits": in_file,
+            "dropped": dropped,
+            "used": used,
             "modalities": {m: list(f.shape) for m, f in self.features.items()},
             "density": self.n_interactions / max(1, self.n_users * self.n_items),
             "fingerprint": self.fingerprint,
