@@ -247,7 +247,7 @@ def write_mmrec_into(folder: Path, synthetic: SyntheticData) -> None:
         ts = raw.timestamp[mask][pos]
         lines.extend(
             f"{u}\t{i}\t{int(r)}\t{t}\t{label}"
-            for u, i, r, t in zip(pairs[:, 0].tolist(), pairs[:, 1].tolist(), rating.tolist(), ts.tolist())
+            for u, i, r, t in zip(pairs[:, 0].tolist(), pairs[:, 1].tolist(), rating.tolist(), ts.tolist(), strict=True)
         )
     (folder / f"{ds.name}.inter").write_text("\n".join(lines) + "\n", encoding="utf-8")
     for m, f in ds.features.items():

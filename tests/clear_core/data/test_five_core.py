@@ -39,7 +39,7 @@ def test_k_core_is_a_fixpoint_and_matches_the_definition(pairs, k):
         assert (np.bincount(items[mask])[np.unique(items[mask])] >= k).all()
     # Applying the filter again removes nothing, and the result is the largest such set.
     assert k_core_mask(users[mask], items[mask], k).all() if mask.any() else True
-    kept = {p for p, m in zip(pairs, mask) if m}
+    kept = {p for p, m in zip(pairs, mask, strict=True) if m}
     assert kept == _naive_k_core(pairs, k)
 
 

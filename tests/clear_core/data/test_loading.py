@@ -171,7 +171,7 @@ def test_reading_baby_sized_file_is_fast(tmp_path, inter_file):
     folder = tmp_path / "big"
     folder.mkdir()
     text = "userID\titemID\tx_label\n" + "\n".join(
-        f"{u}\t{i}\t{lab}" for u, i, lab in zip(users.tolist(), items.tolist(), labels.tolist())
+        f"{u}\t{i}\t{lab}" for u, i, lab in zip(users.tolist(), items.tolist(), labels.tolist(), strict=True)
     )
     (folder / "big.inter").write_text(text + "\n")
     np.save(folder / "image_feat.npy", rng.standard_normal((int(items.max()) + 1, 16)).astype(np.float32))

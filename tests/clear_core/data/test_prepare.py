@@ -22,7 +22,7 @@ def raw(tmp_path_factory):
     syn = generate_synthetic(n_users=150, n_items=80, n_interactions=2400, seed=3)
     r = syn.raw_interactions
     with gzip.open(root / "reviews_Toy_5.json.gz", "wt") as fh:
-        for u, i, rating, t in zip(r.user.tolist(), r.item.tolist(), r.rating.tolist(), r.timestamp.tolist()):
+        for u, i, rating, t in zip(r.user.tolist(), r.item.tolist(), r.rating.tolist(), r.timestamp.tolist(), strict=True):
             fh.write(json.dumps({"reviewerID": f"U{u}", "asin": f"B{i:03d}", "overall": rating, "unixReviewTime": t}) + "\n")
     feats = root / "features"
     feats.mkdir()
