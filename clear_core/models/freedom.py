@@ -1,0 +1,100 @@
+"""FREEDOM (Zhou & Shen, MM'23) as MMRec implements it (protocol.md), and FREEDOM + CLEAR.
+
+* Item-item graph: cosine kNN (``knn_k``) on each raw modality, unit weights, symmetric
+  normalisation, mixed by ``modality_weights`` (0.1 image + 0.9 text; audio plays text's part
+  on TikTok), built once and frozen.
+* Each epoch, degree-sensitive pruning drops ``edge_dropout`` of the user-item edges (sampled
+  with weight 1/sqrt(d_u d_i)); the full graph is used at evaluation.
+* Item = ID embedding propagated through ``n_layers`` LightGCN layers (mean of layers) +
+  item-graph propagation of the ID embedding (``item_graph_layers``); users = LightGCN.
+* Loss = BPR + reg_weight · Σ_m BPR(user, φ_m(x_pos), φ_m(x_neg)) over modalities, where
+  φ_m is the linear projection of the (trainable, as in FREEDOM) raw features. With
+  ``projection: fixed`` the projected pair of φ_m outputs is de-redundanced first ("FREEDOM +
+  CLEAR", paper Table 3).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from clear_core.data.dataset import Dataset
+from clear_core.models import register
+from clear_core.models.multimodal import (
+    GRAPH_PARAMS,
+    MULTIMODAL_PARAMS,
+    GraphMixin,
+    MultimodalRecommender,
+    bpr_loss,
+    graph_problems,
+    mix_weights,
+)
+
+
+@register
+class Freedom(GraphMixin, MultimodalRecommender):
+    name = "freedom"
+    params = {**MULTIMODAL_PARAMS, **GRAPH_PARAMS}
+
+    def check_params(self, dataset: Dataset, params) -> list[str]:
+        problems = graph_problems(params)
+        self._weights, more = mix_weights(list(dataset.features), params["modality_weights"])
+        return problems + more
+
+    def __init__(self, dataset: Dataset, **params: Any) -> None:
+        super().__init__(dataset, **params)
+        d = self.embedding_size
+        self.n_layers = params["n_layers"]
+        self.item_graph_layers = params["item_graph_layers"]
+        self.reg_weight = params["reg_weight"]
+        self.user_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, d)))
+        self.item_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, d)))
+        self.setup_graphs(
+            dataset,
+            edge_dropout=params["edge_dropout"],
+            knn_k=params["knn_k"],
+            knn_chunk_size=params["knn_chunk_size"],
+            modality_weights=self._weights,
+        )
+        self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def on_epoch_start(self, epoch: int) -> None:
+        super().on_epoch_start(epoch)
+        self.drop_edges()
+
+    def propagate(self, adjacency: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h_items = self.item_embedding
+        for _ in range(self.item_graph_layers):
+            h_items = torch.sparse.mm(self.item_graph, h_items)
+        ego = torch.cat([self.user_embedding, self.item_embedding], dim=0)
+        total, h = ego, ego
+        for _ in range(self.n_layers):
+            h = torch.sparse.mm(adjacency, h)
+            total = total + h
+        out = total / (self.n_layers + 1)
+        return out[: self.n_users], out[self.n_users :] + h_items
+
+    def loss(self, users: torch.Tensor, pos_items: torch.Tensor, neg_items: torch.Tensor) -> torch.Tensor:
+        user_all, item_all = self.propagate(self.training_adjacency())
+        u = user_all[users]
+        loss = bpr_loss((u * item_all[pos_items]).sum(-1), (u * item_all[neg_items]).sum(-1))
+        if self.reg_weight == 0.0:
+            return loss
+        n_pos = len(pos_items)
+        feats = self.encode(torch.cat([pos_items, neg_items]))
+        aux = sum(
+            bpr_loss((u * f[:n_pos]).sum(-1), (u * f[n_pos:]).sum(-1)) for f in feats.values()
+        )
+        return loss + self.reg_weight * aux
+
+    def prepare_scoring(self) -> None:
+        self._cache = self.propagate(self.adjacency)
+
+    def score(self, users: torch.Tensor) -> torch.Tensor:
+        user_all, item_all = self._cache if self._cache is not None else self.propagate(self.adjacency)
+        return user_all[users] @ item_all.T
+
+    def finish_scoring(self) -> None:
+        self._cache = None

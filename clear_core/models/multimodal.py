@@ -1,0 +1,309 @@
+"""Shared base for models that read item features: per-modality encoders and the projection hook.
+
+Every feature-using model (``clear``, ``vbpr``, ``freedom``) gets from this base:
+
+* the raw features of every modality as buffers (or parameters when ``trainable_features``),
+  so ``model.to(device)`` moves them;
+* one encoder per modality (``encoder_layers`` = 1: a linear map to ``embedding_size``; 2: an
+  MLP with a LeakyReLU in between);
+* CLEAR's cross-modal projection (:mod:`clear_core.projection`) on the ``projected_pair`` of
+  modalities, switched by the ``projection`` parameter (``none`` | ``fixed`` | ``dynamic``) and
+  refreshed in :meth:`on_epoch_start` from the current encoder outputs. Because it lives here,
+  ``--model vbpr --set projection=fixed`` turns a baseline into its "+ CLEAR" variant without
+  a line of model-specific code (paper Section 4.5.2).
+
+Subclasses call :meth:`encode` to get the (projected) modality features of all or some items
+and must call ``super().on_epoch_start(epoch)`` if they override it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from clear_core.data.dataset import Dataset
+from clear_core.errors import ConfigError
+from clear_core.models.base import Recommender
+from clear_core.projection import MODES, CrossModalProjection, validate_projection
+
+MULTIMODAL_PARAMS: dict[str, Any] = {
+    "embedding_size": int,
+    "encoder_layers": int,
+    "trainable_features": bool,
+    "projection": str,
+    "redundancy_rank": int,
+    "projection_strength": float,
+    "refresh_every": int,
+    "energy_ratio": float,
+    "projected_pair": (list, type(None)),
+}
+
+
+def default_pair(modalities: list[str]) -> list[str]:
+    """``["image", "text"]`` when both exist, else the first two modalities."""
+    if "image" in modalities and "text" in modalities:
+        return ["image", "text"]
+    return list(modalities[:2])
+
+
+def bpr_loss(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+    """Mean of ``-log σ(pos - neg)`` (MMRec/FREEDOM use the mean, not the sum)."""
+    return -F.logsigmoid(pos - neg).mean()
+
+
+def mix_weights(
+    modalities: list[str], weights: Mapping[str, Any] | None, field: str = "modality_weights"
+) -> tuple[dict[str, float], list[str]]:
+    """Normalised per-modality weights for the item-item graph mix, and problems found.
+
+    ``weights`` names a weight per modality (FREEDOM: image 0.1, text 0.9); entries for
+    modalities the dataset lacks are ignored, so one default serves Amazon (image + text) and
+    TikTok (image + audio). Every modality of the dataset needs an entry.
+    """
+    problems = []
+    if weights is None:
+        return {m: 1.0 / len(modalities) for m in modalities}, problems
+    missing = [m for m in modalities if m not in weights]
+    if missing:
+        problems.append(
+            f"{field}: no weight for modality {', '.join(missing)}; "
+            f"got weights for {', '.join(sorted(weights)) or 'none'}"
+        )
+        return {}, problems
+    raw = {}
+    for m in modalities:
+        w = weights[m]
+        if not isinstance(w, (int, float)) or isinstance(w, bool) or w < 0:
+            problems.append(f"{field}.{m}: expected a number >= 0, got {w!r}")
+        else:
+            raw[m] = float(w)
+    total = sum(raw.values())
+    if not problems and total <= 0:
+        problems.append(f"{field}: weights of {', '.join(modalities)} sum to 0")
+    if problems:
+        return {}, problems
+    return {m: w / total for m, w in raw.items()}, problems
+
+
+class MultimodalRecommender(Recommender):
+    """Base of the feature-using models; see the module docstring."""
+
+    needs_features: ClassVar[bool] = True
+
+    def __init__(self, dataset: Dataset, **params: Any) -> None:
+        super().__init__(dataset, **params)
+        self.modality_names = list(dataset.features)
+        d = params["embedding_size"]
+        problems: list[str] = []
+        if not self.modality_names:
+            problems.append(f"dataset {dataset.name!r}: model {self.name!r} needs modality features")
+        if d < 1:
+            problems.append(f"embedding_size: expected >= 1, got {d}")
+        if params["encoder_layers"] not in (1, 2):
+            problems.append(f"encoder_layers: expected 1 or 2, got {params['encoder_layers']}")
+        for m, feat in dataset.features.items():
+            if feat.ndim != 2 or feat.shape[0] != dataset.n_items:
+                problems.append(
+                    f"features[{m}]: expected shape ({dataset.n_items}, d), got {tuple(feat.shape)}"
+                )
+            elif not torch.isfinite(torch.as_tensor(feat)).all():
+                problems.append(f"features[{m}]: expected finite values, found NaN or inf")
+        pair = params["projected_pair"]
+        if pair is None:
+            pair = default_pair(self.modality_names)
+        pair = list(pair)
+        if params["projection"] != "none":
+            if len(pair) != 2 or len(set(pair)) != 2:
+                problems.append(
+                    f"projected_pair: expected two different modality names, got {pair!r}"
+                    + (" (the dataset has one modality)" if len(self.modality_names) < 2 else "")
+                )
+            unknown = [m for m in pair if m not in self.modality_names]
+            if unknown:
+                problems.append(
+                    f"projected_pair: unknown modality {', '.join(map(str, unknown))}; "
+                    f"dataset has {', '.join(self.modality_names)}"
+                )
+        try:
+            validate_projection(
+                mode=params["projection"],
+                redundancy_rank=params["redundancy_rank"],
+                projection_strength=params["projection_strength"],
+                refresh_every=params["refresh_every"],
+                energy_ratio=params["energy_ratio"],
+                dims=(d, d),
+            )
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+        problems.extend(self.check_params(dataset, params))
+        if problems:
+            raise ConfigError(problems, source=f"model {self.name!r}")
+
+        self.embedding_size = d
+        self.projected_pair = pair if params["projection"] != "none" else []
+        self.raw_features = nn.ParameterDict() if params["trainable_features"] else None
+        self.encoders = nn.ModuleDict()
+        for m in self.modality_names:
+            feat = torch.as_tensor(dataset.features[m], dtype=torch.float32).clone()
+            if self.raw_features is not None:
+                self.raw_features[m] = nn.Parameter(feat)
+            else:
+                # Derived from the dataset: not saved in checkpoints (they can be large).
+                self.register_buffer(f"features_{m}", feat, persistent=False)
+            self.encoders[m] = self._encoder(feat.shape[1], d, params["encoder_layers"])
+        self.projection = CrossModalProjection(
+            d,
+            d,
+            mode=params["projection"],
+            redundancy_rank=params["redundancy_rank"],
+            projection_strength=params["projection_strength"],
+            refresh_every=params["refresh_every"],
+            energy_ratio=params["energy_ratio"],
+        )
+
+    # --- hooks for subclasses -----------------------------------------------------------------
+    def check_params(self, dataset: Dataset, params: Mapping[str, Any]) -> list[str]:
+        """Problems with model-specific parameters (reported with the shared ones)."""
+        return []
+
+    @staticmethod
+    def _encoder(d_in: int, d_out: int, layers: int) -> nn.Module:
+        if layers == 1:
+            enc: nn.Module = nn.Linear(d_in, d_out)
+        else:
+            enc = nn.Sequential(nn.Linear(d_in, d_out), nn.LeakyReLU(), nn.Linear(d_out, d_out))
+        for mod in enc.modules():
+            if isinstance(mod, nn.Linear):
+                nn.init.xavier_uniform_(mod.weight)
+                nn.init.zeros_(mod.bias)
+        return enc
+
+    # --- features -----------------------------------------------------------------------------
+    def raw(self, modality: str) -> torch.Tensor:
+        if self.raw_features is not None:
+            return self.raw_features[modality]
+        return getattr(self, f"features_{modality}")
+
+    def encode(self, items: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Encoded features of ``items`` (all items when None), projected on the configured pair.
+
+        The projection is row-wise linear, so projecting a subset of rows equals projecting all
+        rows and then selecting: baselines that only need the batch's items encode only those.
+        """
+        out = {}
+        for m in self.modality_names:
+            x = self.raw(m) if items is None else self.raw(m)[items]
+            out[m] = self.encoders[m](x)
+        if self.projection.active:
+            a, b = self.projected_pair
+            out[a], out[b] = self.projection(out[a], out[b])
+        return out
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Refresh the projector at epochs 1, 1+τ, 1+2τ, ... from the current encoder outputs."""
+        if self.projection.needs_refresh(epoch):
+            with torch.no_grad():
+                a, b = self.projected_pair
+                self.projection.refresh(
+                    self.encoders[a](self.raw(a)), self.encoders[b](self.raw(b)), epoch
+                )
+
+
+
+
+
+class GraphMixin:
+    """User-item graph (full, and degree-sensitively dropped each epoch) and the frozen kNN
+    item-item graph, shared by FREEDOM and CLEAR. Graphs are non-persistent buffers: they are
+    rebuilt from the dataset, move with ``.to(device)`` and stay out of checkpoints."""
+
+    def setup_graphs(
+        self,
+        dataset: Dataset,
+        *,
+        edge_dropout: float,
+        knn_k: int,
+        knn_chunk_size: int,
+        modality_weights: Mapping[str, float],
+    ) -> None:
+        from clear_core.modality_graph import bipartite_adjacency, edge_weights, mixed_item_graph
+
+        train = torch.as_tensor(dataset.train, dtype=torch.long)
+        users, items = train[:, 0].contiguous(), train[:, 1].contiguous()
+        self.edge_dropout = edge_dropout
+        self.register_buffer("train_users", users, persistent=False)
+        self.register_buffer("train_items", items, persistent=False)
+        self.register_buffer(
+            "edge_weight", edge_weights(users, items, self.n_users, self.n_items), persistent=False
+        )
+        self.register_buffer(
+            "adjacency", bipartite_adjacency(users, items, self.n_users, self.n_items), persistent=False
+        )
+        raw = {m: torch.as_tensor(dataset.features[m], dtype=torch.float32) for m in modality_weights}
+        self.register_buffer(
+            "item_graph", mixed_item_graph(raw, modality_weights, knn_k, knn_chunk_size), persistent=False
+        )
+        self._epoch_adjacency: torch.Tensor | None = None
+
+    def drop_edges(self) -> None:
+        """Resample this epoch's user-item graph (call from ``on_epoch_start``)."""
+        from clear_core.modality_graph import dropped_adjacency
+
+        if self.edge_dropout <= 0.0:
+            self._epoch_adjacency = None
+            return
+        self._epoch_adjacency = dropped_adjacency(
+            self.train_users, self.train_items, self.edge_weight, self.n_users, self.n_items,
+            self.edge_dropout,
+        )
+
+    def training_adjacency(self) -> torch.Tensor:
+        adj = self._epoch_adjacency
+        if adj is None or not self.training or adj.device != self.adjacency.device:
+            return self.adjacency
+        return adj
+
+
+def graph_problems(params: Mapping[str, Any]) -> list[str]:
+    """Range checks of the graph parameters shared by FREEDOM and CLEAR."""
+    problems = []
+    if not 0.0 <= params["edge_dropout"] < 1.0:
+        problems.append(f"edge_dropout: expected a number in [0, 1), got {params['edge_dropout']}")
+    if params["knn_k"] < 1:
+        problems.append(f"knn_k: expected >= 1, got {params['knn_k']}")
+    if params["knn_chunk_size"] < 1:
+        problems.append(f"knn_chunk_size: expected >= 1, got {params['knn_chunk_size']}")
+    if params["n_layers"] < 0:
+        problems.append(f"n_layers: expected >= 0, got {params['n_layers']}")
+    if params["item_graph_layers"] < 0:
+        problems.append(f"item_graph_layers: expected >= 0, got {params['item_graph_layers']}")
+    if params["reg_weight"] < 0:
+        problems.append(f"reg_weight: expected >= 0, got {params['reg_weight']}")
+    return problems
+
+
+GRAPH_PARAMS: dict[str, Any] = {
+    "n_layers": int,
+    "item_graph_layers": int,
+    "knn_k": int,
+    "knn_chunk_size": int,
+    "edge_dropout": float,
+    "reg_weight": float,
+    "modality_weights": (dict, type(None)),
+}
+
+__all__ = [
+    "GRAPH_PARAMS",
+    "MODES",
+    "MULTIMODAL_PARAMS",
+    "GraphMixin",
+    "MultimodalRecommender",
+    "bpr_loss",
+    "default_pair",
+    "graph_problems",
+    "mix_weights",
+]
