@@ -294,9 +294,32 @@ def load_mmrec(folder: str | Path, *, name: str | None = None) -> Dataset:
     )
 
 
+def resolve_dataset_path(path_or_name: str | Path) -> Path:
+    """A folder as given, or, for a bare name like ``baby`` that is not a folder here, the
+    ``path`` of ``configs/datasets/<name>.yaml`` (relative to the repository root)."""
+    path = Path(path_or_name)
+    if path.exists() or len(path.parts) != 1:
+        return path
+    from clear_core.config import config_dir, load_yaml
+
+    cfg_file = config_dir() / "datasets" / f"{path.name}.yaml"
+    if not cfg_file.exists():
+        return path
+    target = load_yaml(cfg_file).get("path")
+    if not target:
+        raise DataError(
+            cfg_file, f"dataset {path.name!r} has no 'path'; generate it (e.g. `clearrec data synth DIR`) and pass DIR"
+        )
+    target = Path(target)
+    return target if target.is_absolute() else (config_dir().parent / target).resolve()
+
+
 def load_dataset(path: str | Path, *, name: str | None = None) -> Dataset:
-    """Load a dataset folder in either layout (canonical if ``interactions.parquet`` is there)."""
-    path = Path(path)
+    """Load a dataset folder in either layout (canonical if ``interactions.parquet`` is there).
+
+    A bare name (``baby``) that is not a folder here is looked up in ``configs/datasets``.
+    """
+    path = resolve_dataset_path(path)
     if not path.exists():
         raise DataError(path, "dataset folder not found")
     if path.is_dir() and (path / CANONICAL_INTERACTIONS).exists():

@@ -46,6 +46,7 @@ SYNTHETIC_SCHEMA: dict[str, Any] = {
     "r_shared": int,
     "r_specific": int,
     "modalities": dict,
+    "modality_pair": list,
     "redundancy": float,
     "preference_shared": float,
     "noise": float,
@@ -119,6 +120,11 @@ def resolve_config(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]
         for k, v in mods.items()
     ):
         problems.append(f"modalities: expected a mapping name -> dimension (int >= 1), got {mods!r}")
+    pair = cfg["modality_pair"]
+    if len(pair) != 2 or len(set(pair)) != 2 or not set(pair) <= set(mods or {}):
+        problems.append(
+            f"modality_pair: expected two different names from modalities {sorted(mods or {})}, got {pair!r}"
+        )
     if cfg["n_interactions"] > cfg["n_users"] * cfg["n_items"] // 2:
         problems.append(
             f"n_interactions: {cfg['n_interactions']} is more than half of n_users x n_items"

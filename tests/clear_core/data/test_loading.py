@@ -212,3 +212,17 @@ def test_tiktok_counts_with_dropped_rows_reported_separately(shared_folder):
 def test_sports_and_clothing_counts(shared_folder, name, users, items, interactions):
     s = load_dataset(shared_folder(name)).stats()
     assert (s["users"], s["items"], s["interactions"]) == (users, items, interactions)
+
+
+def test_a_bare_name_resolves_through_the_dataset_configs(tmp_path, monkeypatch, mmrec_folder):
+    configs = tmp_path / "repo" / "configs"
+    (configs / "datasets").mkdir(parents=True)
+    (configs / "datasets" / "toyset.yaml").write_text(f"name: toyset\npath: ../{mmrec_folder.name}\n")
+    (configs / "datasets" / "nopath.yaml").write_text("name: nopath\n")
+    monkeypatch.setenv("CLEARREC_CONFIG_DIR", str(configs))
+    monkeypatch.chdir(tmp_path / "repo")
+    assert load_dataset("toyset").n_items == 8
+    with pytest.raises(DataError, match="has no 'path'"):
+        load_dataset("nopath")
+    with pytest.raises(DataError, match="not found"):
+        load_dataset("unknown")

@@ -130,3 +130,11 @@ def test_mmrec_split_option_uses_the_timestamps():
     per_user = np.bincount(rows[:, 0])
     small_users = np.flatnonzero(per_user < 10)
     assert len(small_users) and (np.bincount(ds.test[:, 0], minlength=ds.n_users)[small_users] == 1).all()
+
+
+def test_modality_pair_must_name_two_generated_modalities():
+    assert resolve_config()["modality_pair"] == ["image", "text"]
+    with pytest.raises(ConfigError, match="modality_pair"):
+        generate_synthetic(modality_pair=["image", "audio"])
+    with pytest.raises(ConfigError, match="modality_pair"):
+        generate_synthetic(modality_pair=["image", "image"])
