@@ -1,0 +1,473 @@
+"""MLflow tracking for sweeps: one experiment per dataset, one parent run per sweep, one nested
+child run per trial, each closed with the status that says what happened to it.
+
+Why a driver-side Tune callback (:class:`MLflowTrialCallback`) and not Ray's ``setup_mlflow``:
+trials run in worker processes, possibly on other nodes, where ``setup_mlflow`` with defaults
+fails every trial, leaves runs RUNNING and names every run alike (stack-notes.md). The driver
+sees every trial start, report, stop, error and retry, so it alone can give each child run a
+name, its parameters, its per-epoch metrics and a truthful terminal status.
+
+Metric keys: MLflow rejects ``@`` in keys, so ``valid/recall@20`` is logged as
+``valid_recall_at_20`` (``/`` -> ``_``, ``@`` -> ``_at_``; see :func:`mlflow_key`). Each metric is
+logged with ``step = epoch``.
+
+Statuses: FINISHED for a trial that trained to its own end (early stopping or max epochs; its
+last report carries ``finished: true``), KILLED for a trial the scheduler stopped (pruned), FAILED
+for a trial that errored after its retries. The parent is FINISHED when the sweep returns,
+FAILED when it raises, KILLED when interrupted; children still RUNNING then are closed KILLED.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from clear_core.config import config_dir, load_yaml, validate_fields
+from clear_core.errors import ClearrecError
+
+log = logging.getLogger(__name__)
+
+TRACKING_ENV = "MLFLOW_TRACKING_URI"
+
+PIPELINE_SCHEMA: dict[str, Any] = {
+    "tracking_uri": str,
+    "artifact_root": str,
+    "study_storage": (str, type(None)),
+    "runs_dir": str,
+    "health_timeout_s": float,
+    "experiment_prefix": str,
+    "extract": dict,
+    "prepare": dict,
+}
+
+# Tags under this namespace are ours; mlflow.* tags are MLflow's own (runName, parentRunId).
+TAG_SWEEP_ID = "clearrec.sweep_id"
+TAG_TRIAL_ID = "clearrec.trial_id"
+TAG_ROLE = "clearrec.role"
+PARENT_TAG = "mlflow.parentRunId"
+
+# Short names for run names; the paper's symbols (k, lambda, tau) are what people scan for.
+SHORT_PARAM_NAMES = {
+    "redundancy_rank": "k",
+    "projection_strength": "lam",
+    "refresh_every": "tau",
+    "learning_rate": "lr",
+    "embedding_dim": "d",
+    "n_layers": "L",
+    "reg_weight": "reg",
+}
+
+TERMINAL = ("FINISHED", "FAILED", "KILLED")
+
+
+class TrackingError(ClearrecError):
+    """The tracking server cannot be used; the message names its address."""
+
+
+def load_pipeline_config(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """``configs/pipeline.yaml`` with ``overrides`` applied (every bad field listed at once)."""
+    merged = {**load_yaml(config_dir() / "pipeline.yaml"), **dict(overrides or {})}
+    return validate_fields(merged, PIPELINE_SCHEMA, source="configs/pipeline.yaml")
+
+
+def resolve_tracking_uri(explicit: str | None = None, config: Mapping[str, Any] | None = None) -> str:
+    """``explicit``, else ``$MLFLOW_TRACKING_URI``, else the configured default (sqlite)."""
+    if explicit:
+        return explicit
+    if os.environ.get(TRACKING_ENV):
+        return os.environ[TRACKING_ENV]
+    return str((config or load_pipeline_config())["tracking_uri"])
+
+
+def is_server(uri: str) -> bool:
+    return urlparse(uri).scheme in ("http", "https")
+
+
+def local_artifact_location(uri: str, artifact_root: str, experiment_name: str) -> str | None:
+    """Where an experiment's artifacts go: a local folder for sqlite/file backends (beside the
+    database), or ``None`` to let a server choose (it proxies ``--artifacts-destination``)."""
+    if is_server(uri):
+        return None
+    root = Path(artifact_root)
+    if not root.is_absolute():
+        db = sqlite_path(uri)
+        root = (db.parent if db is not None else Path.cwd()) / root
+    return (root.resolve() / experiment_name).as_uri()
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (relative to the working directory), else None."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri[len("sqlite:///"):])
+
+
+def default_study_storage(tracking_uri: str, configured: str | None = None) -> str:
+    """The Optuna study storage: configured, else ``optuna.db`` beside a sqlite MLflow database,
+    else ``sqlite:///optuna.db`` in the working directory (a server's database is not ours)."""
+    if configured:
+        return configured
+    db = sqlite_path(tracking_uri)
+    if db is not None:
+        return f"sqlite:///{(db.parent / 'optuna.db').as_posix()}"
+    return "sqlite:///optuna.db"
+
+
+def check_reachable(uri: str, timeout_s: float = 10.0) -> None:
+    """Fail fast, before any trial, when the tracking backend cannot be used.
+
+    A server must answer ``GET /health`` within ``timeout_s``; a sqlite database's folder must
+    exist. The error names the address so that a typo is seen at once.
+    """
+    parsed = urlparse(uri)
+    if parsed.scheme in ("http", "https"):
+        url = uri.rstrip("/") + "/health"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout_s) as response:
+                if response.status != 200:
+                    raise TrackingError(f"MLflow tracking server {uri}: /health answered {response.status}")
+        except (urllib.error.URLError, OSError, TimeoutError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise TrackingError(
+                f"MLflow tracking server {uri} is unreachable ({reason}); check "
+                f"{TRACKING_ENV} or start the server (e.g. `mlflow server --host 127.0.0.1`)"
+            ) from None
+        return
+    db = sqlite_path(uri)
+    if db is not None and not db.resolve().parent.is_dir():
+        raise TrackingError(f"MLflow tracking database {uri}: folder {db.resolve().parent} does not exist")
+    if parsed.scheme not in ("", "file", "sqlite", "postgresql", "mysql", "databricks"):
+        raise TrackingError(f"MLflow tracking URI {uri!r}: unsupported scheme {parsed.scheme!r}")
+
+
+def mlflow_key(name: str) -> str:
+    """``valid/recall@20`` -> ``valid_recall_at_20``: MLflow keys may not contain ``@``."""
+    return name.replace("@", "_at_").replace("/", "_")
+
+
+def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings -> dotted keys (``{"model": {"k": 8}}`` -> ``{"model.k": 8}``)."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def param_value(value: Any) -> str:
+    text = value if isinstance(value, str) else repr(value) if isinstance(value, float) else str(value)
+    # MLflow's limit on a parameter value; a longer one would fail the whole batch.
+    return text if len(text) <= 6000 else text[:5997] + "..."
+
+
+def short_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def run_name(model: str, params: Mapping[str, Any]) -> str:
+    """``clear k=8 lam=0.9 tau=2``: the model, then each searched parameter in a stable order
+    (the paper's k, lambda, tau first), prefixes such as ``model.`` dropped."""
+    flat = {key.rsplit(".", 1)[-1].rsplit("/", 1)[-1]: value for key, value in flatten(params).items()}
+    order = list(SHORT_PARAM_NAMES)
+    keys = sorted(flat, key=lambda k: (order.index(k) if k in order else len(order), k))
+    parts = [f"{SHORT_PARAM_NAMES.get(k, k)}={short_value(flat[k])}" for k in keys]
+    return " ".join([model, *parts])
+
+
+def git_commit(repo: str | Path | None = None) -> str:
+    """The checkout's commit (``+dirty`` when tracked files differ), or ``unknown`` outside git."""
+    cwd = Path(repo) if repo else Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "diff", "--quiet", "HEAD", "--"], cwd=cwd, capture_output=True, timeout=10
+        ).returncode
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head + ("+dirty" if dirty == 1 else "")
+
+
+def numeric_metrics(values: Mapping[str, Any]) -> dict[str, float]:
+    """The finite numbers of a metrics mapping, keys made MLflow-safe."""
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if math.isfinite(float(value)):
+            out[mlflow_key(key)] = float(value)
+    return out
+
+
+class Tracker:
+    """The MLflow side of a sweep, through an explicit ``MlflowClient`` (no fluent global active
+    run, so that a callback, a test and the CLI cannot step on each other's runs)."""
+
+    def __init__(self, uri: str, experiment_name: str, *, artifact_root: str | None = None) -> None:
+        from mlflow.tracking import MlflowClient
+
+        self.uri = uri
+        self.client = MlflowClient(tracking_uri=uri)
+        self.experiment_name = experiment_name
+        self.experiment_id = self._experiment(experiment_name, artifact_root)
+
+    def _experiment(self, name: str, artifact_root: str | None) -> str:
+        found = self.client.get_experiment_by_name(name)
+        if found is not None:
+            if found.lifecycle_stage == "deleted":
+                self.client.restore_experiment(found.experiment_id)
+            return found.experiment_id
+        location = local_artifact_location(self.uri, artifact_root or "mlartifacts", name)
+        try:
+            return self.client.create_experiment(name, artifact_location=location)
+        except Exception:  # noqa: BLE001 - a concurrent driver may have created it first
+            found = self.client.get_experiment_by_name(name)
+            if found is None:
+                raise
+            return found.experiment_id
+
+    # --- runs ---------------------------------------------------------------------------
+    def find_run(self, **tags: str) -> Any | None:
+        """The newest run of this experiment carrying all ``tags`` (used to resume)."""
+        clauses = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+        runs = self.client.search_runs(
+            [self.experiment_id], filter_string=clauses, order_by=["attributes.start_time DESC"], max_results=1
+        )
+        return runs[0] if runs else None
+
+    def start_run(
+        self,
+        name: str,
+        *,
+        tags: Mapping[str, Any] | None = None,
+        params: Mapping[str, Any] | None = None,
+        parent_run_id: str | None = None,
+        resume_tags: Mapping[str, str] | None = None,
+    ) -> str:
+        """Create a run (nested under ``parent_run_id`` when given), or, when a run with
+        ``resume_tags`` exists already (a resumed sweep), reopen that one."""
+        existing = self.find_run(**resume_tags) if resume_tags else None
+        all_tags = {str(k): str(v) for k, v in (tags or {}).items()}
+        if parent_run_id:
+            all_tags[PARENT_TAG] = parent_run_id
+        if existing is not None:
+            run_id = existing.info.run_id
+            if existing.info.status != "RUNNING":
+                self.client.update_run(run_id, status="RUNNING")
+            log.info("resuming MLflow run %s (%s)", run_id, name)
+        else:
+            run = self.client.create_run(self.experiment_id, tags=all_tags, run_name=name)
+            run_id = run.info.run_id
+        if params:
+            self.log_params(run_id, params, existing=existing.data.params if existing else None)
+        if existing is not None:
+            self.set_tags(run_id, all_tags)
+        return run_id
+
+    def log_params(self, run_id: str, params: Mapping[str, Any], *, existing: Mapping[str, str] | None = None) -> None:
+        from mlflow.entities import Param
+
+        flat = {k: param_value(v) for k, v in flatten(params).items()}
+        if existing:
+            # Parameters are immutable in MLflow; a resumed run re-logs only what it lacks.
+            flat = {k: v for k, v in flat.items() if k not in existing}
+        items = [Param(k, v) for k, v in sorted(flat.items())]
+        for start in range(0, len(items), 100):
+            self.client.log_batch(run_id, params=items[start : start + 100])
+
+    def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        items = [RunTag(str(k), str(v)) for k, v in tags.items()]
+        if items:
+            self.client.log_batch(run_id, tags=items)
+
+    def log_metrics(self, run_id: str, metrics: Mapping[str, Any], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, v, now, int(step)) for k, v in numeric_metrics(metrics).items()]
+        if items:
+            self.client.log_batch(run_id, metrics=items)
+
+    def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
+        path = Path(path)
+        if path.is_dir():
+            self.client.log_artifacts(run_id, str(path), artifact_path)
+        else:
+            self.client.log_artifact(run_id, str(path), artifact_path)
+
+    def end_run(self, run_id: str, status: str) -> None:
+        if status not in TERMINAL:
+            raise ValueError(f"status {status!r}: expected one of {TERMINAL}")
+        self.client.set_terminated(run_id, status=status)
+
+    def children(self, parent_run_id: str) -> list[Any]:
+        return self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'", max_results=10000
+        )
+
+    def close_children(self, parent_run_id: str, status: str = "KILLED") -> int:
+        """Close every child still RUNNING (the sweep ended without Tune telling us about it)."""
+        closed = 0
+        for run in self.children(parent_run_id):
+            if run.info.status == "RUNNING":
+                self.end_run(run.info.run_id, status)
+                closed += 1
+        return closed
+
+    @contextmanager
+    def parent_run(
+        self,
+        name: str,
+        *,
+        sweep_id: str,
+        tags: Mapping[str, Any] | None = None,
+        params: Mapping[str, Any] | None = None,
+    ) -> Iterator[str]:
+        """The sweep's parent run; a re-run with the same ``sweep_id`` reopens it (resume).
+
+        Leaves no run RUNNING: FINISHED on return, KILLED on interrupt, FAILED on error (and its
+        children still RUNNING are closed KILLED)."""
+        run_id = self.start_run(
+            name,
+            tags={**(tags or {}), TAG_SWEEP_ID: sweep_id, TAG_ROLE: "sweep"},
+            params=params,
+            resume_tags={TAG_SWEEP_ID: sweep_id, TAG_ROLE: "sweep"},
+        )
+        status = "FINISHED"
+        try:
+            yield run_id
+        except KeyboardInterrupt:
+            status = "KILLED"
+            raise
+        except BaseException:
+            status = "FAILED"
+            raise
+        finally:
+            try:
+                self.close_children(run_id, "KILLED")
+                self.end_run(run_id, status)
+            except Exception:  # noqa: BLE001 - never hide the sweep's own error behind ours
+                log.exception("could not close MLflow run %s", run_id)
+
+
+def experiment_name(dataset: str, config: Mapping[str, Any] | None = None) -> str:
+    """One experiment per dataset, so the UI compares CLEAR and baselines side by side."""
+    prefix = (config or load_pipeline_config())["experiment_prefix"]
+    return f"{prefix}-{dataset}"
+
+
+def _tune_callback_base() -> type:
+    from ray.tune import Callback
+
+    return Callback
+
+
+class MLflowTrialCallback(_tune_callback_base()):  # type: ignore[misc]
+    """Driver-side Tune callback: a nested child run per trial.
+
+    ``base_params`` are the resolved model and train config shared by all trials (logged on
+    every child so each run is complete on its own); the trial's own config overrides them.
+    ``model_of`` picks the model name from a trial config (baselines share the experiment).
+    A trial is FINISHED when its last report has ``finished_key`` true, KILLED when the
+    scheduler stopped it before that, FAILED when it errored for good.
+    """
+
+    def __init__(
+        self,
+        tracker: Tracker,
+        parent_run_id: str,
+        *,
+        model: str,
+        base_params: Mapping[str, Any] | None = None,
+        tags: Mapping[str, Any] | None = None,
+        finished_key: str = "finished",
+        search_keys: list[str] | None = None,
+    ) -> None:
+        self.tracker = tracker
+        self.parent_run_id = parent_run_id
+        self.model = model
+        self.base_params = flatten(dict(base_params or {}))
+        self.tags = dict(tags or {})
+        self.finished_key = finished_key
+        self.search_keys = search_keys
+        self.run_ids: dict[str, str] = {}
+        self.retries: dict[str, int] = {}
+
+    # Tune keys that are bookkeeping, not metrics of the model.
+    _SKIP = {
+        "time_this_iter_s", "time_total_s", "timestamp", "training_iteration", "pid", "time_since_restore",
+        "iterations_since_restore", "timesteps_total", "episodes_total", "epoch", "done", "finished",
+        "checkpoint_dir_name", "should_checkpoint",
+    }
+
+    def _trial_params(self, trial: Any) -> dict[str, Any]:
+        flat = flatten(dict(trial.config or {}))
+        if self.search_keys is not None:
+            flat = {k: v for k, v in flat.items() if k in self.search_keys}
+        return {k: v for k, v in flat.items() if isinstance(v, (int, float, str, bool)) or v is None}
+
+    def _run_for(self, trial: Any) -> str:
+        run_id = self.run_ids.get(trial.trial_id)
+        if run_id is None:
+            searched = self._trial_params(trial)
+            params = {**self.base_params, **searched}
+            run_id = self.tracker.start_run(
+                run_name(self.model, searched),
+                tags={**self.tags, TAG_TRIAL_ID: trial.trial_id, TAG_ROLE: "trial", "model": self.model},
+                params=params,
+                parent_run_id=self.parent_run_id,
+                resume_tags={TAG_TRIAL_ID: trial.trial_id, PARENT_TAG: self.parent_run_id},
+            )
+            self.run_ids[trial.trial_id] = run_id
+        return run_id
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._run_for(trial)
+
+    def on_trial_restore(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._run_for(trial)
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        run_id = self._run_for(trial)
+        step = result.get("epoch", result.get("training_iteration", 0))
+        metrics = {k: v for k, v in result.items() if k not in self._SKIP and k != "config"}
+        self.tracker.log_metrics(run_id, metrics, step=int(step))
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        # A retry (FailureConfig) continues the same child run from its checkpoint.
+        self.retries[trial.trial_id] = self.retries.get(trial.trial_id, 0) + 1
+        self.tracker.set_tags(self._run_for(trial), {"clearrec.retries": self.retries[trial.trial_id]})
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        finished = bool((trial.last_result or {}).get(self.finished_key))
+        self._close(trial, "FINISHED" if finished else "KILLED")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._close(trial, "FAILED")
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self.tracker.close_children(self.parent_run_id, "KILLED")
+
+    def _close(self, trial: Any, status: str) -> None:
+        run_id = self._run_for(trial)
+        self.tracker.set_tags(run_id, {"clearrec.outcome": "PRUNED" if status == "KILLED" else status})
+        self.tracker.end_run(run_id, status)
+        self.run_ids.pop(trial.trial_id, None)
