@@ -57,14 +57,17 @@ def _listed(values) -> str:
 
 def _int_column(path: Path, table: pa.Table, column: str, header: list[str]) -> np.ndarray:
     """A string column checked to hold non-negative integers only, as int64."""
-    col = table.column(column)
-    stripped = pc.utf8_trim_whitespace(col)
+    stripped = pc.utf8_trim_whitespace(table.column(column))
     ok = pc.match_substring_regex(stripped, r"^\+?[0-9]+$")
     bad = np.flatnonzero(~np.asarray(ok.to_numpy(zero_copy_only=False), dtype=bool))
     if len(bad):
         row = int(bad[0])
         value = stripped[row].as_py()
-        kind = "negative id" if value and value.lstrip().startswith("-") else "non-integer value"
+        kind = (
+            "empty field (blank line?)" if not value
+            else "negative id" if value.startswith("-")
+            else "non-integer value"
+        )
         raise DataError(
             path,
             f"column {column!r} (column {header.index(column) + 1}): {kind} {value!r}; expected a "
@@ -103,11 +106,27 @@ def read_header(path: Path) -> list[str]:
     return [c.strip() for c in first.rstrip("\r\n").split("\t")]
 
 
+def _first_ragged_line(path: Path, n_fields: int) -> int | None:
+    """The first line whose field count differs from the header's (only on the error path)."""
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for number, line in enumerate(fh, start=1):
+            if line.rstrip("\r\n").count("\t") + 1 != n_fields:
+                return number
+    return None
+
+
 def read_inter(path: str | Path) -> InterTable:
     """Read and validate the columns of a ``.inter`` file (not yet the split logic)."""
     path = Path(path)
     header = read_header(path)
     missing = [c for c in REQUIRED_COLUMNS if c not in header]
+    if missing and len(header) == 1 and ("," in header[0] or " " in header[0]):
+        raise DataError(
+            path,
+            f"the header {header[0]!r} has no tab; expected tab-separated columns "
+            f"{list(REQUIRED_COLUMNS)} (optional {list(OPTIONAL_COLUMNS)})",
+            line=1,
+        )
     if missing:
         hints = []
         for c in missing:
@@ -137,8 +156,12 @@ def read_inter(path: str | Path) -> InterTable:
             ),
         )
     except pa.ArrowInvalid as exc:
+        line = _first_ragged_line(path, len(header))
         raise DataError(
-            path, f"cannot parse as tab-separated with {len(header)} columns: {exc}"
+            path,
+            f"expected {len(header)} tab-separated fields on every line, as in the header"
+            + (f" ({exc})" if line is None else ""),
+            line=line,
         ) from None
     user = _int_column(path, table, USER_COL, header)
     item = _int_column(path, table, ITEM_COL, header)

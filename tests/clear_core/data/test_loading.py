@@ -226,3 +226,26 @@ def test_a_bare_name_resolves_through_the_dataset_configs(tmp_path, monkeypatch,
         load_dataset("nopath")
     with pytest.raises(DataError, match="not found"):
         load_dataset("unknown")
+
+
+def test_a_line_with_too_many_fields_is_named(tmp_path, inter_file, toy_rows):
+    rows = toy_rows()
+    rows[4] = f"{rows[4][0]}\t{rows[4][1]}\t{rows[4][2]}\t9"
+    inter_file(tmp_path / "t", rows)
+    with pytest.raises(DataError, match="expected 3 tab-separated fields") as err:
+        load_dataset(tmp_path / "t")
+    assert err.value.line == 6
+
+
+def test_comma_separated_file_is_told_to_use_tabs(tmp_path):
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "t.inter").write_text("userID,itemID,x_label\n0,0,0\n")
+    with pytest.raises(DataError, match="has no tab"):
+        load_dataset(tmp_path / "t")
+
+
+def test_windows_line_endings_are_accepted(tmp_path, mmrec_folder):
+    inter = mmrec_folder / "toy.inter"
+    inter.write_bytes(inter.read_bytes().replace(b"\n", b"\r\n"))
+    assert load_dataset(mmrec_folder).fingerprint == load_dataset(mmrec_folder).fingerprint
+    assert len(load_dataset(mmrec_folder).train) == 18
