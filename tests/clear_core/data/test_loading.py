@@ -245,7 +245,7 @@ def test_comma_separated_file_is_told_to_use_tabs(tmp_path):
 
 
 def test_windows_line_endings_are_accepted(tmp_path, mmrec_folder):
+    unix = load_dataset(mmrec_folder).fingerprint
     inter = mmrec_folder / "toy.inter"
     inter.write_bytes(inter.read_bytes().replace(b"\n", b"\r\n"))
-    assert load_dataset(mmrec_folder).fingerprint == load_dataset(mmrec_folder).fingerprint
-    assert len(load_dataset(mmrec_folder).train) == 18
+    assert load_dataset(mmrec_folder).fingerprint == unix
