@@ -1,0 +1,223 @@
+"""What a sweep leaves for people to read: the results table (CSV and Markdown), the heatmap of
+Recall@20 over lambda x k (the paper's Figure 4) and the closing summary printed by the CLI.
+
+Trials are read by attribute (``trial_id``, ``params``, ``status``, ``best_epoch``, ``epochs``,
+``valid``, ``test``), the shape of :class:`pipeline.sweep.TrialSummary`; plain mappings with the
+same keys work too, so a table can be rebuilt from JSON.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+# Columns of the table after the parameters; the split/metric keys of clear_core.metrics.
+TABLE_METRICS = ("recall@20", "ndcg@20", "precision@20", "map@20")
+STATUS_ORDER = {"COMPLETE": 0, "PRUNED": 1, "FAIL": 2}
+
+
+def field(trial: Any, name: str, default: Any = None) -> Any:
+    if isinstance(trial, Mapping):
+        return trial.get(name, default)
+    return getattr(trial, name, default)
+
+
+def _short(key: str) -> str:
+    return key.rsplit(".", 1)[-1]
+
+
+def results_rows(
+    trials: Iterable[Any], *, metric: str = "valid/recall@20", mode: str = "max",
+    metrics: Sequence[str] = TABLE_METRICS,
+) -> list[dict[str, Any]]:
+    """One row per trial: id, status, each searched parameter, best epoch, epochs run, then
+    valid and test metrics at the best-validation epoch. Complete trials first, best first on
+    ``metric`` (the selection metric, validation); then pruned, then failed ones."""
+    trials = list(trials)
+    param_names = sorted({_short(k) for t in trials for k in (field(t, "params") or {})})
+    split, _, key = metric.partition("/")
+    sign = -1.0 if mode == "max" else 1.0
+
+    def sort_key(t: Any) -> tuple:
+        value = (field(t, split) or {}).get(key)
+        has = isinstance(value, (int, float)) and math.isfinite(value)
+        return (STATUS_ORDER.get(field(t, "status"), 3), 0 if has else 1, sign * value if has else 0.0,
+                str(field(t, "trial_id")))
+
+    rows = []
+    for t in sorted(trials, key=sort_key):
+        params = {_short(k): v for k, v in (field(t, "params") or {}).items()}
+        row: dict[str, Any] = {"trial": field(t, "trial_id"), "status": field(t, "status")}
+        row.update({name: params.get(name) for name in param_names})
+        row["best_epoch"] = field(t, "best_epoch")
+        row["epochs"] = field(t, "epochs")
+        for s in ("valid", "test"):
+            values = field(t, s) or {}
+            for m in metrics:
+                row[f"{s}/{m}"] = values.get(m)
+        rows.append(row)
+    return rows
+
+
+def _cell(value: Any, is_metric: bool) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float) and is_metric:
+        return f"{value:.4f}" if math.isfinite(value) else str(value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def to_csv(rows: Sequence[Mapping[str, Any]]) -> str:
+    if not rows:
+        return ""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if v is None else v for k, v in row.items()})
+    return out.getvalue()
+
+
+def to_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
+    if not rows:
+        return "_no trials_\n"
+    header = list(rows[0])
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for row in rows:
+        lines.append("| " + " | ".join(_cell(row[h], "/" in h) for h in header) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` to a temporary file beside ``path``, then rename: never half-written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_results_table(rows: Sequence[Mapping[str, Any]], out_dir: str | Path, stem: str = "results") -> tuple[Path, Path]:
+    """``<out_dir>/<stem>.csv`` and ``<stem>.md`` (atomic)."""
+    out_dir = Path(out_dir)
+    return (
+        write_text_atomic(out_dir / f"{stem}.csv", to_csv(rows)),
+        write_text_atomic(out_dir / f"{stem}.md", to_markdown(rows)),
+    )
+
+
+def grid_values(
+    trials: Iterable[Any], *, x: str = "projection_strength", y: str = "redundancy_rank",
+    metric: str = "valid/recall@20",
+) -> tuple[list[Any], list[Any], list[list[float]]]:
+    """The best ``metric`` per (y, x) cell over complete trials (other parameters, such as tau,
+    maximised over); NaN where no complete trial landed. Rows are ``y`` values, columns ``x``."""
+    split, _, key = metric.partition("/")
+    cells: dict[tuple[Any, Any], float] = {}
+    for t in trials:
+        if field(t, "status") != "COMPLETE":
+            continue
+        params = {_short(k): v for k, v in (field(t, "params") or {}).items()}
+        value = (field(t, split) or {}).get(key)
+        if x not in params or y not in params or not isinstance(value, (int, float)):
+            continue
+        cell = (params[y], params[x])
+        cells[cell] = max(cells.get(cell, -math.inf), float(value))
+    xs = sorted({c[1] for c in cells})
+    ys = sorted({c[0] for c in cells})
+    grid = [[cells.get((yv, xv), math.nan) for xv in xs] for yv in ys]
+    return xs, ys, grid
+
+
+def plot_heatmap(
+    trials: Iterable[Any], out_path: str | Path, *, x: str = "projection_strength", y: str = "redundancy_rank",
+    metric: str = "valid/recall@20", title: str | None = None,
+) -> Path | None:
+    """Figure 4 of the paper: ``metric`` over lambda (x) x k (y), as a PNG. ``None`` when no
+    complete trial searched both parameters (e.g. a baseline sweep)."""
+    xs, ys, grid = grid_values(trials, x=x, y=y, metric=metric)
+    if not xs or not ys:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    data = np.array(grid, dtype=float)
+    fig, ax = plt.subplots(figsize=(1.2 * len(xs) + 2.5, 0.8 * len(ys) + 1.8))
+    image = ax.imshow(np.ma.masked_invalid(data), cmap="viridis", origin="lower", aspect="auto")
+    ax.set_xticks(range(len(xs)), [f"{v:g}" if isinstance(v, float) else str(v) for v in xs])
+    ax.set_yticks(range(len(ys)), [str(v) for v in ys])
+    ax.set_xlabel(f"{x} (lambda)" if x == "projection_strength" else x)
+    ax.set_ylabel(f"{y} (k)" if y == "redundancy_rank" else y)
+    for i in range(len(ys)):
+        for j in range(len(xs)):
+            if math.isfinite(data[i, j]):
+                ax.text(j, i, f"{data[i, j]:.4f}", ha="center", va="center", color="white", fontsize=8)
+    fig.colorbar(image, ax=ax, label=metric)
+    ax.set_title(title or f"{metric} over lambda x k (best over other parameters)")
+    fig.tight_layout()
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f".{out_path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, out_path)
+    return out_path
+
+
+def _metrics_line(values: Mapping[str, Any] | None, keys: Sequence[str] = ("recall@20", "ndcg@20")) -> str:
+    values = values or {}
+    return ", ".join(f"{k} {values[k]:.4f}" for k in keys if isinstance(values.get(k), (int, float))) or "n/a"
+
+
+def closing_summary(
+    *,
+    model: str,
+    dataset: str,
+    best: Any,
+    final_test: Mapping[str, Any] | None,
+    counts: Mapping[str, int],
+    experiment: str,
+    experiment_id: str,
+    parent_run_id: str,
+    tracking_uri: str,
+    study_storage: str,
+    study_name: str,
+    outputs: str,
+    resumed: bool = False,
+) -> str:
+    """The text the CLI prints when a sweep ends: best configuration, its valid and test
+    metrics, where to look in MLflow and how to open it."""
+    params = field(best, "params") or {}
+    lines = [
+        f"Sweep of {model} on {dataset} {'(resumed) ' if resumed else ''}finished: "
+        + ", ".join(f"{n} {counts.get(n, 0)}" for n in ("COMPLETE", "PRUNED", "FAIL")),
+        "Best configuration (selected on validation): "
+        + (" ".join(f"{_short(k)}={v}" for k, v in sorted(params.items())) or "(defaults)"),
+        f"  best epoch {field(best, 'best_epoch')} of {field(best, 'epochs')}",
+        f"  valid: {_metrics_line(field(best, 'valid'))}",
+        f"  test:  {_metrics_line(field(best, 'test'))} (at the best-validation epoch)",
+    ]
+    if final_test:
+        lines.append(f"  final test evaluation of the best checkpoint: {_metrics_line(final_test)}")
+    lines += [
+        f"MLflow: experiment {experiment!r} (id {experiment_id}), parent run {parent_run_id}",
+        f"  tracking {tracking_uri}; open the UI with `make ui` (http://127.0.0.1:5000)",
+        f"Optuna study {study_name!r} in {study_storage}",
+        f"Outputs: {outputs}",
+    ]
+    return "\n".join(lines)
