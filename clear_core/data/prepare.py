@@ -100,9 +100,11 @@ def prepare_dataset(
     k: int = 5,
     split: str = "random",
     seed: int = 999,
+    name: str | None = None,
 ) -> dict[str, Any]:
     """Raw reviews -> iterative ``k``-core -> re-index -> ``split`` -> canonical ``out_dir``.
 
+    ``name`` defaults to the reviews file name without extensions (``reviews_Baby_5``).
     Returns a summary (fingerprint, counts, rows removed, items given the mean feature).
     Nothing is written unless every step succeeds.
     """
@@ -135,7 +137,7 @@ def prepare_dataset(
     if features_dir is not None:
         features, missing, sidecar = align_features(features_dir, kept.item_ids)
     n_users, n_items = len(kept.user_ids), len(kept.item_ids)
-    name = reviews_path.name.split(".")[0]
+    name = name or reviews_path.name.split(".")[0]
     dataset = Dataset(
         name=name,
         n_users=n_users,

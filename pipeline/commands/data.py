@@ -50,6 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     prep.add_argument("--k", type=int, help="k of the iterative k-core filter on users and items (default 5)")
     prep.add_argument("--split", choices=("random", "mmrec"), help="random per-user 8:1:1 (default) or MMRec's rule")
     prep.add_argument("--seed", type=int, help="split seed (default 999)")
+    prep.add_argument("--name", help="dataset name (default: the reviews file name)")
     prep.set_defaults(func=run_prepare)
 
     canon = sub.add_parser("canonical", help="write any dataset folder in canonical form (keeps its split)")
@@ -116,7 +117,8 @@ def run_synth(args: argparse.Namespace) -> int:
 def run_prepare(args: argparse.Namespace) -> int:
     from clear_core.data.prepare import prepare_dataset
 
-    kwargs = {k: v for k, v in (("k", args.k), ("split", args.split), ("seed", args.seed)) if v is not None}
+    given = (("k", args.k), ("split", args.split), ("seed", args.seed), ("name", args.name))
+    kwargs = {k: v for k, v in given if v is not None}
     summary = prepare_dataset(args.reviews, args.out, features_dir=args.features, **kwargs)
     json.dump(summary, sys.stdout, indent=2, sort_keys=True)
     sys.stdout.write("\n")

@@ -103,8 +103,9 @@ def test_prepare_and_canonical_commands(clearrec, tmp_path, capsys):
                 fh.write(json.dumps({"reviewerID": f"U{u}", "asin": f"B{i}", "overall": 5.0,
                                      "unixReviewTime": int(rng.integers(1e9, 2e9))}) + "\n")
     assert clearrec("data", "prepare", tmp_path / "reviews.json.gz", tmp_path / "prep",
-                    "--k", "5", "--split", "mmrec", "--seed", "3") == 0
+                    "--k", "5", "--split", "mmrec", "--seed", "3", "--name", "toy") == 0
     summary = json.loads(capsys.readouterr().out)
+    assert summary["name"] == "toy"
     assert summary["users"] == 40 and summary["splits"]["test"] == 40  # < 10 rows: one test each
     assert clearrec("data", "canonical", tmp_path / "prep", tmp_path / "copy") == 0
     assert capsys.readouterr().out.strip() == summary["fingerprint"]
