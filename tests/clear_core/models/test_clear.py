@@ -1,0 +1,144 @@
+"""CLEAR: Algorithm 1 trains, refreshes its projector on schedule, checkpoints it, and scores."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from multimodal_support import all_scores, tiny_dataset, train_epochs
+
+from clear_core.errors import ConfigError
+from clear_core.models import build_model
+
+
+def test_loss_decreases_over_a_few_epochs_on_cpu():
+    ds = tiny_dataset()
+    torch.manual_seed(0)
+    model = build_model("clear", ds, {"redundancy_rank": 2})
+    losses = train_epochs(model, ds, 6)
+    assert losses[-1] < losses[0] * 0.97, losses
+
+
+def test_scores_every_item_for_every_user():
+    ds = tiny_dataset()
+    model = build_model("clear", ds, {})
+    scores = all_scores(model, ds)
+    assert scores.shape == (ds.n_users, ds.n_items)
+    assert torch.isfinite(scores).all()
+
+
+def test_projector_refreshes_at_epochs_1_and_every_tau_after():
+    ds = tiny_dataset()
+    torch.manual_seed(0)
+    model = build_model("clear", ds, {"refresh_every": 2, "redundancy_rank": 2})
+    seen = []
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    train = torch.as_tensor(ds.train)
+    for epoch in range(1, 6):
+        model.on_epoch_start(epoch)
+        seen.append(int(model.projection.refreshed_at))
+        loss = model.loss(train[:256, 0], train[:256, 1], torch.randint(0, ds.n_items, (256,)))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert seen == [1, 1, 3, 3, 5]
+
+
+def test_projection_actually_reduces_cross_covariance_of_the_encoded_pair():
+    ds = tiny_dataset()
+    model = build_model("clear", ds, {"redundancy_rank": 3, "projection_strength": 1.0})
+    model.on_epoch_start(1)
+    from clear_core.projection import cross_covariance
+
+    feats = model.transformed_features()
+    before = torch.linalg.svdvals(cross_covariance(feats["before"]["image"], feats["before"]["text"]))
+    after = torch.linalg.svdvals(cross_covariance(feats["after"]["image"], feats["after"]["text"]))
+    # With λ = 1 the top-3 directions vanish: the new leading value is the old 4th.
+    torch.testing.assert_close(after[0], before[3], rtol=1e-4, atol=1e-6)
+
+
+def test_checkpoint_restores_the_projector_and_the_scores():
+    ds = tiny_dataset()
+    torch.manual_seed(0)
+    model = build_model("clear", ds, {"refresh_every": 10, "edge_dropout": 0.0})
+    train_epochs(model, ds, 2)
+    state = model.state_dict()
+    assert "projection.basis_a" in state and "projection.basis_b" in state
+    assert not any(key.startswith(("adjacency", "item_graph", "features_")) for key in state)
+    torch.manual_seed(1)
+    resumed = build_model("clear", ds, {"refresh_every": 10, "edge_dropout": 0.0})
+    resumed.load_state_dict(state)
+    assert not resumed.projection.needs_refresh(3)
+    torch.testing.assert_close(all_scores(resumed, ds), all_scores(model, ds))
+
+
+def test_edge_dropout_prunes_the_training_graph_but_scoring_uses_the_full_graph():
+    ds = tiny_dataset()
+    model = build_model("clear", ds, {"edge_dropout": 0.8})
+    model.train()
+    model.on_epoch_start(1)
+    kept = model.training_adjacency()._nnz()
+    full = model.adjacency._nnz()
+    assert 0.15 * full <= kept <= 0.25 * full
+    model.eval()
+    assert model.training_adjacency() is model.adjacency
+
+
+@pytest.mark.parametrize("mode", ["none", "dynamic"])
+def test_ablations_train(mode):
+    ds = tiny_dataset()
+    model = build_model("clear", ds, {"projection": mode})
+    losses = train_epochs(model, ds, 2)
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert model.projection.active == (mode != "none")
+
+
+def test_three_modalities_and_a_configured_pair():
+    ds = tiny_dataset((("audio", 12), ("image", 24), ("text", 16)))
+    model = build_model("clear", ds, {"projected_pair": ["text", "audio"], "id_channel": True})
+    assert model.projected_pair == ["text", "audio"]
+    assert model.channels == ["audio", "image", "text", "id"]
+    train_epochs(model, ds, 1)
+    assert model.projection.basis_a.abs().sum() > 0
+    assert all_scores(model, ds).shape == (ds.n_users, ds.n_items)
+
+
+def test_every_bad_parameter_is_reported_at_once():
+    ds = tiny_dataset()
+    with pytest.raises(ConfigError) as err:
+        build_model(
+            "clear",
+            ds,
+            {
+                "redundancy_rank": 65,
+                "projection_strength": -0.1,
+                "refresh_every": 0,
+                "projected_pair": ["image", "sound"],
+                "edge_dropout": 1.0,
+                "modality_weights": {"image": 1.0},
+            },
+        )
+    text = str(err.value)
+    for field in ("redundancy_rank", "projection_strength", "refresh_every", "projected_pair",
+                  "edge_dropout", "modality_weights"):
+        assert field in text, field
+
+
+def test_single_modality_dataset_needs_projection_none():
+    full = tiny_dataset()
+    ds = dataclasses.replace(full, features={"image": full.features["image"]})
+    with pytest.raises(ConfigError, match="one modality"):
+        build_model("clear", ds, {})
+    assert build_model("clear", ds, {"projection": "none"}) is not None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
+def test_same_code_runs_on_cuda():
+    ds = tiny_dataset()
+    model = build_model("clear", ds, {}).to("cuda")
+    model.on_epoch_start(1)
+    users = torch.arange(8, device="cuda")
+    loss = model.loss(users, users % ds.n_items, (users + 1) % ds.n_items)
+    loss.backward()
+    assert all_scores(model, ds).device.type == "cuda"

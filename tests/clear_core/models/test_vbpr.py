@@ -1,0 +1,54 @@
+"""VBPR, and VBPR + CLEAR switched on by configuration alone."""
+
+from __future__ import annotations
+
+import torch
+from multimodal_support import all_scores, tiny_dataset, train_epochs
+
+from clear_core.models import build_model, resolve_params
+
+
+def test_defaults_are_the_plain_baseline():
+    assert resolve_params("vbpr")["projection"] == "none"
+
+
+def test_loss_decreases_over_a_few_epochs_on_cpu():
+    ds = tiny_dataset()
+    torch.manual_seed(0)
+    model = build_model("vbpr", ds, {})
+    losses = train_epochs(model, ds, 5)
+    assert losses[-1] < losses[0] * 0.9, losses
+
+
+def test_item_vector_is_id_embedding_next_to_encoded_features():
+    ds = tiny_dataset()
+    model = build_model("vbpr", ds, {"embedding_size": 8})
+    items = torch.tensor([0, 5])
+    vec = model.items(items)
+    assert vec.shape == (2, 16)
+    torch.testing.assert_close(vec[:, :8], model.item_embedding[items])
+    assert model.user_embedding.shape == (ds.n_users, 16)
+
+
+def test_plugin_projects_the_encoded_pair_and_changes_scores():
+    ds = tiny_dataset()
+    torch.manual_seed(0)
+    plain = build_model("vbpr", ds, {})
+    torch.manual_seed(0)
+    plugged = build_model("vbpr", ds, {"projection": "fixed", "redundancy_rank": 2})
+    # Same initial weights: only the projection differs.
+    weights = {k: v for k, v in plain.state_dict().items() if not k.startswith("projection.")}
+    plugged.load_state_dict(weights, strict=False)
+    plain.on_epoch_start(1)
+    plugged.on_epoch_start(1)
+    assert int(plugged.projection.rank) == 2
+    assert not torch.allclose(all_scores(plain, ds), all_scores(plugged, ds))
+    losses = train_epochs(plugged, ds, 3)
+    assert losses[-1] < losses[0]
+
+
+def test_runs_on_three_modalities():
+    ds = tiny_dataset((("audio", 12), ("image", 24), ("text", 16)))
+    model = build_model("vbpr", ds, {"projection": "fixed"})
+    train_epochs(model, ds, 1)
+    assert all_scores(model, ds).shape == (ds.n_users, ds.n_items)
