@@ -202,6 +202,25 @@ def check_duplicates(path: Path, user: np.ndarray, item: np.ndarray, *, line_off
     )
 
 
+def check_contiguous(path: Path, ids: np.ndarray, column: str) -> int:
+    """``max id + 1``, after checking the ids are (close to) 0-based contiguous.
+
+    A few unused ids are tolerated with a warning (MMRec counts max id + 1); ids far sparser
+    than that are raw ids that need re-indexing, and would make every per-user array huge.
+    """
+    n = int(ids.max()) + 1
+    distinct = int(np.unique(ids).size)
+    if n > 2 * distinct + 1000:
+        raise DataError(
+            path,
+            f"column {column!r}: {distinct} distinct ids but the largest is {n - 1}; expected "
+            "0-based contiguous ids (re-index first, e.g. with `clearrec data prepare`)",
+        )
+    if distinct < n:
+        log.warning("%s: %d of the ids 0..%d in %r never occur", path, n - distinct, n - 1, column)
+    return n
+
+
 def load_feature(path: str | Path, n_items: int | None = None) -> np.ndarray:
     """One ``<modality>_feat.npy`` as float32 ``(n_items, d)``, never unpickling anything."""
     path = Path(path)
@@ -297,8 +316,8 @@ def load_mmrec(folder: str | Path, *, name: str | None = None) -> Dataset:
     if len(table.user) == 0:
         raise DataError(inter, "no interaction rows after the header")
     check_duplicates(inter, table.user, table.item)
-    n_users = int(table.user.max()) + 1
-    n_items = int(table.item.max()) + 1
+    n_users = check_contiguous(inter, table.user, USER_COL)
+    n_items = check_contiguous(inter, table.item, ITEM_COL)
     rows, dropped = split_rows(inter, table.user, table.item, table.label)
     features = load_features(folder, n_items)
     fp = fingerprint_content(n_users, n_items, rows, features)

@@ -249,3 +249,11 @@ def test_windows_line_endings_are_accepted(tmp_path, mmrec_folder):
     inter = mmrec_folder / "toy.inter"
     inter.write_bytes(inter.read_bytes().replace(b"\n", b"\r\n"))
     assert load_dataset(mmrec_folder).fingerprint == unix
+
+
+def test_raw_sparse_ids_are_refused_before_allocating_per_id_arrays(tmp_path, inter_file, toy_rows):
+    rows = toy_rows()
+    rows[0] = (10**12, rows[0][1], rows[0][2])
+    inter_file(tmp_path / "t", rows)
+    with pytest.raises(DataError, match="expected 0-based contiguous ids"):
+        load_dataset(tmp_path / "t")
