@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from clear_core.data.splitting import TEST, TRAIN, VALID, mmrec_split, random_split, split_labels
 
@@ -75,3 +77,25 @@ def test_mmrec_rule_without_timestamps_is_seeded_and_keeps_counts():
 def test_unknown_method_is_rejected():
     with pytest.raises(ValueError, match="unknown split"):
         split_labels(np.zeros(3, dtype=np.int64), "temporal", 0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(counts=st.lists(st.integers(1, 40), min_size=1, max_size=30), seed=st.integers(0, 2**31))
+def test_every_user_keeps_a_training_row_and_holdouts_match_the_rules(counts, seed):
+    users = np.random.default_rng(seed).permutation(_users(counts))  # rows in any order
+    ts = np.random.default_rng(seed + 1).integers(0, 50, len(users))  # with ties
+    rand = random_split(users, seed)
+    mm = mmrec_split(users, seed, ts)
+    for u, n in enumerate(counts):
+        r, m = rand[users == u], mm[users == u]
+        assert (r == TRAIN).sum() >= 1 and (m == TRAIN).sum() >= 1
+        if n >= 3:
+            hold = max(1, n // 10)
+            assert ((r == VALID).sum(), (r == TEST).sum()) == (hold, hold)
+        if 3 <= n < 10:
+            assert ((m == VALID).sum(), (m == TEST).sum()) == (1, 1)
+        if n >= 10:
+            assert (m != TRAIN).sum() == round(0.2 * n)
+        # MMRec holds out the latest rows: nothing held out is older than a training row.
+        if (m != TRAIN).any():
+            assert ts[users == u][m != TRAIN].min() >= ts[users == u][m == TRAIN].max()
