@@ -1,0 +1,499 @@
+"""Offline validation of the Kubernetes manifests under ``k8s/``.
+
+``python -m pipeline.manifests k8s/`` renders every kustomization (base and overlays) and checks
+each resulting object, then checks every other manifest file on its own:
+
+* core kinds (Deployment, Service, ...): ``kubernetes-validate`` in strict mode, so an unknown
+  (misspelled) field is an error. A kind it has no schema for is an error too, never a warning;
+* KubeRay ``RayJob`` / ``RayCluster``: the CRD's ``openAPIV3Schema`` from the KubeRay CRD files
+  (``$CLEARREC_KUBERAY_SCHEMAS``, default ``<repo>/../shared/schemas/kuberay``), made strict by
+  adding ``additionalProperties: false`` to every object schema that lists its properties and
+  does not say ``x-kubernetes-preserve-unknown-fields: true``;
+* inside those, every pod template (head, worker groups, RayJob submitter) as a core
+  ``v1/PodTemplate`` and the object's own ``metadata`` as core ObjectMeta, both strict: the CRD
+  leaves ``metadata`` open.
+
+Kustomize is rendered here, in Python, for the subset this repository uses (``resources``,
+``namespace``, ``images``, ``patches`` holding JSON 6902 operations with a ``target``); any other
+kustomization field is an error rather than a silently different rendering. A test compares the
+result with ``kubectl kustomize`` where kubectl exists.
+
+Not checked: CEL rules (``x-kubernetes-validations``), cross-object references (a Secret that
+does not exist yet), and admission policies of a real cluster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from clear_core.errors import ConfigError, DataError
+
+KUBERNETES_VERSION = "1.34"
+SCHEMAS_ENV = "CLEARREC_KUBERAY_SCHEMAS"
+CRD_FILES = {"RayJob": "ray.io_rayjobs.yaml", "RayCluster": "ray.io_rayclusters.yaml"}
+KUSTOMIZATION_NAMES = ("kustomization.yaml", "kustomization.yml", "Kustomization")
+KUSTOMIZE_FIELDS = {"apiVersion", "kind", "resources", "namespace", "images", "patches"}
+# Kinds without a namespace: the namespace transformer leaves them alone.
+CLUSTER_SCOPED = {
+    "Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition",
+    "PersistentVolume", "StorageClass", "PriorityClass",
+}
+
+
+@dataclass
+class Problem:
+    source: str
+    resource: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"ERROR {self.source}: {self.resource}: {self.message}"
+
+
+@dataclass
+class Report:
+    checked: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def default_schema_dir() -> Path:
+    env = os.environ.get(SCHEMAS_ENV)
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2] / "shared" / "schemas" / "kuberay"
+
+
+# --------------------------------------------------------------------------- YAML input
+
+
+def load_documents(path: str | Path) -> list[Any]:
+    """Every non-empty YAML document of a file; a syntax error is a DataError with its line."""
+    path = Path(path)
+    try:
+        return [d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d is not None]
+    except yaml.MarkedYAMLError as exc:
+        line = exc.problem_mark.line + 1 if exc.problem_mark else None
+        raise DataError(str(path), f"not valid YAML: {exc.problem}", line=line) from None
+
+
+def resource_name(obj: Any) -> str:
+    if not isinstance(obj, dict):
+        return "<not a mapping>"
+    meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
+    return f"{obj.get('kind', '?')}/{meta.get('name', '?')}"
+
+
+def is_kfp_pipeline_spec(doc: Any) -> bool:
+    """A compiled Kubeflow pipeline (IR YAML) is not a Kubernetes object; tests/pipeline/test_kubeflow.py checks it."""
+    return isinstance(doc, dict) and ("pipelineInfo" in doc or "platforms" in doc) and "kind" not in doc
+
+
+# --------------------------------------------------------------------------- kustomize subset
+
+
+def _json_pointer(path: str) -> list[str]:
+    if not path.startswith("/"):
+        raise ConfigError(f"patch path {path!r}: expected a JSON pointer starting with /")
+    return [p.replace("~1", "/").replace("~0", "~") for p in path[1:].split("/")]
+
+
+def _apply_op(doc: Any, op: dict[str, Any], where: str) -> None:
+    if not isinstance(op, dict):
+        raise ConfigError(f"{where}: expected an operation mapping, got {op!r}")
+    kind = op.get("op")
+    if kind not in ("add", "replace", "remove"):
+        raise ConfigError(f"{where}: op {kind!r} not supported (add, replace, remove)")
+    allowed = {"op", "path"} if kind == "remove" else {"op", "path", "value"}
+    unknown = sorted(set(op) - allowed)
+    missing = sorted(allowed - set(op))
+    if unknown or missing:
+        raise ConfigError(
+            f"{where}: {kind} operation on {op.get('path')!r}: "
+            + "; ".join([f"unknown field {u!r}" for u in unknown] + [f"missing {m!r}" for m in missing])
+        )
+    parts = _json_pointer(op.get("path", ""))
+    parent = doc
+    for i, part in enumerate(parts[:-1]):
+        try:
+            parent = parent[int(part)] if isinstance(parent, list) else parent[part]
+        except (KeyError, IndexError, ValueError, TypeError):
+            raise ConfigError(f"{where}: path {op['path']!r} does not exist (at {'/'.join(parts[:i + 1])})") from None
+    last = parts[-1]
+    if isinstance(parent, list):
+        index = len(parent) if (last == "-" and kind == "add") else int(last)
+        if kind == "add":
+            parent.insert(index, copy.deepcopy(op["value"]))
+        elif index >= len(parent):
+            raise ConfigError(f"{where}: path {op['path']!r} does not exist")
+        elif kind == "replace":
+            parent[index] = copy.deepcopy(op["value"])
+        else:
+            del parent[index]
+        return
+    if not isinstance(parent, dict):
+        raise ConfigError(f"{where}: path {op['path']!r} does not lead to an object")
+    if kind in ("replace", "remove") and last not in parent:
+        raise ConfigError(f"{where}: path {op['path']!r} does not exist")
+    if kind == "remove":
+        del parent[last]
+    else:
+        parent[last] = copy.deepcopy(op["value"])
+
+
+def _image_name(image: str) -> str:
+    base = image.split("@", 1)[0]
+    if ":" in base.rsplit("/", 1)[-1]:
+        base = base.rsplit(":", 1)[0]
+    return base
+
+
+def _set_images(node: Any, rules: list[dict[str, Any]]) -> None:
+    if isinstance(node, list):
+        for item in node:
+            _set_images(item, rules)
+        return
+    if not isinstance(node, dict):
+        return
+    for key, value in node.items():
+        if key in ("containers", "initContainers") and isinstance(value, list):
+            for container in value:
+                if isinstance(container, dict) and isinstance(container.get("image"), str):
+                    container["image"] = _new_image(container["image"], rules)
+        _set_images(value, rules)
+
+
+def _new_image(image: str, rules: list[dict[str, Any]]) -> str:
+    name = _image_name(image)
+    for rule in rules:
+        if rule.get("name") != name:
+            continue
+        new = rule.get("newName", name)
+        if "digest" in rule:
+            return f"{new}@{rule['digest']}"
+        tag = rule.get("newTag")
+        if tag is None:
+            rest = image[len(name):]
+            return new + rest
+        return f"{new}:{tag}"
+    return image
+
+
+def _matches(obj: dict[str, Any], target: dict[str, Any]) -> bool:
+    meta = obj.get("metadata") or {}
+    checks = {"kind": obj.get("kind"), "name": meta.get("name"), "namespace": meta.get("namespace")}
+    for key, want in target.items():
+        if key == "version" or key == "group":
+            api = obj.get("apiVersion", "")
+            group, _, version = api.rpartition("/")
+            if want != (group if key == "group" else version):
+                return False
+        elif key in checks:
+            if checks[key] != want:
+                return False
+        else:
+            raise ConfigError(f"patch target field {key!r} not supported (kind, name, namespace, group, version)")
+    return True
+
+
+def render_kustomization(directory: str | Path) -> list[tuple[str, dict[str, Any]]]:
+    """The objects ``kubectl kustomize DIR`` would produce (for the supported subset), each with
+    the file it came from. Also returns nothing half-done: any unsupported field raises."""
+    directory = Path(directory)
+    kfile = next((directory / n for n in KUSTOMIZATION_NAMES if (directory / n).exists()), None)
+    if kfile is None:
+        raise ConfigError(f"{directory}: no kustomization.yaml")
+    docs = load_documents(kfile)
+    spec = docs[0] if docs else {}
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{kfile}: expected a mapping")
+    unknown = sorted(set(spec) - KUSTOMIZE_FIELDS)
+    if unknown:
+        raise ConfigError(
+            [f"{kfile}: field {u!r} is not supported by this renderer (supported: "
+             f"{', '.join(sorted(KUSTOMIZE_FIELDS))}); validate with kubectl kustomize" for u in unknown]
+        )
+    objects: list[tuple[str, dict[str, Any]]] = []
+    for entry in spec.get("resources") or []:
+        path = directory / entry
+        if path.is_dir():
+            objects.extend(render_kustomization(path))
+        elif path.is_file():
+            for doc in load_documents(path):
+                if not isinstance(doc, dict):
+                    raise DataError(str(path), "expected a Kubernetes object (a mapping)")
+                objects.append((str(path), doc))
+        else:
+            raise ConfigError(f"{kfile}: resource {entry!r} not found")
+    for i, patch in enumerate(spec.get("patches") or []):
+        where = f"{kfile}: patches[{i}]"
+        if not isinstance(patch, dict) or "target" not in patch:
+            raise ConfigError(f"{where}: expected a mapping with a target (JSON 6902 patch)")
+        extra = sorted(set(patch) - {"path", "patch", "target"})
+        if extra:
+            raise ConfigError(f"{where}: unsupported field(s) {', '.join(extra)}")
+        if "path" in patch:
+            where = f"{directory / patch['path']}"
+            ops = load_documents(directory / patch["path"])
+            ops = ops[0] if ops else []
+        else:
+            ops = yaml.safe_load(patch.get("patch") or "[]")
+        if not isinstance(ops, list):
+            raise ConfigError(f"{where}: expected a list of JSON 6902 operations (strategic-merge patches are not supported here)")
+        hits = [obj for _, obj in objects if _matches(obj, patch["target"])]
+        if not hits:
+            raise ConfigError(f"{where}: target {patch['target']} matches no resource")
+        for obj in hits:
+            for op in ops:
+                _apply_op(obj, op, where)
+    namespace = spec.get("namespace")
+    if namespace:
+        for _, obj in objects:
+            if obj.get("kind") not in CLUSTER_SCOPED:
+                obj.setdefault("metadata", {})["namespace"] = namespace
+    if spec.get("images"):
+        for _, obj in objects:
+            _set_images(obj, spec["images"])
+    return objects
+
+
+# --------------------------------------------------------------------------- validators
+
+
+def _kv_errors(obj: dict[str, Any], version: str) -> list[str]:
+    import kubernetes_validate
+    from kubernetes_validate import utils
+
+    try:
+        kubernetes_validate.validate(obj, version, strict=True)
+    except utils.ValidationError as exc:
+        path = ".".join(str(p) for p in exc.path) or "<root>"
+        return [f"{path}: {exc.message}"]
+    except utils.SchemaNotFoundError as exc:
+        return [exc.message + " (unknown kinds are failures, not warnings)"]
+    except (KeyError, TypeError) as exc:
+        return [f"not a Kubernetes object: missing {exc}"]
+    return []
+
+
+def validate_core(obj: dict[str, Any], version: str = KUBERNETES_VERSION) -> list[str]:
+    """Strict schema check of a core kind; unknown fields and unknown kinds are errors."""
+    if not isinstance(obj, dict) or "apiVersion" not in obj or "kind" not in obj:
+        return ["not a Kubernetes object: apiVersion and kind are required"]
+    return _kv_errors(obj, version)
+
+
+def strict_schema(schema: Any) -> Any:
+    """A copy of a CRD schema where every object that lists its properties rejects others."""
+    if isinstance(schema, list):
+        return [strict_schema(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: strict_schema(v) for k, v in schema.items()}
+    if (
+        "properties" in out
+        and "additionalProperties" not in out
+        and not out.get("x-kubernetes-preserve-unknown-fields")
+    ):
+        out["additionalProperties"] = False
+    return out
+
+
+class CrdSchemas:
+    """Strict validators for RayJob / RayCluster from the KubeRay CRD files."""
+
+    def __init__(self, directory: str | Path):
+        import jsonschema
+
+        self.directory = Path(directory)
+        self._validators: dict[tuple[str, str], Any] = {}
+        for kind, filename in CRD_FILES.items():
+            path = self.directory / filename
+            crd = load_documents(path)[0]
+            group = crd["spec"]["group"]
+            for version in crd["spec"]["versions"]:
+                schema = strict_schema(version["schema"]["openAPIV3Schema"])
+                self._validators[(f"{group}/{version['name']}", kind)] = jsonschema.Draft7Validator(schema)
+
+    @classmethod
+    def available(cls, directory: str | Path) -> bool:
+        return all((Path(directory) / f).is_file() for f in CRD_FILES.values())
+
+    def handles(self, obj: dict[str, Any]) -> bool:
+        return obj.get("kind") in CRD_FILES
+
+    def errors(self, obj: dict[str, Any]) -> list[str]:
+        key = (obj.get("apiVersion", ""), obj.get("kind", ""))
+        validator = self._validators.get(key)
+        if validator is None:
+            known = ", ".join(sorted(f"{a} {k}" for a, k in self._validators))
+            return [f"no CRD schema for {key[0]} {key[1]} (known: {known})"]
+        out = []
+        for err in sorted(validator.iter_errors(obj), key=lambda e: list(map(str, e.absolute_path))):
+            path = ".".join(str(p) for p in err.absolute_path) or "<root>"
+            out.append(f"{path}: {err.message}")
+        return out
+
+
+def pod_templates(obj: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(path, template) of every pod template inside a RayCluster or RayJob."""
+    spec = obj.get("spec") or {}
+    prefix = "spec"
+    if obj.get("kind") == "RayJob":
+        if isinstance(spec.get("submitterPodTemplate"), dict):
+            yield "spec.submitterPodTemplate", spec["submitterPodTemplate"]
+        spec = spec.get("rayClusterSpec") or {}
+        prefix = "spec.rayClusterSpec"
+    head = (spec.get("headGroupSpec") or {}).get("template")
+    if isinstance(head, dict):
+        yield f"{prefix}.headGroupSpec.template", head
+    for i, group in enumerate(spec.get("workerGroupSpecs") or []):
+        if isinstance(group, dict) and isinstance(group.get("template"), dict):
+            yield f"{prefix}.workerGroupSpecs.{i}.template", group["template"]
+
+
+def validate_pod_templates(obj: dict[str, Any], version: str = KUBERNETES_VERSION) -> list[str]:
+    """Each pod template as a strict core v1/PodTemplate, and the object's metadata as ObjectMeta."""
+    out = []
+    meta = obj.get("metadata")
+    wrapped_meta = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta}
+    out += [f"metadata (as ObjectMeta): {e}" for e in _kv_errors(wrapped_meta, version)]
+    for path, template in pod_templates(obj):
+        wrapped = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "check"}, "template": template}
+        for err in _kv_errors(wrapped, version):
+            err = err.removeprefix("template.").removeprefix("template")
+            out.append(f"{path}.{err.lstrip('.')} (as v1/PodTemplate)")
+    return out
+
+
+# --------------------------------------------------------------------------- whole tree
+
+
+def validate_object(
+    obj: Any, source: str, crds: CrdSchemas | None, version: str = KUBERNETES_VERSION
+) -> tuple[list[Problem], str]:
+    """Problems of one object and a note saying which checks ran."""
+    name = resource_name(obj)
+    if not isinstance(obj, dict):
+        return [Problem(source, name, "expected a mapping")], ""
+    if obj.get("kind") in CRD_FILES:
+        if crds is None:
+            return [Problem(source, name, "KubeRay CRD schemas not available; cannot validate")], ""
+        errors = crds.errors(obj) + validate_pod_templates(obj, version)
+        note = f"CRD schema (strict) + {sum(1 for _ in pod_templates(obj))} pod templates as v1/PodTemplate"
+    else:
+        errors = validate_core(obj, version)
+        note = f"kubernetes-validate --strict ({version})"
+    return [Problem(source, name, e) for e in errors], note
+
+
+def _yaml_files(root: Path) -> Iterable[Path]:
+    if root.is_file():
+        return [root]
+    return sorted(p for p in root.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file())
+
+
+def _referenced_files(kdir: Path) -> set[Path]:
+    """Files a kustomization reads (its own file, resources, patch files), recursively."""
+    kfile = next(kdir / n for n in KUSTOMIZATION_NAMES if (kdir / n).exists())
+    spec = (load_documents(kfile) or [{}])[0] or {}
+    out = {kfile.resolve()}
+    for entry in spec.get("resources") or []:
+        path = (kdir / entry)
+        if path.is_dir() and any((path / n).exists() for n in KUSTOMIZATION_NAMES):
+            out |= _referenced_files(path)
+        else:
+            out.add(path.resolve())
+    for patch in spec.get("patches") or []:
+        if isinstance(patch, dict) and "path" in patch:
+            out.add((kdir / patch["path"]).resolve())
+    return out
+
+
+def validate_tree(
+    root: str | Path, *, schema_dir: str | Path | None = None, version: str = KUBERNETES_VERSION
+) -> Report:
+    """Render every kustomization under ``root`` and validate the result; validate every other
+    manifest file on its own."""
+    root = Path(root)
+    report = Report()
+    schema_dir = Path(schema_dir) if schema_dir else default_schema_dir()
+    crds = CrdSchemas(schema_dir) if CrdSchemas.available(schema_dir) else None
+    if crds is None:
+        report.problems.append(Problem(
+            str(schema_dir), "KubeRay CRDs",
+            f"schema files {', '.join(CRD_FILES.values())} not found; set {SCHEMAS_ENV}",
+        ))
+    files = list(_yaml_files(root))
+    kdirs = sorted({p.parent for p in files if p.name in KUSTOMIZATION_NAMES})
+    covered: set[Path] = set()
+    for kdir in kdirs:
+        try:
+            covered |= _referenced_files(kdir)
+            rendered = render_kustomization(kdir)
+        except (ConfigError, DataError) as exc:
+            report.problems.append(Problem(str(kdir), "kustomization", str(exc)))
+            continue
+        for source, obj in rendered:
+            problems, note = validate_object(obj, f"{kdir} (from {source})", crds, version)
+            report.problems += problems
+            if not problems:
+                report.checked.append(f"{kdir}: {resource_name(obj)}: {note}")
+    for path in files:
+        if path.resolve() in covered:
+            continue
+        try:
+            docs = load_documents(path)
+        except DataError as exc:
+            report.problems.append(Problem(str(path), "file", str(exc)))
+            continue
+        for doc in docs:
+            if is_kfp_pipeline_spec(doc):
+                report.skipped.append(f"{path}: Kubeflow pipeline spec, not a Kubernetes object "
+                                      "(checked against a fresh compile by tests/pipeline/test_kubeflow.py)")
+                continue
+            problems, note = validate_object(doc, str(path), crds, version)
+            report.problems += problems
+            if not problems:
+                report.checked.append(f"{path}: {resource_name(doc)}: {note}")
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.manifests", description=__doc__.split("\n\n")[0])
+    parser.add_argument("paths", nargs="*", default=["k8s"], help="folders or files (default k8s/)")
+    parser.add_argument("--schemas", help=f"KubeRay CRD folder (default ${SCHEMAS_ENV} or ../shared/schemas/kuberay)")
+    parser.add_argument("--kubernetes-version", default=KUBERNETES_VERSION)
+    parser.add_argument("-q", "--quiet", action="store_true", help="print problems only")
+    args = parser.parse_args(argv)
+    failed = False
+    for path in args.paths:
+        report = validate_tree(path, schema_dir=args.schemas, version=args.kubernetes_version)
+        if not args.quiet:
+            for line in report.checked:
+                print(f"ok   {line}")
+            for line in report.skipped:
+                print(f"skip {line}")
+        for problem in report.problems:
+            print(problem, file=sys.stderr)
+        failed |= not report.ok
+        print(f"{path}: {len(report.checked)} objects valid, {len(report.skipped)} skipped, "
+              f"{len(report.problems)} problems")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
