@@ -46,8 +46,6 @@ PIPELINE_SCHEMA: dict[str, Any] = {
     "runs_dir": str,
     "health_timeout_s": float,
     "experiment_prefix": str,
-    "extract": dict,
-    "prepare": dict,
 }
 
 # Tags under this namespace are ours; mlflow.* tags are MLflow's own (runName, parentRunId).
