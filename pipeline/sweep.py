@@ -1,0 +1,398 @@
+"""The sweep engine: Ray Tune trials of ``clear_core.trainer.fit``, chosen by Optuna (TPE), stopped
+early by ASHA, checkpointed every epoch, retried and resumable.
+
+What a trial reports each epoch (one Tune result per epoch, with a checkpoint of that epoch)::
+
+    epoch, train_loss, valid/<metric>@K, test/<metric>@K (all metrics of the train config),
+    best_epoch, best_valid, best: {valid: {...}, test: {...}} (metrics at best_epoch),
+    finished (True only on the last result of a trial that ended by itself: early stopping or
+    the epoch budget), resumed_from (epoch of the checkpoint it restarted from; 0 = fresh),
+    node_id (Ray node that ran it), train_seconds, eval_seconds
+
+``finished`` is what lets :mod:`pipeline.optuna_search` tell Optuna PRUNED for trials the
+scheduler stopped. A trial's checkpoint holds the trainer's checkpoint folder (``last.pt``,
+``best.pt``); a retried or resumed trial continues from it, so no epoch is reported twice.
+
+Re-running :func:`run_sweep` with the same configuration and data finds the experiment folder
+(``<storage>/<sweep_id>``) and resumes it: finished trials are kept, unfinished ones continue from
+their checkpoints, and only the missing trials are started. Errored trials are not resumed: Optuna
+already holds them as FAIL and would never see their new results (stack-notes.md); retries
+within a run (``max_failures``) are the way to survive a crash.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from clear_core.data.dataset import Dataset
+from clear_core.errors import ClearrecError, ConfigError
+from pipeline.sweep_config import SweepConfig, dataset_problems
+
+log = logging.getLogger(__name__)
+
+TRAINER_DIR = "trainer"
+PROGRESS_FILE = "progress.json"
+FAULT_MARKER = "fault_injection_crashed_once"
+
+
+class SweepFailedError(ClearrecError):
+    """Every trial failed; the message lists their errors."""
+
+
+@dataclass
+class TrialSummary:
+    trial_id: str
+    params: dict[str, Any]
+    status: str  # "COMPLETE" | "PRUNED" | "FAIL"
+    best_epoch: int | None
+    valid: dict[str, float]
+    test: dict[str, float]
+    epochs: int
+    checkpoint: str | None
+    node_id: str | None
+    error: str | None = None
+    path: str | None = None
+
+
+@dataclass
+class SweepOutcome:
+    sweep_id: str
+    best: TrialSummary
+    trials: list[TrialSummary]
+    storage_path: str
+    study_storage: str
+    study_name: str
+    resumed: bool
+    metric: str = ""
+    mode: str = "max"
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+# --- the trial ---------------------------------------------------------------------------------
+
+
+def _disk_epoch(trainer_dir: Path) -> int:
+    """Epoch of the trainer checkpoint in ``trainer_dir`` (0: none).
+
+    Tensors are memory-mapped, not read: only the epoch number is needed.
+    """
+    import torch
+
+    from clear_core.trainer import CHECKPOINT_NAME
+
+    path = trainer_dir / CHECKPOINT_NAME
+    if not path.exists():
+        return 0
+    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    return int(state["epoch"])
+
+
+def run_trial(trial_config: dict[str, Any], *, dataset: Dataset, sweep: SweepConfig) -> None:
+    """One Tune trial: train with this trial's parameters, report every epoch with its checkpoint.
+
+    The trainer may write its checkpoint before or after calling ``on_epoch_end``; an epoch is
+    reported as soon as the checkpoint on disk holds it, so a result and its checkpoint always
+    agree (with checkpoint-after-callback, each report happens one callback later, and the last
+    one after ``fit`` returns).
+    """
+    import ray
+    from ray import tune
+
+    from clear_core.trainer import TrainConfig, fit
+
+    model_params, train = sweep.split_params(trial_config)
+    train["valid_metric"] = sweep.metric.split("/", 1)[1]
+    train_config = TrainConfig.resolve(train)
+    node_id = ray.get_runtime_context().get_node_id()
+    context = tune.get_context()
+    trial_dir = Path(context.get_trial_dir())
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    fault_at = (sweep.fault_injection or {}).get("crash_once_at_epoch")
+
+    work = Path(tempfile.mkdtemp(prefix=f"clearrec-{context.get_trial_id()}-"))
+    trainer_dir = work / TRAINER_DIR
+    try:
+        resumed_from = 0
+        best_state: dict[str, Any] = {"valid": {}, "test": {}}
+        checkpoint = tune.get_checkpoint()
+        if checkpoint is not None:
+            checkpoint.to_directory(str(work))
+            resumed_from = _disk_epoch(trainer_dir)
+            progress = work / PROGRESS_FILE
+            if progress.exists():
+                best_state = json.loads(progress.read_text(encoding="utf-8"))["best"]
+            log.info("trial %s resumes from epoch %d", context.get_trial_id(), resumed_from)
+
+        pending: dict[int, dict[str, Any]] = {}
+        reported = {"epoch": resumed_from}
+
+        def flush(*, finished: bool = False) -> None:
+            on_disk = _disk_epoch(trainer_dir)
+            for epoch in sorted(pending):
+                if epoch > on_disk:
+                    break
+                metrics = pending.pop(epoch)
+                is_last = finished and not pending
+                metrics["finished"] = is_last
+                ckpt = None
+                if epoch == on_disk:
+                    (work / PROGRESS_FILE).write_text(
+                        json.dumps({"epoch": epoch, "best": metrics["best"]}), encoding="utf-8"
+                    )
+                    ckpt = tune.Checkpoint.from_directory(str(work))
+                tune.report(metrics, checkpoint=ckpt)
+                reported["epoch"] = epoch
+
+        def on_epoch_end(report) -> None:
+            if fault_at is not None and report.epoch == fault_at:
+                marker = trial_dir / FAULT_MARKER
+                if not marker.exists():
+                    marker.write_text(str(report.epoch), encoding="utf-8")
+                    raise RuntimeError(
+                        f"fault injection (test only): trial crashes once at epoch {report.epoch}"
+                    )
+            if report.is_best:
+                best_state["valid"], best_state["test"] = dict(report.valid), dict(report.test)
+            pending[report.epoch] = {
+                "epoch": report.epoch,
+                "train_loss": report.train_loss,
+                **{f"valid/{k}": v for k, v in report.valid.items()},
+                **{f"test/{k}": v for k, v in report.test.items()},
+                "best_epoch": report.best_epoch,
+                "best_valid": report.best_valid,
+                "best": {"valid": dict(best_state["valid"]), "test": dict(best_state["test"])},
+                "resumed_from": resumed_from,
+                "node_id": node_id,
+                "train_seconds": report.train_seconds,
+                "eval_seconds": report.eval_seconds,
+            }
+            flush()
+
+        result = fit(
+            dataset, sweep.model, model_params, train_config,
+            checkpoint_dir=trainer_dir, on_epoch_end=on_epoch_end,
+        )
+        ended_by_itself = result.stop_reason in ("patience", "max_epochs") if hasattr(result, "stop_reason") else True
+        flush(finished=ended_by_itself)
+        if pending:  # the trainer left no checkpoint for these epochs: report them bare
+            last = max(pending)
+            for epoch in sorted(pending):
+                metrics = pending.pop(epoch)
+                metrics["finished"] = ended_by_itself and epoch == last
+                tune.report(metrics)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+# --- the driver --------------------------------------------------------------------------------
+
+
+def sweep_id_for(config: SweepConfig, dataset: Dataset) -> str:
+    """Stable per (configuration, data): the same sweep on the same data resumes, another does not."""
+    digest = hashlib.sha256(f"{config.fingerprint()}:{dataset.fingerprint}".encode()).hexdigest()
+    return f"{config.name}-{digest[:10]}"
+
+
+@contextlib.contextmanager
+def _env(**values: str | None) -> Iterator[None]:
+    old = {k: os.environ.get(k) for k in values}
+    try:
+        for k, v in values.items():
+            if v is not None:
+                os.environ[k] = v
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _resources(config: SweepConfig) -> dict[str, float]:
+    from pipeline.ray_runtime import cluster_gpus
+
+    res: dict[str, float] = {"cpu": config.resources.cpu}
+    if config.resources.gpu > 0 and cluster_gpus() > 0:
+        res["gpu"] = config.resources.gpu
+    res.update(config.resources.custom)
+    return res
+
+
+def _reporter(config: SweepConfig):
+    from ray.tune import CLIReporter
+
+    return CLIReporter(
+        parameter_columns=list(config.search),
+        metric_columns={"epoch": "epoch", config.metric: config.metric, "best_valid": "best"},
+        max_report_frequency=10,
+        sort_by_metric=True,
+    )
+
+
+def _status(result) -> str:
+    if result.error is not None:
+        return "FAIL"
+    return "COMPLETE" if (result.metrics or {}).get("finished") else "PRUNED"
+
+
+def _summaries(grid, config: SweepConfig, storage) -> list[TrialSummary]:
+    out = []
+    for result in grid:
+        metrics = result.metrics or {}
+        best = metrics.get("best") or {}
+        trial_params = {name: (metrics.get("config") or {}).get(name) for name in config.search}
+        checkpoint = None
+        if result.checkpoint is not None:
+            checkpoint = f"s3://{result.checkpoint.path}" if storage.is_s3 else result.checkpoint.path
+        out.append(TrialSummary(
+            trial_id=metrics.get("trial_id") or Path(result.path).name,
+            params=trial_params,
+            status=_status(result),
+            best_epoch=metrics.get("best_epoch"),
+            valid=dict(best.get("valid") or {}),
+            test=dict(best.get("test") or {}),
+            epochs=int(metrics.get("epoch") or 0),
+            checkpoint=checkpoint,
+            node_id=metrics.get("node_id"),
+            error=str(result.error).splitlines()[0] if result.error is not None else None,
+            path=result.path,
+        ))
+    return sorted(out, key=lambda t: t.trial_id)
+
+
+def select_best(trials: list[TrialSummary], metric: str, mode: str) -> TrialSummary | None:
+    """The best trial on validation: COMPLETE trials first, PRUNED ones only if none completed."""
+    key = metric.split("/", 1)[1]
+    sign = 1.0 if mode == "max" else -1.0
+    for statuses in (("COMPLETE",), ("PRUNED",)):
+        scored = [t for t in trials if t.status in statuses and key in t.valid]
+        if scored:
+            return max(scored, key=lambda t: sign * t.valid[key])
+    return None
+
+
+def run_sweep(
+    config: SweepConfig,
+    dataset_path: str,
+    *,
+    study_storage: str,
+    callbacks: list | None = None,
+    progress: bool = True,
+) -> SweepOutcome:
+    """Run (or resume) the sweep on the dataset folder ``dataset_path``; see the module doc.
+
+    Everything that can be checked is checked before any trial starts: the dataset folder
+    (``DataError``), the search against the model and data (``ConfigError``: e.g. k above the
+    projected dimension), the results storage (S3 endpoint reachable, bucket present) and the
+    Optuna storage URL. Ray is started locally (or joined at ``RAY_ADDRESS``) unless this process
+    already has it. ``callbacks`` are Tune callbacks run on the driver (e.g. MLflow tracking).
+    """
+    from ray import tune
+
+    from clear_core.data.loading import load_dataset
+    from pipeline.optuna_search import PruningAwareOptunaSearch, fail_orphaned_trials, rdb_storage
+    from pipeline.ray_runtime import ray_session
+    from pipeline.storage import check_reachable, resolve_storage
+
+    dataset = load_dataset(dataset_path)
+    problems = dataset_problems(config, dataset)
+    if problems:
+        raise ConfigError(problems, source=config.source or None)
+    storage = resolve_storage(config.storage.path, config.storage.endpoint_url)
+    check_reachable(storage)
+    rdb_storage(study_storage)
+    sweep_id = sweep_id_for(config, dataset)
+    study_name = config.study.name or sweep_id
+    exp_path = storage.join(sweep_id)
+
+    with ray_session():
+        trainable = tune.with_resources(
+            tune.with_parameters(run_trial, dataset=dataset, sweep=config), _resources(config)
+        )
+        resumed = tune.Tuner.can_restore(exp_path, storage_filesystem=storage.filesystem)
+        if resumed:
+            log.info("resuming sweep %s from %s", sweep_id, exp_path)
+            tuner = tune.Tuner.restore(
+                exp_path, trainable,
+                resume_unfinished=True, resume_errored=False, restart_errored=False,
+                storage_filesystem=storage.filesystem,
+            )
+        else:
+            tuner = tune.Tuner(
+                trainable,
+                tune_config=tune.TuneConfig(
+                    search_alg=PruningAwareOptunaSearch(
+                        config.search, metric=config.metric, mode=config.mode, seed=config.seed,
+                        study_name=study_name, storage_url=study_storage,
+                    ),
+                    scheduler=_scheduler(config),
+                    num_samples=config.num_samples,
+                    max_concurrent_trials=config.max_concurrent,
+                    metric=config.metric,
+                    mode=config.mode,
+                    reuse_actors=False,
+                ),
+                run_config=tune.RunConfig(
+                    name=sweep_id,
+                    storage_path=storage.path,
+                    storage_filesystem=storage.filesystem,
+                    failure_config=tune.FailureConfig(max_failures=config.max_failures),
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                    verbose=1 if progress else 0,
+                ),
+            )
+        # Driver-side objects are attached after the Tuner has pickled its state (tuner.pkl),
+        # so they need not be picklable and a resumed sweep gets this run's callbacks rather
+        # than the first run's.
+        from ray.tune.logger import CSVLoggerCallback, JSONLoggerCallback
+
+        run_config = tuner._local_tuner.get_run_config()
+        run_config.callbacks = [JSONLoggerCallback(), CSVLoggerCallback(), *(callbacks or [])]
+        run_config.progress_reporter = _reporter(config) if progress else None
+        run_config.verbose = 1 if progress else 0
+        # The old output engine is the one that honours a CLIReporter. TensorBoard files are
+        # left out (JSON and CSV results are kept): TensorBoard rejects every '@' metric name.
+        # num_to_keep=1 makes Tune snapshot the experiment at each checkpoint, which keeps the
+        # resume state in step with the trials; that is intended, so its warning is silenced.
+        with _env(
+            RAY_AIR_NEW_OUTPUT="0" if progress else None,
+            TUNE_DISABLE_AUTO_CALLBACK_LOGGERS="1",
+            TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S="0",
+        ):
+            grid = tuner.fit()
+
+    fail_orphaned_trials(study_storage, study_name)
+    trials = _summaries(grid, config, storage)
+    best = select_best(trials, config.metric, config.mode)
+    if best is None:
+        errors = "; ".join(f"{t.trial_id}: {t.error}" for t in trials if t.error) or "no trial reported"
+        raise SweepFailedError(f"sweep {sweep_id}: no trial produced a validation score ({errors})")
+    return SweepOutcome(
+        sweep_id=sweep_id, best=best, trials=trials, storage_path=exp_path,
+        study_storage=study_storage, study_name=study_name, resumed=resumed,
+        metric=config.metric, mode=config.mode, config=config.to_dict(),
+    )
+
+
+def _scheduler(config: SweepConfig):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if config.scheduler.type == "none":
+        return FIFOScheduler()
+    return ASHAScheduler(
+        time_attr="epoch",
+        max_t=config.scheduler.max_t or config.max_epochs,
+        grace_period=config.scheduler.grace_period,
+        reduction_factor=config.scheduler.reduction_factor,
+    )

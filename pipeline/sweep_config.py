@@ -1,0 +1,592 @@
+"""The typed sweep configuration: what to search, how to schedule trials, where results go.
+
+A sweep file (``configs/sweeps/*.yaml``) is merged over ``configs/sweeps/default.yaml`` (the one
+home of the defaults), then ``overrides`` are applied, then every field is checked and all
+problems are raised together in one :class:`~clear_core.errors.ConfigError`.
+
+Merge rules. Nested mappings (``scheduler``, ``resources``, ``storage``, ``train`` ...) merge key
+by key. ``dataset``, ``model_params``, ``search``, ``fault_injection`` and ``per_model`` are replaced
+whole: a file that says ``search:`` means exactly that search. Override keys may be dotted
+(``{"scheduler.max_t": 4, "train.max_epochs": 3}``) or nested mappings.
+
+Baselines. ``per_model: {lightgcn: {model_params: {...}, search: {...}}}`` gives the model
+parameters and search used when ``model`` is that name (e.g. ``clearrec sweep --model lightgcn``),
+so that one sweep file serves CLEAR and its baselines. ``model_params`` or ``search`` given in
+``overrides`` win over ``per_model``.
+
+Search specs (the parameter may be a model parameter or a train-config field; prefix it with
+``model.`` or ``train.`` only when the name is both):
+
+* ``{type: choice, values: [...]}``
+* ``{type: uniform, low, high}`` / ``{type: loguniform, low, high}`` (floats, ``low < high``)
+* ``{type: int, low, high}`` (inclusive, ``low <= high``; optional ``log: true``)
+
+Test-only fault injection: ``fault_injection: {crash_once_at_epoch: N}`` makes every trial raise
+once, at epoch ``N`` before reporting it, so tests can check that ``max_failures`` retries resume
+from the trial's checkpoint. Never set it in a real sweep.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from clear_core.config import load_defaults, load_yaml, validate_fields
+from clear_core.data.dataset import Dataset
+from clear_core.errors import ConfigError
+from clear_core.trainer import TRAIN_SCHEMA
+
+REPLACED_WHOLE = ("dataset", "model_params", "search", "fault_injection", "per_model")
+
+SWEEP_SCHEMA: dict[str, Any] = {
+    "name": str,
+    "dataset": dict,
+    "model": str,
+    "model_params": dict,
+    "train": dict,
+    "search": dict,
+    "num_samples": int,
+    "max_concurrent": int,
+    "seed": int,
+    "metric": str,
+    "mode": str,
+    "scheduler": dict,
+    "resources": dict,
+    "max_failures": int,
+    "storage": dict,
+    "study": dict,
+    "tracking": dict,
+    "fault_injection": (dict, type(None)),
+    "per_model": (dict, type(None)),
+}
+SCHEDULER_SCHEMA = {
+    "type": str,
+    "grace_period": int,
+    "reduction_factor": int,
+    "max_t": (int, type(None)),
+}
+RESOURCES_SCHEMA = {"cpu": float, "gpu": float, "custom": (dict, type(None))}
+STORAGE_SCHEMA = {"path": str, "endpoint_url": (str, type(None))}
+STUDY_SCHEMA = {"storage": (str, type(None)), "name": (str, type(None))}
+TRACKING_SCHEMA = {"experiment": (str, type(None))}
+FAULT_SCHEMA = {"crash_once_at_epoch": int}
+PER_MODEL_SCHEMA = {"model_params": dict, "search": dict}
+
+SPEC_TYPES = ("choice", "uniform", "loguniform", "int")
+SCHEDULER_TYPES = ("asha", "none")
+MODES = ("max", "min")
+METRIC_RE = re.compile(r"^(valid)/(recall|ndcg|precision|map)@(\d+)$")
+# Model parameters whose value must not exceed the dimension a projection works in.
+RANK_PARAMS = ("redundancy_rank",)
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    """One searched parameter. ``target`` is ``"model"`` or ``"train"``; ``param`` its field."""
+
+    name: str
+    target: str
+    param: str
+    type: str
+    values: tuple = ()
+    low: float | int | None = None
+    high: float | int | None = None
+    log: bool = False
+
+    def largest(self) -> Any:
+        """The largest value this spec can produce (for checks such as k <= feature dim)."""
+        if self.type == "choice":
+            numeric = [v for v in self.values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+            return max(numeric) if numeric else None
+        return self.high
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": self.type}
+        if self.type == "choice":
+            out["values"] = list(self.values)
+        else:
+            out.update(low=self.low, high=self.high)
+            if self.log and self.type == "int":
+                out["log"] = True
+        return out
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    type: str
+    grace_period: int
+    reduction_factor: int
+    max_t: int | None
+
+
+@dataclass(frozen=True)
+class ResourcesConfig:
+    cpu: float
+    gpu: float
+    custom: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    path: str
+    endpoint_url: str | None = None
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    storage: str | None = None
+    name: str | None = None
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    experiment: str | None = None
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """A validated sweep. ``search`` maps the searched name to its :class:`SearchSpec`."""
+
+    name: str
+    dataset: dict[str, Any]
+    model: str
+    model_params: dict[str, Any]
+    train: dict[str, Any]
+    search: dict[str, SearchSpec]
+    num_samples: int
+    max_concurrent: int
+    seed: int
+    metric: str
+    mode: str
+    scheduler: SchedulerConfig
+    resources: ResourcesConfig
+    max_failures: int
+    storage: StorageConfig
+    study: StudyConfig
+    tracking: TrackingConfig
+    fault_injection: dict[str, Any] | None = None
+    source: str = ""
+
+    @property
+    def max_epochs(self) -> int:
+        from clear_core.trainer import TrainConfig
+
+        return TrainConfig.resolve(self.train).max_epochs
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved configuration as plain YAML-able data (logged with every sweep)."""
+        out = {
+            "name": self.name,
+            "dataset": copy.deepcopy(self.dataset),
+            "model": self.model,
+            "model_params": copy.deepcopy(self.model_params),
+            "train": copy.deepcopy(self.train),
+            "search": {name: spec.to_dict() for name, spec in self.search.items()},
+            "num_samples": self.num_samples,
+            "max_concurrent": self.max_concurrent,
+            "seed": self.seed,
+            "metric": self.metric,
+            "mode": self.mode,
+            "scheduler": asdict(self.scheduler),
+            "resources": asdict(self.resources),
+            "max_failures": self.max_failures,
+            "storage": asdict(self.storage),
+            "study": asdict(self.study),
+            "tracking": asdict(self.tracking),
+            "fault_injection": copy.deepcopy(self.fault_injection),
+        }
+        return out
+
+    def fingerprint(self) -> str:
+        """A hash of everything that changes what the trials compute or how they are chosen.
+
+        Where results go (storage, study storage, tracking) is left out, so moving the output
+        folder does not make a different sweep.
+        """
+        payload = self.to_dict()
+        for key in ("storage", "study", "tracking"):
+            payload.pop(key)
+        text = json.dumps(payload, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+    def split_params(self, trial_config: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Model parameters and train-config overrides of one trial (fixed values + searched)."""
+        model_params = dict(self.model_params)
+        train = dict(self.train)
+        for name, value in trial_config.items():
+            spec = self.search.get(name)
+            if spec is None:
+                continue
+            (model_params if spec.target == "model" else train)[spec.param] = value
+        return model_params, train
+
+
+# --- loading ----------------------------------------------------------------------------------
+
+
+def _merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if key in REPLACED_WHOLE or not isinstance(value, Mapping) or not isinstance(out.get(key), Mapping):
+            out[key] = copy.deepcopy(value)
+        else:
+            out[key] = _merge(dict(out[key]), value)
+    return out
+
+
+def _nest(overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"a.b": 1}`` -> ``{"a": {"b": 1}}``; keys under replaced-whole fields stay dotted-free."""
+    out: dict[str, Any] = {}
+    for key, value in overrides.items():
+        parts = str(key).split(".")
+        node = out
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {key!r}: {part!r} is not a mapping")
+        node[parts[-1]] = value
+    return out
+
+
+def load_sweep_config(path: str | Path | None, overrides: Mapping[str, Any] | None = None) -> SweepConfig:
+    """Read a sweep file (``None``: the defaults alone), apply ``overrides``, validate."""
+    merged = load_defaults("sweeps", "default")
+    source = "configs/sweeps/default.yaml"
+    if path is not None:
+        merged = _merge(merged, load_yaml(path))
+        source = str(path)
+    nested = _nest(overrides or {})
+    # A model override must not inherit the previous model's parameters and search through
+    # the merge; per_model (or the overrides themselves) then says what they are.
+    explicit = set(nested)
+    merged = _merge(merged, nested)
+    return _build(merged, source=source, explicit=explicit)
+
+
+def _build(raw: dict[str, Any], *, source: str, explicit: set[str]) -> SweepConfig:
+    raw = dict(raw)
+    problems: list[str] = []
+    try:
+        top = validate_fields(raw, SWEEP_SCHEMA, source=source)
+    except ConfigError as exc:
+        raise ConfigError(exc.problems, source=source) from None
+
+    per_model = top.get("per_model") or {}
+    model = top["model"]
+    if model in per_model:
+        entry = per_model[model]
+        if not isinstance(entry, Mapping):
+            problems.append(f"per_model.{model}: expected a mapping, got {type(entry).__name__}")
+        else:
+            problems += _sub_problems(entry, PER_MODEL_SCHEMA, f"per_model.{model}", required=False)
+            for key in ("model_params", "search"):
+                if key in entry and key not in explicit:
+                    top[key] = copy.deepcopy(entry[key])
+
+    scheduler = _sub(top["scheduler"], SCHEDULER_SCHEMA, "scheduler", problems)
+    resources = _sub(top["resources"], RESOURCES_SCHEMA, "resources", problems)
+    storage = _sub(top["storage"], STORAGE_SCHEMA, "storage", problems)
+    study = _sub(top["study"], STUDY_SCHEMA, "study", problems, required=False)
+    tracking = _sub(top["tracking"], TRACKING_SCHEMA, "tracking", problems, required=False)
+    fault = top.get("fault_injection")
+    if fault is not None:
+        fault = _sub(fault, FAULT_SCHEMA, "fault_injection", problems)
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", top["name"]):
+        problems.append(f"name: expected letters, digits, '_', '-', '.', got {top['name']!r}")
+    for key in ("num_samples", "max_concurrent"):
+        if top[key] < 1:
+            problems.append(f"{key}: expected >= 1, got {top[key]}")
+    if top["max_failures"] < 0:
+        problems.append(f"max_failures: expected >= 0, got {top['max_failures']}")
+    if top["mode"] not in MODES:
+        problems.append(f"mode: expected one of {list(MODES)}, got {top['mode']!r}")
+    problems += _dataset_problems(top["dataset"])
+
+    train_cfg = None
+    try:
+        from clear_core.trainer import TrainConfig
+
+        train_cfg = TrainConfig.resolve(top["train"])
+    except ConfigError as exc:
+        problems += [f"train.{p}" for p in exc.problems]
+
+    match = METRIC_RE.match(top["metric"])
+    if not match:
+        problems.append(
+            f"metric: expected 'valid/<recall|ndcg|precision|map>@K' (selection is on validation), "
+            f"got {top['metric']!r}"
+        )
+    elif train_cfg is not None and int(match.group(3)) not in train_cfg.topk:
+        problems.append(f"metric: K={match.group(3)} is not in train.topk {train_cfg.topk}")
+
+    if scheduler:
+        if scheduler.get("type") not in SCHEDULER_TYPES:
+            problems.append(f"scheduler.type: expected one of {list(SCHEDULER_TYPES)}, got {scheduler.get('type')!r}")
+        if scheduler.get("grace_period", 1) < 1:
+            problems.append(f"scheduler.grace_period: expected >= 1, got {scheduler['grace_period']}")
+        if scheduler.get("reduction_factor", 2) < 2:
+            problems.append(f"scheduler.reduction_factor: expected >= 2, got {scheduler['reduction_factor']}")
+        max_t = scheduler.get("max_t")
+        if max_t is not None and max_t < 1:
+            problems.append(f"scheduler.max_t: expected >= 1 or null (= train max_epochs), got {max_t}")
+    if resources:
+        if resources.get("cpu", 1) <= 0:
+            problems.append(f"resources.cpu: expected > 0, got {resources['cpu']}")
+        if resources.get("gpu", 0) < 0:
+            problems.append(f"resources.gpu: expected >= 0 (a fraction such as 0.25 shares a GPU), got {resources['gpu']}")
+        for key, amount in (resources.get("custom") or {}).items():
+            if not isinstance(amount, (int, float)) or isinstance(amount, bool) or amount < 0:
+                problems.append(f"resources.custom.{key}: expected a number >= 0, got {amount!r}")
+    if storage and not storage.get("path"):
+        problems.append("storage.path: expected a local folder or s3://bucket/prefix")
+    if fault and fault.get("crash_once_at_epoch", 1) < 1:
+        problems.append(f"fault_injection.crash_once_at_epoch: expected >= 1, got {fault['crash_once_at_epoch']}")
+
+    model_schema = _model_schema(model, problems)
+    if model_schema is not None:
+        for key, value in top["model_params"].items():
+            if key not in model_schema:
+                problems.append(f"model_params.{key}: not a parameter of model {model!r}; known: {', '.join(sorted(model_schema))}")
+            else:
+                problems += _value_problems(f"model_params.{key}", value, model_schema[key])
+    search = _search_specs(top["search"], model, model_schema, problems)
+
+    if problems:
+        raise ConfigError(problems, source=source)
+    return SweepConfig(
+        name=top["name"],
+        dataset=dict(top["dataset"]),
+        model=model,
+        model_params=dict(top["model_params"]),
+        train=dict(top["train"]),
+        search=search,
+        num_samples=top["num_samples"],
+        max_concurrent=top["max_concurrent"],
+        seed=top["seed"],
+        metric=top["metric"],
+        mode=top["mode"],
+        scheduler=SchedulerConfig(**scheduler),
+        resources=ResourcesConfig(
+            cpu=resources["cpu"], gpu=resources["gpu"],
+            custom={k: float(v) for k, v in (resources.get("custom") or {}).items()},
+        ),
+        max_failures=top["max_failures"],
+        storage=StorageConfig(**storage),
+        study=StudyConfig(**study),
+        tracking=TrackingConfig(**tracking),
+        fault_injection=dict(fault) if fault else None,
+        source=source,
+    )
+
+
+def _sub_problems(values: Any, schema: Mapping[str, Any], where: str, *, required: bool = True) -> list[str]:
+    if not isinstance(values, Mapping):
+        return [f"{where}: expected a mapping, got {type(values).__name__}"]
+    try:
+        validate_fields(values, schema, source=where, required=required)
+    except ConfigError as exc:
+        return [f"{where}.{p}" for p in exc.problems]
+    return []
+
+
+def _sub(values: Any, schema: Mapping[str, Any], where: str, problems: list[str], *, required: bool = True) -> dict[str, Any]:
+    found = _sub_problems(values, schema, where, required=required)
+    if found:
+        problems += found
+        return {}
+    return validate_fields(values, schema, source=where, required=required)
+
+
+def _dataset_problems(dataset: Mapping[str, Any]) -> list[str]:
+    if "path" in dataset:
+        extra = sorted(set(dataset) - {"path"})
+        out = [] if isinstance(dataset["path"], str) and dataset["path"] else [
+            f"dataset.path: expected a folder path, got {dataset['path']!r}"
+        ]
+        return out + [f"dataset.{k}: unknown field next to dataset.path" for k in extra]
+    if dataset.get("synthetic") is True:
+        extra = sorted(set(dataset) - {"synthetic", "raw", "set"})
+        out = [f"dataset.{k}: unknown field; known: synthetic, raw, set" for k in extra]
+        if "raw" in dataset and not isinstance(dataset["raw"], bool):
+            out.append(f"dataset.raw: expected bool, got {dataset['raw']!r}")
+        if "set" in dataset and not isinstance(dataset["set"], Mapping):
+            out.append(f"dataset.set: expected a mapping of synthetic.yaml fields, got {dataset['set']!r}")
+        return out
+    return [f"dataset: expected {{path: DIR}} or {{synthetic: true, raw: bool, set: {{...}}}}, got {dataset!r}"]
+
+
+def _model_schema(model: str, problems: list[str]) -> dict[str, Any] | None:
+    from clear_core.models import model_class
+
+    try:
+        return dict(model_class(model).params)
+    except ConfigError as exc:
+        problems += exc.problems
+        return None
+
+
+def _value_problems(where: str, value: Any, expected: Any) -> list[str]:
+    try:
+        validate_fields({"v": value}, {"v": expected}, source=where)
+    except ConfigError as exc:
+        return [f"{where}: " + p.split(": ", 1)[1] for p in exc.problems]
+    return []
+
+
+def _resolve_target(name: str, model: str, model_schema: Mapping[str, Any]) -> tuple[str, str, Any] | str:
+    """``(target, param, type)`` of a searched name, or a problem text."""
+    if name.startswith("model.") or name.startswith("train."):
+        target, param = name.split(".", 1)
+        schema = model_schema if target == "model" else TRAIN_SCHEMA
+        if param not in schema:
+            return f"search.{name}: {param!r} is not a {'parameter of model ' + repr(model) if target == 'model' else 'train-config field'}"
+        return target, param, schema[param]
+    in_model, in_train = name in model_schema, name in TRAIN_SCHEMA
+    if in_model and in_train:
+        return f"search.{name}: both a parameter of model {model!r} and a train-config field; write model.{name} or train.{name}"
+    if in_model:
+        return "model", name, model_schema[name]
+    if in_train:
+        return "train", name, TRAIN_SCHEMA[name]
+    return (
+        f"search.{name}: unknown sweep parameter: not a parameter of model {model!r} "
+        f"({', '.join(sorted(model_schema)) or 'none'}) nor a train-config field ({', '.join(sorted(TRAIN_SCHEMA))})"
+    )
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _search_specs(
+    search: Mapping[str, Any], model: str, model_schema: Mapping[str, Any] | None, problems: list[str]
+) -> dict[str, SearchSpec]:
+    specs: dict[str, SearchSpec] = {}
+    for name, raw in search.items():
+        where = f"search.{name}"
+        if not isinstance(raw, Mapping):
+            problems.append(f"{where}: expected a mapping such as {{type: choice, values: [...]}}, got {raw!r}")
+            continue
+        kind = raw.get("type")
+        if kind not in SPEC_TYPES:
+            problems.append(f"{where}.type: expected one of {list(SPEC_TYPES)}, got {kind!r}")
+            continue
+        allowed = {"type", "values"} if kind == "choice" else {"type", "low", "high"} | ({"log"} if kind == "int" else set())
+        for key in sorted(set(raw) - allowed):
+            problems.append(f"{where}.{key}: unknown field for a {kind} spec; known: {', '.join(sorted(allowed))}")
+        target = _resolve_target(name, model, model_schema) if model_schema is not None else None
+        if isinstance(target, str):
+            problems.append(target)
+            target = None
+        expected = target[2] if target else None
+        if kind == "choice":
+            values = raw.get("values")
+            if not isinstance(values, list) or not values:
+                problems.append(f"{where}.values: expected a non-empty list, got {values!r}")
+                continue
+            if expected is not None:
+                for i, v in enumerate(values):
+                    problems += _value_problems(f"{where}.values[{i}]", v, expected)
+            spec = SearchSpec(name, *(target[:2] if target else ("?", name)), type=kind, values=tuple(values))
+        else:
+            low, high = raw.get("low"), raw.get("high")
+            bad = False
+            for key, v in (("low", low), ("high", high)):
+                if not _is_number(v) or (kind == "int" and not isinstance(v, int)):
+                    problems.append(f"{where}.{key}: expected {'an integer' if kind == 'int' else 'a finite number'}, got {v!r}")
+                    bad = True
+            if bad:
+                continue
+            if kind == "int" and low > high:
+                problems.append(f"{where}: empty range: low {low} > high {high}")
+                continue
+            if kind != "int" and low >= high:
+                word = "inverted" if low > high else "empty"
+                problems.append(f"{where}: {word} range: expected low < high, got low {low}, high {high}")
+                continue
+            if kind == "loguniform" and low <= 0:
+                problems.append(f"{where}.low: a loguniform range needs low > 0, got {low}")
+                continue
+            if expected is not None:
+                want = int if kind == "int" else float
+                problems += _value_problems(where, want(low), expected)
+            log = bool(raw.get("log", False))
+            if kind == "int" and log and low < 1:
+                problems.append(f"{where}.low: a log int range needs low >= 1, got {low}")
+                continue
+            spec = SearchSpec(
+                name, *(target[:2] if target else ("?", name)), type=kind,
+                low=low if kind == "int" else float(low), high=high if kind == "int" else float(high), log=log,
+            )
+        specs[name] = spec
+    return specs
+
+
+# --- checks that need the data ---------------------------------------------------------------
+
+
+def dataset_problems(config: SweepConfig, dataset: Dataset) -> list[str]:
+    """What cannot work on this dataset, found before any trial starts.
+
+    The projection's rank ``k`` (``redundancy_rank``) may not exceed the dimension it works in:
+    the model's projected dimension (``embedding_size``, the encoders' output) when it has one,
+    else the smallest raw feature dimension. Then the model is built once on CPU with the largest
+    searched values, so whatever else its constructor checks (modalities, projected pair, ...)
+    fails here rather than in every trial.
+    """
+    from clear_core.models import build_model, model_class, resolve_params
+
+    try:
+        params = resolve_params(config.model, config.model_params)
+    except ConfigError as exc:
+        return [f"model_params: {p}" for p in exc.problems]
+    cls = model_class(config.model)
+    if cls.needs_features and not dataset.features:
+        return [f"model {config.model!r} needs modality features; dataset {dataset.name!r} has none"]
+    problems: list[str] = []
+    largest = {
+        spec.param: spec.largest() if spec.type != "choice" or spec.largest() is not None else spec.values[0]
+        for spec in config.search.values()
+        if spec.target == "model"
+    }
+    for rank_param in RANK_PARAMS:
+        if rank_param not in cls.params:
+            continue
+        if isinstance(params.get("embedding_size"), int):
+            limit_name, limit = "projected dimension (embedding_size)", params["embedding_size"]
+            if "embedding_size" in largest:
+                limit = min(s for s in [spec.values if spec.type == "choice" else (spec.low,)
+                                        for spec in config.search.values()
+                                        if spec.target == "model" and spec.param == "embedding_size"][0])
+        elif dataset.features:
+            limit_name, limit = min(
+                ((f"feature dimension of {m!r}", int(f.shape[1])) for m, f in dataset.features.items()),
+                key=lambda kv: kv[1],
+            )
+        else:
+            continue
+        ranks = {"model_params": params.get(rank_param)}
+        for spec in config.search.values():
+            if spec.target == "model" and spec.param == rank_param:
+                ranks[f"search.{spec.name}"] = spec.largest()
+        for where, k in ranks.items():
+            if isinstance(k, int) and k > limit:
+                problems.append(
+                    f"{where}: {rank_param} (k) up to {k} exceeds the {limit_name} = {limit} "
+                    f"(dataset {dataset.name!r})"
+                )
+    if problems:
+        return problems
+    try:
+        build_model(config.model, dataset, {**config.model_params, **largest})
+    except ConfigError as exc:
+        problems += [f"model {config.model!r} with the largest searched values: {p}" for p in exc.problems]
+    return problems
