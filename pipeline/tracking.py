@@ -26,7 +26,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -381,9 +381,9 @@ def _tune_callback_base() -> type:
 class MLflowTrialCallback(_tune_callback_base()):  # type: ignore[misc]
     """Driver-side Tune callback: a nested child run per trial.
 
-    ``base_params`` are the resolved model and train config shared by all trials (logged on
-    every child so each run is complete on its own); the trial's own config overrides them.
-    ``model_of`` picks the model name from a trial config (baselines share the experiment).
+    ``resolve`` maps a trial's config to its full resolved parameters (e.g. ``{"model": {...},
+    "train": {...}}``), logged on every child so each run is complete on its own; without it,
+    ``base_params`` plus the trial's config are logged. The run name shows the searched values.
     A trial is FINISHED when its last report has ``finished_key`` true, KILLED when the
     scheduler stopped it before that, FAILED when it errored for good.
     """
@@ -395,6 +395,7 @@ class MLflowTrialCallback(_tune_callback_base()):  # type: ignore[misc]
         *,
         model: str,
         base_params: Mapping[str, Any] | None = None,
+        resolve: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None,
         tags: Mapping[str, Any] | None = None,
         finished_key: str = "finished",
         search_keys: list[str] | None = None,
@@ -403,11 +404,13 @@ class MLflowTrialCallback(_tune_callback_base()):  # type: ignore[misc]
         self.parent_run_id = parent_run_id
         self.model = model
         self.base_params = flatten(dict(base_params or {}))
+        self.resolve = resolve
         self.tags = dict(tags or {})
         self.finished_key = finished_key
         self.search_keys = search_keys
         self.run_ids: dict[str, str] = {}
         self.retries: dict[str, int] = {}
+        self.interrupted = False
 
     # Tune keys that are bookkeeping, not metrics of the model.
     _SKIP = {
@@ -426,7 +429,11 @@ class MLflowTrialCallback(_tune_callback_base()):  # type: ignore[misc]
         run_id = self.run_ids.get(trial.trial_id)
         if run_id is None:
             searched = self._trial_params(trial)
-            params = {**self.base_params, **searched}
+            if self.resolve is not None:
+                # Every resolved field (model defaults + fixed + searched), so each run stands alone.
+                params = {**self.base_params, **flatten(dict(self.resolve(dict(trial.config or {}))))}
+            else:
+                params = {**self.base_params, **searched}
             run_id = self.tracker.start_run(
                 run_name(self.model, searched),
                 tags={**self.tags, TAG_TRIAL_ID: trial.trial_id, TAG_ROLE: "trial", "model": self.model},
@@ -462,6 +469,9 @@ class MLflowTrialCallback(_tune_callback_base()):  # type: ignore[misc]
         self._close(trial, "FAILED")
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
+        # Tune returns normally after Ctrl-C with trials left PENDING/RUNNING/PAUSED: the sweep
+        # was interrupted, not finished, and the caller must not report it as done.
+        self.interrupted = any(getattr(t, "status", "TERMINATED") not in ("TERMINATED", "ERROR") for t in trials)
         self.tracker.close_children(self.parent_run_id, "KILLED")
 
     def _close(self, trial: Any, status: str) -> None:

@@ -206,8 +206,8 @@ def run_tiny_sweep(tracker: Tracker, parent: str):
     from ray.tune.schedulers import ASHAScheduler
 
     callback = MLflowTrialCallback(
-        tracker, parent, model="clear", base_params={"train": {"learning_rate": 0.001}},
-        tags={"clearrec.seed": 7},
+        tracker, parent, model="clear", tags={"clearrec.seed": 7},
+        resolve=lambda c: {"model": {**c, "refresh_every": 1}, "train": {"learning_rate": 0.001}},
     )
     # One at a time, strongest first, so that ASHA prunes the weaker ones deterministically.
     space = {
@@ -229,7 +229,7 @@ def run_tiny_sweep(tracker: Tracker, parent: str):
 
 
 def check_sweep_runs(tracker: Tracker, parent: str) -> dict:
-    children = {r.data.params["redundancy_rank"]: r for r in tracker.children(parent)}
+    children = {r.data.params["model.redundancy_rank"]: r for r in tracker.children(parent)}
     assert set(children) == {"8", "4", "3", "2"}
     statuses = {k: r.info.status for k, r in children.items()}
     assert statuses == {"8": "FINISHED", "4": "KILLED", "3": "FAILED", "2": "KILLED"}
@@ -237,7 +237,10 @@ def check_sweep_runs(tracker: Tracker, parent: str) -> dict:
     assert best.info.run_name == "clear k=8 lam=0.9"
     assert best.data.tags[tracking.PARENT_TAG] == parent
     assert best.data.tags["clearrec.seed"] == "7"
-    assert best.data.params["train.learning_rate"] == "0.001"
+    assert best.data.params == {
+        "model.redundancy_rank": "8", "model.projection_strength": "0.9", "model.refresh_every": "1",
+        "train.learning_rate": "0.001",
+    }
     history = tracker.client.get_metric_history(best.info.run_id, "valid_recall_at_20")
     assert [m.step for m in history] == [1, 2, 3, 4]
     assert [round(m.value, 6) for m in history] == [0.9, 1.8, 2.7, 3.6]
