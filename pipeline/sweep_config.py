@@ -273,10 +273,14 @@ def load_sweep_config(path: str | Path | None, overrides: Mapping[str, Any] | No
 def _build(raw: dict[str, Any], *, source: str, explicit: set[str]) -> SweepConfig:
     raw = dict(raw)
     problems: list[str] = []
+    for key in raw:
+        if key not in SWEEP_SCHEMA:
+            problems.append(f"{key}: unknown field; known fields: {', '.join(sorted(SWEEP_SCHEMA))}")
     try:
-        top = validate_fields(raw, SWEEP_SCHEMA, source=source)
+        top = validate_fields({k: v for k, v in raw.items() if k in SWEEP_SCHEMA}, SWEEP_SCHEMA, source=source)
     except ConfigError as exc:
-        raise ConfigError(exc.problems, source=source) from None
+        # Wrong types at the top level: the deeper checks would only repeat them.
+        raise ConfigError(problems + exc.problems, source=source) from None
 
     per_model = top.get("per_model") or {}
     model = top["model"]
@@ -562,10 +566,10 @@ def dataset_problems(config: SweepConfig, dataset: Dataset) -> list[str]:
             continue
         if isinstance(params.get("embedding_size"), int):
             limit_name, limit = "projected dimension (embedding_size)", params["embedding_size"]
-            if "embedding_size" in largest:
-                limit = min(s for s in [spec.values if spec.type == "choice" else (spec.low,)
-                                        for spec in config.search.values()
-                                        if spec.target == "model" and spec.param == "embedding_size"][0])
+            for spec in config.search.values():
+                if spec.target == "model" and spec.param == "embedding_size":
+                    # A searched size: the smallest one it can take bounds k.
+                    limit = min(spec.values) if spec.type == "choice" else int(spec.low)
         elif dataset.features:
             limit_name, limit = min(
                 ((f"feature dimension of {m!r}", int(f.shape[1])) for m, f in dataset.features.items()),

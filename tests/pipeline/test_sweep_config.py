@@ -1,0 +1,158 @@
+"""The sweep configuration: defaults from configs/sweeps, merge rules, and every bad field of a
+sweep reported at once before anything runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from clear_core.data.synthetic import generate_synthetic
+from clear_core.errors import ConfigError
+from pipeline.sweep_config import dataset_problems, load_sweep_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def write(tmp_path: Path, payload: dict) -> Path:
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(payload), encoding="utf-8")
+    return path
+
+
+def problems_of(tmp_path: Path, payload: dict, overrides: dict | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_sweep_config(write(tmp_path, payload), overrides)
+    return info.value.problems
+
+
+def test_default_sweep_searches_the_papers_grid_of_model_clear():
+    config = load_sweep_config(None)
+    assert config.model == "clear"
+    grid = {name: (spec.target, spec.param, list(spec.values)) for name, spec in config.search.items()}
+    assert grid == {
+        "redundancy_rank": ("model", "redundancy_rank", [2, 4, 8, 16, 20]),
+        "projection_strength": ("model", "projection_strength", [0.3, 0.5, 0.7, 0.9]),
+        "refresh_every": ("model", "refresh_every", [1, 2, 5, 10]),
+    }
+    assert config.metric == "valid/recall@20" and config.mode == "max"
+    assert config.scheduler.type == "asha"
+
+
+def test_a_sweep_file_is_merged_over_the_defaults_and_its_search_replaces_theirs():
+    config = load_sweep_config(REPO / "configs/sweeps/smoke.yaml")
+    assert set(config.search) == {"redundancy_rank", "projection_strength", "refresh_every"}
+    assert config.search["redundancy_rank"].values == (2, 4, 8)
+    # Keys the smoke file does not name come from default.yaml.
+    assert config.resources.cpu == load_sweep_config(None).resources.cpu
+    assert config.train["max_epochs"] == 4
+
+
+def test_dotted_overrides_reach_nested_fields(tmp_path):
+    config = load_sweep_config(
+        None, {"scheduler.grace_period": 2, "train.max_epochs": 3, "storage.path": str(tmp_path), "num_samples": 5}
+    )
+    assert config.scheduler.grace_period == 2
+    assert config.train["max_epochs"] == 3 and config.max_epochs == 3
+    assert config.storage.path == str(tmp_path)
+    assert config.num_samples == 5
+
+
+def test_train_config_fields_can_be_searched_and_land_in_the_train_overrides(tmp_path):
+    config = load_sweep_config(
+        write(tmp_path, {"search": {
+            "learning_rate": {"type": "loguniform", "low": 1e-4, "high": 1e-2},
+            "redundancy_rank": {"type": "int", "low": 2, "high": 8},
+        }})
+    )
+    assert config.search["learning_rate"].target == "train"
+    assert config.search["redundancy_rank"].target == "model"
+    model_params, train = config.split_params({"learning_rate": 0.003, "redundancy_rank": 4})
+    assert train["learning_rate"] == 0.003 and "learning_rate" not in model_params
+    assert model_params["redundancy_rank"] == 4
+
+
+def test_a_baseline_model_takes_its_search_from_per_model():
+    config = load_sweep_config(None, {"model": "lightgcn"})
+    assert config.model == "lightgcn"
+    assert set(config.search) == {"learning_rate"}
+    assert config.search["learning_rate"].target == "train"
+
+
+def test_every_bad_field_is_listed_at_once(tmp_path):
+    problems = problems_of(tmp_path, {
+        "search": {
+            "not_a_param": {"type": "choice", "values": [1, 2]},
+            "projection_strength": {"type": "uniform", "low": 0.9, "high": 0.3},
+            "refresh_every": {"type": "choice", "values": []},
+            "redundancy_rank": {"type": "int", "low": 8, "high": 2},
+        },
+        "metric": "test/recall@20",
+        "num_samples": 0,
+        "scheduler": {"type": "hyperband"},
+        "unknown_top_level": 1,
+    })
+    text = "\n".join(problems)
+    for needle in (
+        "search.not_a_param: unknown sweep parameter",
+        "search.projection_strength: inverted range",
+        "search.refresh_every.values: expected a non-empty list",
+        "search.redundancy_rank: empty range",
+        "metric: expected 'valid/",
+        "num_samples: expected >= 1",
+        "scheduler.type",
+        "unknown_top_level: unknown field",
+    ):
+        assert needle in text, f"{needle!r} missing from:\n{text}"
+
+
+def test_empty_float_range_and_wrongly_typed_choices_are_rejected(tmp_path):
+    problems = problems_of(tmp_path, {"search": {
+        "projection_strength": {"type": "uniform", "low": 0.5, "high": 0.5},
+        "redundancy_rank": {"type": "choice", "values": [2, "four"]},
+        "learning_rate": {"type": "loguniform", "low": 0.0, "high": 0.1},
+    }})
+    text = "\n".join(problems)
+    assert "search.projection_strength: empty range" in text
+    assert "search.redundancy_rank.values[1]: expected int" in text
+    assert "search.learning_rate.low: a loguniform range needs low > 0" in text
+
+
+def test_metric_cut_off_must_be_one_the_trainer_evaluates(tmp_path):
+    problems = problems_of(tmp_path, {"metric": "valid/recall@30"})
+    assert any("K=30 is not in train.topk" in p for p in problems)
+
+
+def test_fixed_model_params_are_checked_against_the_model(tmp_path):
+    problems = problems_of(tmp_path, {"model_params": {"embedding_sise": 32}})
+    assert any(p.startswith("model_params.embedding_sise: not a parameter of model 'clear'") for p in problems)
+
+
+def test_fingerprint_ignores_where_results_go_but_not_what_is_searched(tmp_path):
+    a = load_sweep_config(None, {"storage.path": str(tmp_path / "a")})
+    b = load_sweep_config(None, {"storage.path": str(tmp_path / "b"), "study.storage": "sqlite:///x.db"})
+    c = load_sweep_config(None, {"num_samples": 3})
+    assert a.fingerprint() == b.fingerprint()
+    assert a.fingerprint() != c.fingerprint()
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset():
+    return generate_synthetic(
+        n_users=80, n_items=60, n_interactions=900, modalities={"image": 12, "text": 10}
+    ).dataset
+
+
+def test_rank_above_the_projected_dimension_is_found_before_any_trial(tiny_dataset):
+    config = load_sweep_config(None, {"model_params": {"embedding_size": 8}})
+    problems = dataset_problems(config, tiny_dataset)
+    assert any(
+        "search.redundancy_rank: redundancy_rank (k) up to 20 exceeds the projected dimension "
+        "(embedding_size) = 8" in p for p in problems
+    ), problems
+
+
+def test_a_search_that_fits_the_data_has_no_problems(tiny_dataset):
+    config = load_sweep_config(REPO / "configs/sweeps/smoke.yaml", {"model_params": {"embedding_size": 16, "knn_k": 5}})
+    assert dataset_problems(config, tiny_dataset) == []
