@@ -1,0 +1,112 @@
+"""Trial states reach the Optuna study truthfully: scheduler-stopped trials are PRUNED (never
+COMPLETE with an under-trained value), errored ones FAIL, finished ones COMPLETE at their best
+validation score. Checked by reading the study back from its SQLite storage after a real Tune
+run with ASHA."""
+
+from __future__ import annotations
+
+import sys
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from pipeline.optuna_search import PruningAwareOptunaSearch, fail_orphaned_trials
+from pipeline.sweep_config import SearchSpec
+
+METRIC = "valid/recall@20"
+SEARCH = {"quality": SearchSpec("quality", "model", "quality", "choice", values=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6))}
+MAX_EPOCHS = 6
+
+
+def test_state_rules():
+    rule = PruningAwareOptunaSearch.trial_state
+    assert rule({METRIC: 0.3, "finished": True, "best_valid": 0.4}, error=False, metric=METRIC) == (
+        TrialState.COMPLETE, 0.4,
+    )
+    assert rule({METRIC: 0.3, "finished": False}, error=False, metric=METRIC) == (TrialState.PRUNED, None)
+    assert rule({METRIC: 0.3}, error=False, metric=METRIC) == (TrialState.PRUNED, None)
+    # An errored trial is FAIL even when its last result carried the metric (Ray says COMPLETE).
+    assert rule({METRIC: 0.3, "finished": True}, error=True, metric=METRIC) == (TrialState.FAIL, None)
+    assert rule(None, error=False, metric=METRIC) == (TrialState.PRUNED, None)
+
+
+def trainable(config):
+    """Curves ordered by ``quality``: ASHA stops the low ones early. quality 0.6 errors at epoch 2."""
+    from ray import tune
+
+    q = config["quality"]
+    for epoch in range(1, MAX_EPOCHS + 1):
+        if q == 0.6 and epoch == 2:
+            raise RuntimeError("this configuration crashes")
+        value = q * (1 - 0.5 ** epoch)
+        tune.report({
+            "epoch": epoch, METRIC: value, "best_valid": value, "finished": epoch == MAX_EPOCHS,
+        })
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    import ray
+    from ray import cloudpickle
+
+    # Test modules are not importable on Ray workers; ship this module's trainable by value.
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def test_asha_stopped_trials_are_pruned_in_the_rdb_study(local_ray, tmp_path):
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    searcher = PruningAwareOptunaSearch(
+        SEARCH, metric=METRIC, mode="max", seed=7, study_name="states", storage_url=storage,
+    )
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            scheduler=ASHAScheduler(time_attr="epoch", max_t=MAX_EPOCHS, grace_period=1, reduction_factor=2),
+            num_samples=8, max_concurrent_trials=2, metric=METRIC, mode="max",
+        ),
+        run_config=tune.RunConfig(storage_path=str(tmp_path / "results"), name="states", verbose=0),
+    )
+    grid = tuner.fit()
+
+    by_number = {t.number: t for t in optuna.load_study(study_name="states", storage=storage).trials}
+    assert len(by_number) == 8
+    states = {t.state for t in by_number.values()}
+    assert TrialState.RUNNING not in states
+    tune_epochs = {}
+    for result in grid:
+        q = result.config["quality"]
+        tune_epochs.setdefault(q, []).append((result.metrics or {}).get("epoch", 0))
+    for trial in by_number.values():
+        q = trial.params["quality"]
+        if q == 0.6:
+            assert trial.state == TrialState.FAIL
+        elif trial.state == TrialState.COMPLETE:
+            # COMPLETE only for trials that ran their whole budget, valued at the full curve.
+            assert trial.value == pytest.approx(q * (1 - 0.5 ** MAX_EPOCHS))
+        else:
+            assert trial.state == TrialState.PRUNED
+    # ASHA did stop some trials early, and each of those is PRUNED rather than COMPLETE.
+    stopped_early = [q for q, epochs in tune_epochs.items() if q != 0.6 and min(epochs) < MAX_EPOCHS]
+    assert stopped_early, tune_epochs
+    pruned_q = {t.params["quality"] for t in by_number.values() if t.state == TrialState.PRUNED}
+    assert set(stopped_early) <= pruned_q
+
+
+def test_trials_left_running_by_a_killed_driver_are_closed_as_fail(tmp_path):
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    study = optuna.create_study(study_name="orphans", storage=storage, direction="maximize")
+    done = study.ask()
+    study.tell(done, 0.5)
+    study.ask()  # asked by a driver that died before telling
+    assert fail_orphaned_trials(storage, "orphans") == [1]
+    states = [t.state for t in optuna.load_study(study_name="orphans", storage=storage).trials]
+    assert states == [TrialState.COMPLETE, TrialState.FAIL]
+    assert fail_orphaned_trials(storage, "no-such-study") == []
