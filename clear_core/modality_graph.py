@@ -45,10 +45,12 @@ def bipartite_edges(
 def bipartite_adjacency(
     users: torch.Tensor, items: torch.Tensor, n_users: int, n_items: int
 ) -> torch.Tensor:
-    """Symmetric-normalised adjacency of the user-item graph, (n_users + n_items) square."""
+    """Symmetric-normalised adjacency of the user-item graph, (n_users + n_items) square, in
+    CSR layout like :func:`clear_core.graph.normalized_adjacency` (built here on the device
+    of ``users``, which matters when it is rebuilt every epoch after edge dropout)."""
     n = n_users + n_items
     rows, cols = bipartite_edges(users, items, n_users)
-    return normalise_sparse(rows, cols, (n, n))
+    return normalise_sparse(rows, cols, (n, n)).to_sparse_csr()
 
 
 def edge_weights(users: torch.Tensor, items: torch.Tensor, n_users: int, n_items: int) -> torch.Tensor:

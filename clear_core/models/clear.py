@@ -89,7 +89,7 @@ class Clear(GraphMixin, MultimodalRecommender):
         ego = torch.cat([self.user_embedding, torch.cat(item_in, dim=1)], dim=0)
         total, h = ego, ego
         for _ in range(self.n_layers):
-            h = torch.sparse.mm(adjacency, h)
+            h = self.propagate_users_items(adjacency, h)
             total = total + h
         out = total / (self.n_layers + 1)
         n_channels = len(self.channels)

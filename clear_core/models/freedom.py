@@ -71,7 +71,7 @@ class Freedom(GraphMixin, MultimodalRecommender):
         ego = torch.cat([self.user_embedding, self.item_embedding], dim=0)
         total, h = ego, ego
         for _ in range(self.n_layers):
-            h = torch.sparse.mm(adjacency, h)
+            h = self.propagate_users_items(adjacency, h)
             total = total + h
         out = total / (self.n_layers + 1)
         return out[: self.n_users], out[self.n_users :] + h_items

@@ -230,7 +230,8 @@ class GraphMixin:
         knn_chunk_size: int,
         modality_weights: Mapping[str, float],
     ) -> None:
-        from clear_core.modality_graph import bipartite_adjacency, edge_weights, mixed_item_graph
+        from clear_core.graph import normalized_adjacency
+        from clear_core.modality_graph import edge_weights, mixed_item_graph
 
         train = torch.as_tensor(dataset.train, dtype=torch.long)
         users, items = train[:, 0].contiguous(), train[:, 1].contiguous()
@@ -241,7 +242,7 @@ class GraphMixin:
             "edge_weight", edge_weights(users, items, self.n_users, self.n_items), persistent=False
         )
         self.register_buffer(
-            "adjacency", bipartite_adjacency(users, items, self.n_users, self.n_items), persistent=False
+            "adjacency", normalized_adjacency(dataset.train, self.n_users, self.n_items), persistent=False
         )
         raw = {m: torch.as_tensor(dataset.features[m], dtype=torch.float32) for m in modality_weights}
         self.register_buffer(
@@ -260,6 +261,13 @@ class GraphMixin:
             self.train_users, self.train_items, self.edge_weight, self.n_users, self.n_items,
             self.edge_dropout,
         )
+
+    @staticmethod
+    def propagate_users_items(adjacency: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``adjacency @ x`` for the symmetric user-item graph (cheap, deterministic backward)."""
+        from clear_core.graph import symmetric_propagate
+
+        return symmetric_propagate(adjacency, x)
 
     def training_adjacency(self) -> torch.Tensor:
         adj = self._epoch_adjacency
