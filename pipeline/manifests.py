@@ -6,7 +6,8 @@ each resulting object, then checks every other manifest file on its own:
 * core kinds (Deployment, Service, ...): ``kubernetes-validate`` in strict mode, so an unknown
   (misspelled) field is an error. A kind it has no schema for is an error too, never a warning;
 * KubeRay ``RayJob`` / ``RayCluster``: the CRD's ``openAPIV3Schema`` from the KubeRay CRD files
-  (``$CLEARREC_KUBERAY_SCHEMAS``, default ``<repo>/../shared/schemas/kuberay``), made strict by
+  (``$CLEARREC_KUBERAY_SCHEMAS``, else ``$CLEARREC_SHARED/schemas/kuberay``, default
+  ``<repo>/../shared/schemas/kuberay``), made strict by
   adding ``additionalProperties: false`` to every object schema that lists its properties and
   does not say ``x-kubernetes-preserve-unknown-fields: true``;
 * inside those, every pod template (head, worker groups, RayJob submitter) as a core
@@ -26,7 +27,9 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import os
+import re
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -37,6 +40,8 @@ import yaml
 
 from clear_core.errors import ConfigError, DataError
 
+# libyaml's loader when present: the KubeRay CRD files are 40k lines.
+_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 KUBERNETES_VERSION = "1.34"
 SCHEMAS_ENV = "CLEARREC_KUBERAY_SCHEMAS"
 CRD_FILES = {"RayJob": "ray.io_rayjobs.yaml", "RayCluster": "ray.io_rayclusters.yaml"}
@@ -74,7 +79,9 @@ def default_schema_dir() -> Path:
     env = os.environ.get(SCHEMAS_ENV)
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[2] / "shared" / "schemas" / "kuberay"
+    shared = os.environ.get("CLEARREC_SHARED")
+    base = Path(shared) if shared else Path(__file__).resolve().parents[2] / "shared"
+    return base / "schemas" / "kuberay"
 
 
 # --------------------------------------------------------------------------- YAML input
@@ -84,7 +91,8 @@ def load_documents(path: str | Path) -> list[Any]:
     """Every non-empty YAML document of a file; a syntax error is a DataError with its line."""
     path = Path(path)
     try:
-        return [d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d is not None]
+        text = path.read_text(encoding="utf-8")
+        return [d for d in yaml.load_all(text, Loader=_SafeLoader) if d is not None]
     except yaml.MarkedYAMLError as exc:
         line = exc.problem_mark.line + 1 if exc.problem_mark else None
         raise DataError(str(path), f"not valid YAML: {exc.problem}", line=line) from None
@@ -273,20 +281,43 @@ def render_kustomization(directory: str | Path) -> list[tuple[str, dict[str, Any
 # --------------------------------------------------------------------------- validators
 
 
+@functools.lru_cache(maxsize=64)
+def _core_validator(kind: str, api_version: str, version: str) -> Any:
+    """kubernetes-validate's strict schema for a kind, built once (loading it is the slow part).
+
+    Same lookup as ``kubernetes_validate.validate(..., strict=True)``; a kind without a schema
+    raises its SchemaNotFoundError.
+    """
+    import jsonschema
+    from kubernetes_validate import utils
+    from referencing import Registry, Resource
+
+    schema_version = [v for v in utils.all_versions() if utils.major_minor(v) <= utils.major_minor(version)][-1]
+    api = re.sub(r"^([^./]*)(?:\.[^/]*)?/", r"\1-", api_version)
+    folder = f"kubernetes-json-schema/v{schema_version}-local-strict"
+    try:
+        schema = utils.schema_contents(f"{folder}/{kind.lower()}-{api}.json", version)
+    except FileNotFoundError:
+        raise utils.SchemaNotFoundError(version=utils.major_minor(version), kind=kind, api_version=api_version) from None
+    definitions = utils.schema_contents(f"{folder}/_definitions.json", version)
+    registry = Resource.from_contents(definitions) @ (Resource.from_contents(schema) @ Registry())
+    return jsonschema.validators.Draft202012Validator(schema, registry=registry)
+
+
 def _kv_errors(obj: dict[str, Any], version: str) -> list[str]:
-    import kubernetes_validate
     from kubernetes_validate import utils
 
     try:
-        kubernetes_validate.validate(obj, version, strict=True)
-    except utils.ValidationError as exc:
-        path = ".".join(str(p) for p in exc.path) or "<root>"
-        return [f"{path}: {exc.message}"]
+        validator = _core_validator(str(obj["kind"]), str(obj["apiVersion"]), version)
     except utils.SchemaNotFoundError as exc:
         return [exc.message + " (unknown kinds are failures, not warnings)"]
-    except (KeyError, TypeError) as exc:
+    except KeyError as exc:
         return [f"not a Kubernetes object: missing {exc}"]
-    return []
+    out = []
+    for err in sorted(validator.iter_errors(obj), key=lambda e: list(map(str, e.absolute_path))):
+        path = ".".join(str(p) for p in err.absolute_path) or "<root>"
+        out.append(f"{path}: {err.message}")
+    return out
 
 
 def validate_core(obj: dict[str, Any], version: str = KUBERNETES_VERSION) -> list[str]:
@@ -316,17 +347,8 @@ class CrdSchemas:
     """Strict validators for RayJob / RayCluster from the KubeRay CRD files."""
 
     def __init__(self, directory: str | Path):
-        import jsonschema
-
         self.directory = Path(directory)
-        self._validators: dict[tuple[str, str], Any] = {}
-        for kind, filename in CRD_FILES.items():
-            path = self.directory / filename
-            crd = load_documents(path)[0]
-            group = crd["spec"]["group"]
-            for version in crd["spec"]["versions"]:
-                schema = strict_schema(version["schema"]["openAPIV3Schema"])
-                self._validators[(f"{group}/{version['name']}", kind)] = jsonschema.Draft7Validator(schema)
+        self._validators = _crd_validators(str(self.directory.resolve()))
 
     @classmethod
     def available(cls, directory: str | Path) -> bool:
@@ -346,6 +368,20 @@ class CrdSchemas:
             path = ".".join(str(p) for p in err.absolute_path) or "<root>"
             out.append(f"{path}: {err.message}")
         return out
+
+
+@functools.lru_cache(maxsize=4)
+def _crd_validators(directory: str) -> dict[tuple[str, str], Any]:
+    import jsonschema
+
+    validators: dict[tuple[str, str], Any] = {}
+    for kind, filename in CRD_FILES.items():
+        crd = load_documents(Path(directory) / filename)[0]
+        group = crd["spec"]["group"]
+        for version in crd["spec"]["versions"]:
+            schema = strict_schema(version["schema"]["openAPIV3Schema"])
+            validators[(f"{group}/{version['name']}", kind)] = jsonschema.Draft7Validator(schema)
+    return validators
 
 
 def pod_templates(obj: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
