@@ -59,8 +59,9 @@ SYNTHETIC_SCHEMA: dict[str, Any] = {
     "timestamp_start": int,
     "timestamp_span_days": int,
 }
-# Users are processed in blocks so memory stays bounded for large configurations.
-USER_BLOCK = 2048
+# Users are processed in blocks of about this many (user, item) scores, so memory stays
+# bounded (a few hundred MB) for large catalogues.
+SCORES_PER_BLOCK = 1 << 23
 
 
 @dataclass(frozen=True)
@@ -166,13 +167,17 @@ def generate_synthetic(**overrides: Any) -> SyntheticData:
     counts = _activity(rng, cfg)
 
     users, items, affinities = [], [], []
-    for start in range(0, n_users, USER_BLOCK):
-        block = slice(start, min(start + USER_BLOCK, n_users))
+    block_users = max(1, SCORES_PER_BLOCK // n_items)
+    for start in range(0, n_users, block_users):
+        block = slice(start, min(start + block_users, n_users))
         aff = user_factors[block] @ item_pref.T
         keys = log_pop + aff / cfg["temperature"] + rng.gumbel(size=aff.shape)
-        order = np.argsort(-keys, axis=1)
         c = counts[block]
-        take = np.arange(n_items)[None, :] < c[:, None]
+        # Gumbel top-k: each user's c_u largest keys, found by a partial sort up to max(c).
+        kmax = int(c.max())
+        top = np.argpartition(-keys, kmax - 1, axis=1)[:, :kmax] if kmax < n_items else np.argsort(-keys, axis=1)
+        order = np.take_along_axis(top, np.argsort(-np.take_along_axis(keys, top, axis=1), axis=1), axis=1)
+        take = np.arange(order.shape[1])[None, :] < c[:, None]
         u_idx = np.broadcast_to(np.arange(block.start, block.stop)[:, None], order.shape)[take]
         i_idx = order[take]
         users.append(u_idx)
