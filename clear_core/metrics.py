@@ -74,20 +74,24 @@ def deterministic_topk(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Indices of the ``k`` best items of each row, best first, ties broken by LOWER item id.
 
     ``torch.topk`` leaves the order of equal scores unspecified (it differs between CPU and
-    CUDA). Rows where ties straddle the K-th position (e.g. an untrained model, or a user with
-    fewer than K unmasked items) fall back to a stable full sort; all other rows only re-order
-    their top K, so the common case costs one ``topk``.
+    CUDA). Rows where ties straddle the K-th position (an untrained model, a user with fewer
+    than K unmasked items) fall back to a stable full sort; other rows only re-order their
+    top K, so the common case costs one ``topk`` of K + 1.
     """
-    k = min(k, scores.shape[1])
-    values, indices = torch.topk(scores, k, dim=1, sorted=True)
-    kth = values[:, -1:]
-    n_above = (scores > kth).sum(dim=1)
-    n_equal = (scores == kth).sum(dim=1)
-    ambiguous = (n_equal > (k - n_above)).nonzero(as_tuple=True)[0]
+    n_items = scores.shape[1]
+    k = min(k, n_items)
+    # One extra place reveals a tie across the cut: the K-th and (K+1)-th best are equal.
+    values, indices = torch.topk(scores, min(k + 1, n_items), dim=1, sorted=True)
+    if values.shape[1] > k:
+        ambiguous = (values[:, k - 1] == values[:, k]).nonzero(as_tuple=True)[0]
+        values, indices = values[:, :k].contiguous(), indices[:, :k].contiguous()
+    else:
+        ambiguous = indices.new_empty(0)
     if ambiguous.numel():
-        _, full = torch.sort(scores[ambiguous], dim=1, descending=True, stable=True)
+        tied_rows = scores[ambiguous]
+        _, full = torch.sort(tied_rows, dim=1, descending=True, stable=True)
         indices[ambiguous] = full[:, :k]
-        values[ambiguous] = torch.gather(scores[ambiguous], 1, indices[ambiguous])
+        values[ambiguous] = torch.gather(tied_rows, 1, full[:, :k])
     # Within the top K: order by (score desc, item id asc) with two stable sorts.
     by_id, order = torch.sort(indices, dim=1, stable=True)
     values = torch.gather(values, 1, order)

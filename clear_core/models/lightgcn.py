@@ -54,24 +54,27 @@ class LightGCN(Recommender):
         )
         self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    def propagate(self) -> torch.Tensor:
-        """Final embeddings of every node: mean over layers 0..n_layers."""
+    def _layer_sum(self) -> torch.Tensor:
         x = self.embedding
         total = x
         for _ in range(self.n_layers):
             x = symmetric_propagate(self.adjacency, x)
             total = total + x
-        return total / (self.n_layers + 1)
+        return total
+
+    def propagate(self) -> torch.Tensor:
+        """Final embeddings of every node: mean over layers 0..n_layers."""
+        return self._layer_sum() / (self.n_layers + 1)
 
     def loss(self, users, pos_items, neg_items):
-        final = self.propagate()
-        pos_nodes, neg_nodes = pos_items + self.n_users, neg_items + self.n_users
-        u, p, n = final[users], final[pos_nodes], final[neg_nodes]
+        # One gather for users, positives and negatives: its backward builds one dense
+        # gradient instead of three; the mean over layers is taken on the gathered rows only.
+        nodes = torch.cat([users, pos_items + self.n_users, neg_items + self.n_users])
+        final = self._layer_sum()[nodes] / (self.n_layers + 1)
+        u, p, n = final.split(users.shape[0])
         ranking = bpr_loss((u * p).sum(-1), (u * n).sum(-1))
-        ego = self.embedding
-        return ranking + self.reg_weight * embedding_penalty(
-            ego[users], ego[pos_nodes], ego[neg_nodes]
-        )
+        ego_u, ego_p, ego_n = self.embedding[nodes].split(users.shape[0])
+        return ranking + self.reg_weight * embedding_penalty(ego_u, ego_p, ego_n)
 
     def prepare_scoring(self) -> None:
         final = self.propagate()

@@ -49,8 +49,7 @@ class MatrixFactorization(Recommender):
 
     def loss(self, users, pos_items, neg_items):
         u = self.user_embedding[users]
-        p = self.item_embedding[pos_items]
-        n = self.item_embedding[neg_items]
+        p, n = self.item_embedding[torch.cat([pos_items, neg_items])].split(users.shape[0])
         ranking = bpr_loss((u * p).sum(-1), (u * n).sum(-1))
         return ranking + self.reg_weight * embedding_penalty(u, p, n)
 
