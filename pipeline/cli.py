@@ -14,6 +14,7 @@ from clear_core.errors import ClearrecError
 COMMAND_MODULES = (
     "pipeline.commands.data",
     "pipeline.commands.train",
+    "pipeline.commands.analyze",
 )
 
 log = logging.getLogger("clearrec")
