@@ -80,6 +80,10 @@ def resolve_extract_config(overrides: Mapping[str, Any] | None = None) -> dict[s
     ]
     if problems:
         raise ConfigError(problems, source="extract")
+    for key in ("text_encoder", "image_encoder"):
+        # "none" (or null) switches a modality off.
+        if cfg[key] is not None and cfg[key].strip().lower() in ("", "none"):
+            cfg[key] = None
     return cfg
 
 
@@ -192,7 +196,8 @@ def extract_features(
     """Encode the items of ``meta_path`` into ``out_dir``; returns the sidecar's content.
 
     ``None`` arguments take their value from ``configs/extract.yaml``; ``batch_size`` sets both
-    modalities' batch size. Without ``image_dir`` only text is extracted.
+    modalities' batch size; an encoder named ``"none"`` switches its modality off. Without
+    ``image_dir`` only text is extracted.
     """
     t_start = time.perf_counter()
     cfg = resolve_extract_config(

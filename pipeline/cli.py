@@ -13,8 +13,12 @@ from clear_core.errors import ClearrecError
 # Order is the order of `clearrec --help`.
 COMMAND_MODULES = (
     "pipeline.commands.data",
+    "pipeline.commands.extract",
     "pipeline.commands.train",
     "pipeline.commands.analyze",
+    "pipeline.commands.sweep",
+    "pipeline.commands.evaluate",
+    "pipeline.commands.repro",
 )
 
 log = logging.getLogger("clearrec")
