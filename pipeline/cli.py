@@ -16,9 +16,6 @@ COMMAND_MODULES = (
     "pipeline.commands.extract",
     "pipeline.commands.train",
     "pipeline.commands.analyze",
-    "pipeline.commands.sweep",
-    "pipeline.commands.evaluate",
-    "pipeline.commands.repro",
 )
 
 log = logging.getLogger("clearrec")
