@@ -69,14 +69,6 @@ def test_synth_bad_setting_exits_2_and_writes_nothing(clearrec, tmp_path, capsys
     assert not (tmp_path / "syn").exists()
 
 
-def test_synth_raw_catalogue(clearrec, tmp_path):
-    pytest.importorskip("clear_core.data.synthetic_content", reason="content helper's module not present")
-    out = tmp_path / "syn"
-    assert clearrec("data", "synth", out, *SMALL, "--raw") == 0
-    assert (out / ".complete").exists() and (out / "synthetic.inter").exists()
-    assert any(p.name.startswith("reviews") for p in out.iterdir())
-
-
 def test_stats_text_output(clearrec, tmp_path, capsys):
     assert clearrec("data", "synth", tmp_path / "syn", *SMALL) == 0
     capsys.readouterr()
@@ -136,6 +128,7 @@ def test_raw_catalogue_prepared_again_gives_the_same_interactions_and_split(clea
 
     out = tmp_path / "syn"
     assert clearrec("data", "synth", out, *SMALL, "--raw") == 0
+    assert (out / ".complete").exists() and (out / "meta.json.gz").exists()
     assert clearrec("data", "prepare", out / "reviews.json.gz", tmp_path / "prep", "--name", "synthetic") == 0
     direct = with_fingerprint(load_dataset(out), features={})
     assert load_dataset(tmp_path / "prep").fingerprint == direct.fingerprint
