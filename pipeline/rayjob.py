@@ -14,7 +14,7 @@ sweep from its S3 storage there.
 Command line (the Kubeflow sweep step and ``make sweep-k8s``)::
 
     python -m pipeline.rayjob submit --cpu-image IMG --gpu-image IMG --config FILE \
-        [--dataset-path DIR] [--results URI] [--name N] [--namespace NS] [--timeout S]
+        [--dataset-path DIR] [--results URI] [--run-id ID | --name N] [--namespace NS] [--timeout S]
     python -m pipeline.rayjob write-config --config FILE [--dataset-path DIR] [--results URI] --out FILE
 
 The Kubernetes client (``kubernetes``, in the ``kfp`` extra) is imported only by ``submit``.
@@ -313,7 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(submit)
     submit.add_argument("--cpu-image", required=True, help="image of the head and the submitter")
     submit.add_argument("--gpu-image", required=True, help="image of the GPU workers")
-    submit.add_argument("--name", help="RayJob name (default: from the config file name)")
+    submit.add_argument("--name", help="RayJob name (default: from --run-id, else the config file name)")
+    submit.add_argument("--run-id", help="a Kubeflow run id: names the RayJob, so a retried step finds it")
     submit.add_argument("--namespace", help="default: the pod's or kubeconfig's namespace")
     submit.add_argument("--template", help=f"RayJob template (default: ${TEMPLATE_ENV} or the image copy)")
     submit.add_argument("--backoff-limit", type=int, help="RayJob retries (default: the template's)")
@@ -330,7 +331,7 @@ def run_submit(args: argparse.Namespace) -> int:
     sweep_config = sweep_config_for_run(
         _read_config(args.config), dataset_path=args.dataset_path, results_uri=args.results
     )
-    name = args.name or job_name(Path(args.config).stem)
+    name = args.name or job_name(args.run_id or Path(args.config).stem)
     load_kube_config()
     namespace = args.namespace or current_namespace()
     api = RayJobClient()
