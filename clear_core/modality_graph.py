@@ -6,6 +6,7 @@ All graphs are torch sparse COO tensors, symmetric-normalised, on the device of 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 
 import torch
@@ -50,7 +51,10 @@ def bipartite_adjacency(
     of ``users``, which matters when it is rebuilt every epoch after edge dropout)."""
     n = n_users + n_items
     rows, cols = bipartite_edges(users, items, n_users)
-    return normalise_sparse(rows, cols, (n, n)).to_sparse_csr()
+    coo = normalise_sparse(rows, cols, (n, n))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return coo.to_sparse_csr()
 
 
 def edge_weights(users: torch.Tensor, items: torch.Tensor, n_users: int, n_items: int) -> torch.Tensor:
