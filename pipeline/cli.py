@@ -15,6 +15,8 @@ COMMAND_MODULES = (
     "pipeline.commands.data",
     "pipeline.commands.extract",
     "pipeline.commands.train",
+    "pipeline.commands.sweep",
+    "pipeline.commands.evaluate",
     "pipeline.commands.analyze",
 )
 
