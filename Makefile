@@ -41,11 +41,14 @@ $(SYNTH_DIR)/.complete: $(STAMP) configs/datasets/synthetic.yaml
 train: $(SYNTH_DIR)/.complete ## train one model on the embedded default dataset
 	$(BIN)/clearrec train $(SYNTH_DIR) --model $(MODEL) --out runs/train-$(MODEL).json
 
-sweep: setup ## the main job: extract -> filter/split -> Tune+Optuna sweep -> final test, in MLflow
-	$(BIN)/clearrec sweep --config $(SWEEP_CONFIG)
+SWEEP_ARGS ?=
+sweep: setup ## the main job: extract -> filter/split -> Tune+Optuna sweep -> final test, in MLflow (SWEEP_ARGS="--model lightgcn")
+	$(BIN)/clearrec sweep --config $(SWEEP_CONFIG) $(SWEEP_ARGS)
 
-ui: setup ## the MLflow UI over the default tracking store
-	$(BIN)/mlflow ui --backend-store-uri $${MLFLOW_TRACKING_URI:-sqlite:///mlruns.db} --host 127.0.0.1 --port 5000
+UI_PORT ?= 5000
+ui: setup ## the MLflow UI over the default tracking store (a tracking server has its own UI)
+	@if [[ "$${MLFLOW_TRACKING_URI:-}" == http* ]]; then echo "MLflow UI: $$MLFLOW_TRACKING_URI"; \
+	else $(BIN)/mlflow ui --backend-store-uri $${MLFLOW_TRACKING_URI:-sqlite:///mlruns.db} --host 127.0.0.1 --port $(UI_PORT); fi
 
 bench: setup ## speed figures (see benchmarks/RESULTS.md)
 	$(BIN)/python benchmarks/bench_epoch.py
