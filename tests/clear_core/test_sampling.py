@@ -24,7 +24,7 @@ def test_negatives_are_never_the_users_training_items():
     users = torch.from_numpy(np.repeat(np.arange(50), 200))
     neg = sampler.sample(users, torch.Generator().manual_seed(1))
     positives = {(int(u), int(i)) for u, i in train}
-    assert not any((int(u), int(i)) in positives for u, i in zip(users, neg))
+    assert not any((int(u), int(i)) in positives for u, i in zip(users, neg, strict=True))
 
 
 def test_negatives_come_only_from_items_seen_in_training():
