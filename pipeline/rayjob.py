@@ -194,10 +194,15 @@ def current_namespace() -> str:
     try:
         from kubernetes import config as k8s_config
 
-        _, context = k8s_config.list_kube_config_contexts()
+        _, context = k8s_config.list_kube_config_contexts(config_file=_kubeconfig_path())
         return (context or {}).get("context", {}).get("namespace") or "default"
     except Exception:  # no kubeconfig: the caller reports the missing cluster
         return "default"
+
+
+def _kubeconfig_path() -> str | None:
+    # Read now, not when the kubernetes package was imported (it caches $KUBECONFIG then).
+    return os.environ.get("KUBECONFIG") or None
 
 
 def load_kube_config() -> None:
@@ -207,7 +212,7 @@ def load_kube_config() -> None:
         k8s_config.load_incluster_config()
     except k8s_config.ConfigException:
         try:
-            k8s_config.load_kube_config()
+            k8s_config.load_kube_config(config_file=_kubeconfig_path())
         except (k8s_config.ConfigException, FileNotFoundError, TypeError) as exc:
             raise ClearrecError(
                 f"no Kubernetes cluster: not in a pod and no usable kubeconfig ({exc}); "
