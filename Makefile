@@ -53,5 +53,32 @@ ui: setup ## the MLflow UI over the default tracking store (a tracking server ha
 bench: setup ## speed figures (see benchmarks/RESULTS.md)
 	$(BIN)/python benchmarks/bench_epoch.py
 
+# --- cluster: images, KubeRay sweep, Kubeflow pipeline, offline manifest checks (README "On a cluster")
+IMAGE_REPO ?= clearrec
+IMAGE_TAG ?= 0.1.0
+IMAGE ?= $(IMAGE_REPO):$(IMAGE_TAG)-cpu
+GPU_IMAGE ?= $(IMAGE_REPO):$(IMAGE_TAG)-cuda
+CONFIG ?= $(SWEEP_CONFIG)
+RESULTS ?= s3://clearrec/sweeps/$(basename $(notdir $(CONFIG)))
+K8S_NAMESPACE ?=
+
+images: ## build the CPU, CUDA and Kubeflow-launcher images (needs a Docker engine)
+	@docker info >/dev/null 2>&1 || { echo "make images: no Docker engine here (docker info failed); run it where Docker runs" >&2; exit 1; }
+	docker build -f docker/Dockerfile.cpu -t $(IMAGE_REPO):$(IMAGE_TAG)-cpu .
+	docker build -f docker/Dockerfile.cuda -t $(IMAGE_REPO):$(IMAGE_TAG)-cuda .
+	docker build -f docker/Dockerfile.cpu --build-arg EXTRAS=kfp -t $(IMAGE_REPO):$(IMAGE_TAG)-launcher .
+
+sweep-k8s: setup ## the sweep as a RayJob on the current kubectl context: make sweep-k8s IMAGE=... CONFIG=...
+	@command -v kubectl >/dev/null || { echo "make sweep-k8s: kubectl not found; install it and point it at the cluster" >&2; exit 1; }
+	@kubectl cluster-info >/dev/null 2>&1 || { echo "make sweep-k8s: no reachable cluster (kubectl cluster-info failed); check KUBECONFIG / the context" >&2; exit 1; }
+	$(BIN)/python -m pipeline.rayjob submit --config $(CONFIG) --cpu-image $(IMAGE) --gpu-image $(GPU_IMAGE) \
+		--results $(RESULTS) $(if $(K8S_NAMESPACE),--namespace $(K8S_NAMESPACE))
+
+pipeline: setup ## compile the Kubeflow pipeline to k8s/kubeflow/pipeline.yaml (images: configs/kubeflow.yaml)
+	$(BIN)/python -m pipeline.kubeflow k8s/kubeflow/pipeline.yaml
+
+k8s-validate: setup ## validate k8s/ offline: strict core kinds, KubeRay CRD schemas, pod templates
+	$(BIN)/python -m pipeline.manifests k8s
+
 clean:
 	rm -rf runs ray_results mlruns mlartifacts mlruns.db optuna.db $(SYNTH_DIR)
