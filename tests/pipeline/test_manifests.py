@@ -310,6 +310,16 @@ def test_cli_fails_after_one_field_is_misspelled_in_any_file(tmp_path, capsys):
     assert "targetPrt" in err and "overlays/prod" in err
 
 
+@needs_crds
+def test_cli_fails_when_the_compiled_pipeline_is_edited_by_hand(tmp_path, capsys):
+    pytest.importorskip("kfp", reason="kfp is in the optional `kfp` extra")
+    k8s = _tree(tmp_path)
+    pipeline = k8s / "kubeflow" / "pipeline.yaml"
+    pipeline.write_text(pipeline.read_text().replace("cachingOptions: {}", "cachingOption: {}", 1))
+    assert manifests.main([str(k8s), "--schemas", str(schema_dir()), "-q"]) == 1
+    assert "fresh compile" in capsys.readouterr().err
+
+
 def test_cli_fails_when_the_crd_schemas_are_missing(tmp_path, capsys):
     assert manifests.main([str(K8S / "base"), "--schemas", str(tmp_path), "-q"]) == 1
     assert "schema files" in capsys.readouterr().err
