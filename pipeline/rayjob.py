@@ -47,6 +47,7 @@ TEMPLATE_ENV = "CLEARREC_RAYJOB_TEMPLATE"
 # Where the config ConfigMap is mounted on the head (read-only root filesystem elsewhere).
 CONFIG_MOUNT = "/etc/clearrec/sweep"
 CONFIG_KEY = "sweep.yaml"
+CONFIG_VOLUME = "sweep-config"  # the head's volume (k8s/base/rayjob-sweep.yaml) holding the config
 # jobDeploymentStatus values after which KubeRay changes nothing more.
 FINAL_DEPLOYMENT = ("Complete", "Failed")
 FAILED_JOB = ("FAILED", "STOPPED")
@@ -153,7 +154,7 @@ def build_rayjob(
     config_map_name: str,
     backoff_limit: int | None = None,
 ) -> dict[str, Any]:
-    """The template with name, images and the config ConfigMap mounted on the head.
+    """The template with name, images, and its ``sweep-config`` volume pointed at ``config_map_name``.
 
     The entrypoint runs on the head, so only the head mounts the config; workers receive the
     trials' parameters through Ray.
@@ -176,13 +177,10 @@ def build_rayjob(
     for group in cluster.get("workerGroupSpecs", []):
         for container in _containers(group["template"]):
             container["image"] = gpu_image
-    head_spec = head["spec"]
-    head_spec.setdefault("volumes", []).append(
-        {"name": "sweep-config", "configMap": {"name": config_map_name}}
-    )
-    _containers(head)[0].setdefault("volumeMounts", []).append(
-        {"name": "sweep-config", "mountPath": CONFIG_MOUNT, "readOnly": True}
-    )
+    volumes = [v for v in head["spec"].get("volumes", []) if v.get("name") == CONFIG_VOLUME]
+    if len(volumes) != 1 or "configMap" not in volumes[0]:
+        raise ConfigError(f"RayJob template: the head needs one configMap volume named {CONFIG_VOLUME!r}")
+    volumes[0]["configMap"]["name"] = config_map_name
     return job
 
 

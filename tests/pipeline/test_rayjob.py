@@ -53,8 +53,17 @@ def test_build_sets_images_name_and_mounts_the_config_on_the_head():
     assert spec["submitterPodTemplate"]["spec"]["containers"][0]["image"] == "c"
     assert [g["template"]["spec"]["containers"][0]["image"] for g in spec["rayClusterSpec"]["workerGroupSpecs"]] == ["g"]
     assert {"name": "sweep-config", "configMap": {"name": "n1-config"}} in head["volumes"]
+    assert original["spec"]["entrypoint"] == spec["entrypoint"]  # the template and launcher agree
     mounts = head["containers"][0]["volumeMounts"]
     assert {"name": "sweep-config", "mountPath": rayjob.CONFIG_MOUNT, "readOnly": True} in mounts
+
+
+def test_a_template_without_the_config_volume_is_refused():
+    template = rayjob.load_template()
+    head = template["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
+    head["volumes"] = [v for v in head["volumes"] if v["name"] != "sweep-config"]
+    with pytest.raises(ConfigError, match="sweep-config"):
+        rayjob.build_rayjob(template, name="n", namespace=None, cpu_image="c", gpu_image="g", config_map_name="m")
 
 
 def test_built_rayjob_is_still_a_valid_manifest():
