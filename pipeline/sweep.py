@@ -315,16 +315,18 @@ def run_sweep(
     sweep_id = sweep_id_for(config, dataset)
     study_name = config.study.name or sweep_id
     exp_path = storage.join(sweep_id)
+    # With an explicit filesystem Tune wants "bucket/prefix", not a URI.
+    restore_path = storage.filesystem_and_path(sweep_id)[1]
 
     with ray_session():
         trainable = tune.with_resources(
             tune.with_parameters(run_trial, dataset=dataset, sweep=config), _resources(config)
         )
-        resumed = tune.Tuner.can_restore(exp_path, storage_filesystem=storage.filesystem)
+        resumed = tune.Tuner.can_restore(restore_path, storage_filesystem=storage.filesystem)
         if resumed:
             log.info("resuming sweep %s from %s", sweep_id, exp_path)
             tuner = tune.Tuner.restore(
-                exp_path, trainable,
+                restore_path, trainable,
                 resume_unfinished=True, resume_errored=False, restart_errored=False,
                 storage_filesystem=storage.filesystem,
             )
@@ -355,10 +357,10 @@ def run_sweep(
         # Driver-side objects are attached after the Tuner has pickled its state (tuner.pkl),
         # so they need not be picklable and a resumed sweep gets this run's callbacks rather
         # than the first run's.
-        from ray.tune.logger import CSVLoggerCallback, JSONLoggerCallback
+        from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
         run_config = tuner._local_tuner.get_run_config()
-        run_config.callbacks = [JSONLoggerCallback(), CSVLoggerCallback(), *(callbacks or [])]
+        run_config.callbacks = [JsonLoggerCallback(), CSVLoggerCallback(), *(callbacks or [])]
         run_config.progress_reporter = _reporter(config) if progress else None
         run_config.verbose = 1 if progress else 0
         # The old output engine is the one that honours a CLIReporter. TensorBoard files are
