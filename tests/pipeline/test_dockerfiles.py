@@ -65,6 +65,19 @@ def test_image_is_multi_stage_pinned_non_root_with_clearrec_entrypoint(flavour):
     assert "--constraint docker/constraints.txt" in runs
 
 
+@pytest.mark.parametrize("flavour", DOCKERFILES)
+def test_every_extra_the_image_installs_exists(flavour):
+    # pip only warns about an unknown extra, so a typo would silently drop e.g. the PostgreSQL
+    # driver that the MLflow server needs.
+    import tomllib
+
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    steps = instructions(DOCKERFILES[flavour])
+    wanted = next(a.split("=", 1)[1] for w, a in steps if w == "ARG" and a.startswith("EXTRAS="))
+    assert set(wanted.split(",")) <= set(extras)
+    assert "kfp" in extras  # the launcher image: --build-arg EXTRAS=kfp
+
+
 def test_cuda_image_takes_torch_from_a_cuda_index_and_cpu_image_from_the_cpu_index():
     def index(flavour):
         steps = instructions(DOCKERFILES[flavour])
