@@ -50,6 +50,15 @@ ui: setup ## the MLflow UI over the default tracking store (a tracking server ha
 	@if [[ "$${MLFLOW_TRACKING_URI:-}" == http* ]]; then echo "MLflow UI: $$MLFLOW_TRACKING_URI"; \
 	else $(BIN)/mlflow ui --backend-store-uri $${MLFLOW_TRACKING_URI:-sqlite:///mlruns.db} --host 127.0.0.1 --port $(UI_PORT); fi
 
+REPRO_ARGS ?=
+repro: setup ## re-run the pinned configs/repro.yaml and compare with repro/reference.json (exit 1 on drift)
+	$(BIN)/clearrec repro $(REPRO_ARGS)
+
+repro-update: setup ## rewrite repro/reference.json on purpose: make repro-update REASON="why"
+	@# $$REASON from the environment: make exports command-line variables, and quotes survive.
+	@test -n "$$REASON" || { echo 'make repro-update needs REASON="why the numbers change"' >&2; exit 2; }
+	$(BIN)/clearrec repro --update --reason "$$REASON" $(REPRO_ARGS)
+
 bench: setup ## speed figures (see benchmarks/RESULTS.md)
 	$(BIN)/python benchmarks/bench_epoch.py
 
