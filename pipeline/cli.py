@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "pipeline.commands.sweep",
     "pipeline.commands.evaluate",
     "pipeline.commands.analyze",
+    "pipeline.commands.repro",
 )
 
 log = logging.getLogger("clearrec")
