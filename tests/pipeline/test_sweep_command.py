@@ -21,12 +21,6 @@ from pipeline.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
 
-# TEMPORARY SHIM (tracking helper): pipeline/sweep.py at 7744e66 imports ray.tune.logger.JSONLoggerCallback,
-# which Ray 2.60 spells JsonLoggerCallback. Remove once the sweep engine is fixed.
-import ray.tune.logger as _tune_logger  # noqa: E402
-
-if not hasattr(_tune_logger, "JSONLoggerCallback"):
-    _tune_logger.JSONLoggerCallback = _tune_logger.JsonLoggerCallback
 
 # Small enough for a 2-core CI box: ~100 users, 3 trials of at most 3 epochs, two at once.
 TINY_SWEEP = {
@@ -269,3 +263,51 @@ def test_baselines_land_in_the_same_experiment_as_clear(finished_sweep):
     parents = tracker.client.search_runs([tracker.experiment_id], f"tags.`{tracking.TAG_ROLE}` = 'sweep'")
     assert sorted(p.data.tags["clearrec.model"] for p in parents) == ["clear", "lightgcn"]
     assert all(p.info.status == "FINISHED" for p in parents)
+
+
+@pytest.mark.slow
+def test_cluster_style_run_with_a_tracking_server_and_s3_results(tmp_path, monkeypatch):
+    """MLFLOW_TRACKING_URI pointing at a real server whose artifacts go to S3 (moto), and Tune's
+    results on the same S3: checkpoints are fetched back for the final evaluation."""
+    import boto3
+    from test_tracking import BIN, stop, wait_http
+    from test_tracking import free_port as port
+
+    s3_port = port()
+    moto = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(s3_port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = None
+    try:
+        endpoint = f"http://127.0.0.1:{s3_port}"
+        wait_http(endpoint + "/", moto)
+        creds = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+        for k, v in creds.items():
+            monkeypatch.setenv(k, v)
+        s3 = boto3.client("s3", endpoint_url=endpoint)
+        s3.create_bucket(Bucket="mlflow")
+        s3.create_bucket(Bucket="results")
+        ml_port = port()
+        server = subprocess.Popen(
+            [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(ml_port), "--workers", "1",
+             "--backend-store-uri", f"sqlite:///{tmp_path}/server.db", "--artifacts-destination", "s3://mlflow/a"],
+            cwd=tmp_path, env={**os.environ, "MLFLOW_S3_ENDPOINT_URL": endpoint},
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        uri = f"http://127.0.0.1:{ml_port}"
+        wait_http(uri + "/health", server, timeout=90)
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        monkeypatch.chdir(tmp_path)
+        config = write_sweep(tmp_path, num_samples=2, storage={"path": "s3://results/sweeps", "endpoint_url": endpoint})
+        assert main(["sweep", "--config", str(config), "--no-progress", "--in-process"]) == 0
+        tracker = tracking.Tracker(uri, "clearrec-synthetic")
+        parent = tracker.find_run(**{tracking.TAG_ROLE: "sweep"})
+        assert parent.info.status == "FINISHED"
+        assert parent.data.tags["optuna.storage"] == "sqlite:///optuna.db"  # not beside a server's database
+        assert len(tracker.children(parent.info.run_id)) == 2
+        keys = [o["Key"] for o in s3.list_objects_v2(Bucket="mlflow").get("Contents", [])]
+        assert any(k.endswith("best_checkpoint/best.pt") for k in keys)
+        assert s3.list_objects_v2(Bucket="results").get("KeyCount", 0) > 0
+    finally:
+        if server is not None:
+            stop(server)
+        stop(moto)
