@@ -1,0 +1,81 @@
+"""Throughput of the feature-extraction stage (items/s, text and image) with the real encoders.
+
+Builds the synthetic raw catalogue (titles/descriptions and 64x64 PNGs, see
+clear_core/data/synthetic_content.py) for ``--items`` items, runs ``extract_features`` with a
+fresh cache, then again to time the cached re-run. Encoder throughput counts encoder calls only
+(``encode_seconds`` in the sidecar, image decoding and preprocessing included for images);
+end-to-end seconds include model loading.
+
+    .venv/bin/python benchmarks/bench_extract.py --items 500 --device cpu
+    .venv/bin/python benchmarks/bench_extract.py --items 5000 --device cuda --batch-size 256
+
+Prints one JSON object; paste the figures into benchmarks/RESULTS.md with the date and machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from clear_core.data.synthetic import generate_synthetic  # noqa: E402
+from clear_core.data.synthetic_content import write_raw_catalogue  # noqa: E402
+from clear_core.extraction import extract_features  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--items", type=int, default=500, help="catalogue size (synthetic items)")
+    parser.add_argument("--device", default="cpu", help="auto | cpu | cuda")
+    parser.add_argument("--batch-size", type=int, default=None, help="both modalities (default: configs/extract.yaml)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    args = parser.parse_args()
+
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    n_users = max(50, args.items)
+    synthetic = generate_synthetic(n_items=args.items, n_users=n_users, n_interactions=n_users * 10)
+    with tempfile.TemporaryDirectory(prefix="bench-extract-") as tmp:
+        raw = Path(tmp) / "raw"
+        write_raw_catalogue(raw, synthetic)
+        out = Path(tmp) / "out"
+        t0 = time.perf_counter()
+        first = extract_features(raw / "meta.json.gz", raw / "images", out, device=args.device, batch_size=args.batch_size)
+        cold = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        second = extract_features(raw / "meta.json.gz", raw / "images", out, device=args.device, batch_size=args.batch_size)
+        warm = time.perf_counter() - t0
+    result = {
+        "items": args.items,
+        "device": first["device"],
+        "gpu": torch.cuda.get_device_name(0) if first["device"].startswith("cuda") else None,
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "batch_size": {m: args.batch_size for m in first["modalities"]} if args.batch_size else "configs/extract.yaml",
+        "modalities": {
+            m: {"items_per_second": d["items_per_second"], "encode_seconds": d["encode_seconds"], "dim": d["dim"]}
+            for m, d in first["modalities"].items()
+        },
+        "cold_run_seconds": round(cold, 2),
+        "cached_rerun_seconds": round(warm, 2),
+        "cached_rerun_encoded": {m: d["encoded"] for m, d in second["modalities"].items()},
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+    json.dump(result, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
