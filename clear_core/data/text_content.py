@@ -4,7 +4,8 @@ Reads Amazon-style metadata (``meta_<Cat>.json.gz``: JSON or Python-literal line
 see :mod:`clear_core.data.amazon`) line by line from bytes, so that one bad line is counted and
 skipped instead of stopping the run:
 
-* ``bad_lines``: not JSON nor a Python literal, not a mapping, or no non-empty ``asin`` string;
+* ``bad_lines``: not JSON nor a Python literal, not a mapping, or no non-empty ``asin`` string
+  without whitespace or control characters;
 * ``non_utf8_lines``: bytes that are not UTF-8 (decoded with U+FFFD replacements and kept);
 * ``duplicate_asin``: a later record of an asin already seen (the first one wins).
 
@@ -158,6 +159,10 @@ def read_catalogue(path: str | Path) -> Catalogue:
                     bad(number, "no non-empty 'asin' string")
                     continue
                 asin = asin.strip()
+                if any(c.isspace() or not c.isprintable() for c in asin):
+                    # items.txt holds one asin a line: a line break inside one would shift every row.
+                    bad(number, f"asin {asin!r} contains whitespace or control characters")
+                    continue
                 if asin in seen:
                     counts["duplicate_asin"] += 1
                     continue

@@ -204,6 +204,7 @@ def test_bad_inputs_are_counted_never_crash_and_never_run_code(tmp_path):
         "{'asin': 'call', 'title': open('/etc/passwd').read()}",
         "[1, 2, 3]",
         json.dumps({"title": "no asin"}),
+        json.dumps({"asin": "two\nlines", "title": "would break items.txt"}),
         "{not json, not python",
         "",
     ]
@@ -215,7 +216,7 @@ def test_bad_inputs_are_counted_never_crash_and_never_run_code(tmp_path):
     summary = extract_features(meta, images, tmp_path / "out", **ENCODERS)
     counts = summary["counts"]
     assert not marker.exists()
-    assert counts["bad_lines"] == 5
+    assert counts["bad_lines"] == 6
     assert counts["duplicate_asin"] == 1
     assert counts["non_utf8_lines"] == 1
     assert counts["zero_byte"] == 1
@@ -230,7 +231,7 @@ def test_bad_inputs_are_counted_never_crash_and_never_run_code(tmp_path):
     assert (image == image[0]).all()
     # "t" is shared by eight items: four distinct texts in all, each encoded once.
     assert summary["modalities"]["text"]["encoded"] == 4
-    assert len(summary["bad_line_examples"]) == 5
+    assert len(summary["bad_line_examples"]) == 6
 
 
 def test_decode_image_refuses_oversized_images_from_the_header(tmp_path):
