@@ -15,7 +15,20 @@ import json
 import sys
 
 
+def _defaults() -> dict:
+    """configs/extract.yaml, for the help text only (the library reads it again when it runs)."""
+    from clear_core.config import config_dir, load_yaml
+    from clear_core.errors import ClearrecError
+
+    try:
+        return load_yaml(config_dir() / "extract.yaml")
+    except ClearrecError:
+        return {}
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
+    d = {k: "see configs/extract.yaml" for k in ("text_encoder", "image_encoder", "device", "text_batch_size", "image_batch_size", "cache_subdir")}
+    d.update(_defaults())
     parser = subparsers.add_parser(
         "extract",
         help="encode item text and images into <modality>_feat.npy (offline encoders, cached)",
@@ -28,11 +41,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("meta", metavar="META", help="item metadata: meta_<Cat>.json(.gz) with asin, title, brand, categories, description, imUrl")
     parser.add_argument("--images", metavar="DIR", help="folder of item images (imUrl file name, image_path, or <asin>.<ext>); omit for text only")
     parser.add_argument("--out", metavar="OUT", required=True, help="output folder")
-    parser.add_argument("--text-encoder", metavar="NAME", help="registered text encoder (default minilm); 'none' skips text")
-    parser.add_argument("--image-encoder", metavar="NAME", help="registered image encoder (default efficientnet-lite0); 'none' skips images")
-    parser.add_argument("--device", metavar="DEV", help="auto | cpu | cuda | cuda:N (default auto)")
-    parser.add_argument("--batch-size", type=int, metavar="N", help="items per encoder call for both modalities (default: text 128, image 32)")
-    parser.add_argument("--cache-dir", metavar="DIR", help="content-hash cache folder (default OUT/.cache)")
+    parser.add_argument("--text-encoder", metavar="NAME", help=f"registered text encoder (default {d['text_encoder']}); 'none' skips text")
+    parser.add_argument("--image-encoder", metavar="NAME", help=f"registered image encoder (default {d['image_encoder']}); 'none' skips images")
+    parser.add_argument("--device", metavar="DEV", help=f"auto | cpu | cuda | cuda:N (default {d['device']})")
+    parser.add_argument("--batch-size", type=int, metavar="N", help=f"items per encoder call for both modalities (default: text {d['text_batch_size']}, image {d['image_batch_size']})")
+    parser.add_argument("--cache-dir", metavar="DIR", help=f"content-hash cache folder (default OUT/{d['cache_subdir']})")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
