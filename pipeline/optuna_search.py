@@ -104,7 +104,10 @@ class PruningAwareOptunaSearch(OptunaSearch):
         if value is None or not math.isfinite(value):
             return
         step = int(result.get(EPOCH_KEY, result.get("training_iteration", 0)))
-        self._ot_trials[trial_id].report(float(value), step)
+        try:
+            self._ot_trials[trial_id].report(float(value), step)
+        except Exception as exc:  # e.g. closed by an earlier driver; the sweep goes on
+            log.warning("trial %s: Optuna refused the result of step %d (%s)", trial_id, step, exc)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self._completed_trials:

@@ -271,6 +271,22 @@ def _summaries(grid, config: SweepConfig, storage) -> list[TrialSummary]:
     return sorted(out, key=lambda t: t.trial_id)
 
 
+def _unfinished_trials(restore_path: str, filesystem) -> list[str]:
+    """Trials the experiment's last saved state holds as not done (an interrupted run).
+
+    Tune marks every trial TERMINATED in memory when it is interrupted, but its last snapshot
+    keeps them RUNNING/PENDING, and that snapshot is what a re-run resumes from.
+    """
+    from ray.tune import ExperimentAnalysis
+
+    try:
+        analysis = ExperimentAnalysis(restore_path, storage_filesystem=filesystem)
+    except Exception as exc:  # no snapshot at all: nothing to resume either
+        log.debug("no experiment snapshot at %s (%s)", restore_path, exc)
+        return []
+    return [t.trial_id for t in analysis.trials if str(t.status) not in ("TERMINATED", "ERROR")]
+
+
 def select_best(trials: list[TrialSummary], metric: str, mode: str) -> TrialSummary | None:
     """The best trial on validation: COMPLETE trials first, PRUNED ones only if none completed."""
     key = metric.split("/", 1)[1]
@@ -374,6 +390,14 @@ def run_sweep(
         ):
             grid = tuner.fit()
 
+    unfinished = _unfinished_trials(restore_path, storage.filesystem)
+    if unfinished:
+        # Interrupted (Ctrl-C, SIGTERM): the study's RUNNING trials belong to trials that a
+        # re-run resumes, so they are left as they are.
+        raise KeyboardInterrupt(
+            f"sweep {sweep_id} interrupted with {len(unfinished)} trial(s) unfinished; "
+            "run the same command again to resume it"
+        )
     fail_orphaned_trials(study_storage, study_name)
     trials = _summaries(grid, config, storage)
     best = select_best(trials, config.metric, config.mode)
