@@ -70,6 +70,8 @@ GPU_IMAGE ?= $(IMAGE_REPO):$(IMAGE_TAG)-cuda
 CONFIG ?= $(SWEEP_CONFIG)
 RESULTS ?= s3://clearrec/sweeps/$(basename $(notdir $(CONFIG)))
 K8S_NAMESPACE ?=
+# A new RayJob per call; the sweep itself resumes from RESULTS when it is unfinished there.
+RUN_ID ?= $(shell date -u +%m%d-%H%M%S)
 
 images: ## build the CPU, CUDA and Kubeflow-launcher images (needs a Docker engine)
 	@docker info >/dev/null 2>&1 || { echo "make images: no Docker engine here (docker info failed); run it where Docker runs" >&2; exit 1; }
@@ -81,7 +83,7 @@ sweep-k8s: setup ## the sweep as a RayJob on the current kubectl context: make s
 	@command -v kubectl >/dev/null || { echo "make sweep-k8s: kubectl not found; install it and point it at the cluster" >&2; exit 1; }
 	@kubectl cluster-info >/dev/null 2>&1 || { echo "make sweep-k8s: no reachable cluster (kubectl cluster-info failed); check KUBECONFIG / the context" >&2; exit 1; }
 	$(BIN)/python -m pipeline.rayjob submit --config $(CONFIG) --cpu-image $(IMAGE) --gpu-image $(GPU_IMAGE) \
-		--results $(RESULTS) $(if $(K8S_NAMESPACE),--namespace $(K8S_NAMESPACE))
+		--results $(RESULTS) --run-id $(RUN_ID) $(if $(K8S_NAMESPACE),--namespace $(K8S_NAMESPACE))
 
 pipeline: setup ## compile the Kubeflow pipeline to k8s/kubeflow/pipeline.yaml (images: configs/kubeflow.yaml)
 	$(BIN)/python -m pipeline.kubeflow k8s/kubeflow/pipeline.yaml
