@@ -253,6 +253,14 @@ class RayJobClient:
             log.info("RayJob %s/%s exists already: following it", meta["namespace"], meta["name"])
             return self.get(meta["name"], meta["namespace"])
 
+    def own_config_map(self, config_map_name: str, rayjob: dict[str, Any]) -> None:
+        """Make the RayJob own its ConfigMap, so deleting the job (or its TTL) removes both."""
+        meta = rayjob["metadata"]
+        owner = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "RayJob", "name": meta["name"], "uid": meta["uid"]}
+        self.core.patch_namespaced_config_map(
+            config_map_name, meta["namespace"], {"metadata": {"ownerReferences": [owner]}}
+        )
+
     def get(self, name: str, namespace: str) -> dict[str, Any]:
         return self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
 
@@ -344,7 +352,9 @@ def run_submit(args: argparse.Namespace) -> int:
         load_template(args.template), name=name, namespace=namespace, cpu_image=args.cpu_image,
         gpu_image=args.gpu_image, config_map_name=cm_name, backoff_limit=args.backoff_limit,
     )
-    api.create_or_get(rayjob)
+    created = api.create_or_get(rayjob)
+    if created.get("metadata", {}).get("uid"):
+        api.own_config_map(cm_name, created)
     log.info("RayJob %s/%s created; %s", namespace, name, mlflow_hint(namespace))
     if args.no_wait:
         return 0

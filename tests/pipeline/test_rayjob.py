@@ -186,8 +186,17 @@ class FakeKubeAPI:
                 key = f"{self.path}/{body['metadata']['name']}"
                 if key in api.objects:
                     return self._send(409, {"kind": "Status", "reason": "AlreadyExists", "code": 409})
+                body.setdefault("metadata", {})["uid"] = f"uid-{len(api.objects)}"
                 api.objects[key] = body
                 self._send(201, body)
+
+            def do_PATCH(self):
+                api.requests.append(("PATCH", self.path))
+                if self.path not in api.objects:
+                    return self._send(404, {"kind": "Status", "reason": "NotFound", "code": 404})
+                patch = self._body()
+                api.objects[self.path]["metadata"].update(patch["metadata"])
+                self._send(200, api.objects[self.path])
 
             def do_PUT(self):
                 api.requests.append(("PUT", self.path))
@@ -259,6 +268,10 @@ def test_submit_creates_config_and_rayjob_then_waits_for_success(tmp_path, kubec
     }
     job = api.objects["/apis/ray.io/v1/namespaces/ml/rayjobs/clearrec-sweep-r1"]
     assert job["metadata"]["namespace"] == "ml"
+    # the RayJob owns the ConfigMap, so Kubernetes deletes it with the job
+    assert cm["metadata"]["ownerReferences"] == [
+        {"apiVersion": "ray.io/v1", "kind": "RayJob", "name": "clearrec-sweep-r1", "uid": job["metadata"]["uid"]}
+    ]
     assert job["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["image"] == "reg/c:cuda"
     assert api.gets == 3  # it kept polling until SUCCEEDED
 
