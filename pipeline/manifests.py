@@ -274,6 +274,11 @@ def render_kustomization(directory: str | Path) -> list[tuple[str, dict[str, Any
             if obj.get("kind") not in CLUSTER_SCOPED:
                 obj.setdefault("metadata", {})["namespace"] = namespace
     if spec.get("images"):
+        for i, rule in enumerate(spec["images"]):
+            bad = sorted(set(rule) - {"name", "newName", "newTag", "digest"}) if isinstance(rule, dict) else ["<not a mapping>"]
+            if bad or "name" not in rule:
+                raise ConfigError(f"{kfile}: images[{i}]: unknown field(s) {', '.join(bad) or '-'}; "
+                                  "expected name with newName / newTag / digest")
         for _, obj in objects:
             _set_images(obj, spec["images"])
     return objects

@@ -290,6 +290,14 @@ def test_renderer_refuses_kustomize_features_it_does_not_implement(tmp_path):
         render_kustomization(kfile.parent)
 
 
+def test_renderer_rejects_a_misspelled_image_rule(tmp_path):
+    k8s = _tree(tmp_path)
+    kfile = k8s / "overlays" / "prod" / "kustomization.yaml"
+    kfile.write_text(kfile.read_text().replace("newTag: 0.1.0-cuda", "newTg: 0.1.0-cuda"))
+    with pytest.raises(ConfigError, match="newTg"):
+        render_kustomization(kfile.parent)
+
+
 def test_renderer_rejects_a_patch_whose_path_does_not_exist(tmp_path):
     k8s = _tree(tmp_path)
     patch = k8s / "overlays" / "dev" / "raycluster-patch.yaml"
