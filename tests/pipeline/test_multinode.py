@@ -1,5 +1,5 @@
-"""A real two-node Ray cluster on this machine: trials that need the worker's custom resource
-run on the worker, never on the head.
+"""A real two-node Ray cluster on this machine: sweep trials that need the worker's custom
+resource run on the worker, never on the head.
 
 The head and the worker are started with ``ray start --block`` in their own sessions, with
 token authentication on both (``RAY_AUTH_MODE=token`` and one shared ``RAY_AUTH_TOKEN``), free
@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[2]
 RAY = Path(sys.executable).with_name("ray")
 START_TIMEOUT_S = 90
 DRIVER_TIMEOUT_S = 240
-STOP_GRACE_S = 10
+STOP_GRACE_S = 5
 
 pytestmark = pytest.mark.timeout(START_TIMEOUT_S + 2 * DRIVER_TIMEOUT_S + 60)
 
@@ -196,6 +196,16 @@ def test_tasks_needing_the_stand_in_resource_run_on_the_worker(two_node_cluster)
     assert set(placed["node_ids"]) == {two_node_cluster.worker_node_id}
 
 
+def test_sweep_trials_needing_the_stand_in_resource_are_all_placed_on_the_worker(two_node_cluster, tmp_path):
+    outcome = run_driver("sweep", two_node_cluster.env, str(tmp_path), timeout=DRIVER_TIMEOUT_S)
+    assert len(outcome["trials"]) == 2
+    assert all(t["status"] == "COMPLETE" for t in outcome["trials"]), outcome
+    nodes = {t["node_id"] for t in outcome["trials"]}
+    assert nodes == {two_node_cluster.worker_node_id}, (
+        f"trials ran on {nodes}; head is {two_node_cluster.head_node_id}"
+    )
+
+
 # --- drivers, run in a subprocess connected to the cluster through RAY_ADDRESS ---------------
 
 
@@ -232,6 +242,30 @@ def driver_tasks() -> dict:
     return {"node_ids": ray.get([where.remote() for _ in range(2)], timeout=DRIVER_TIMEOUT_S)}
 
 
+def driver_sweep(work: str) -> dict:
+    """A tiny sweep (2 trials, one at a time) whose trials each need one ``gpu_stand_in``."""
+    from clear_core.data.synthetic import write_synthetic
+    from pipeline.sweep import run_sweep
+    from pipeline.sweep_config import load_sweep_config
+
+    data = Path(work) / "data"
+    write_synthetic(data, n_users=100, n_items=60, n_interactions=1500)
+    config = load_sweep_config(REPO / "configs" / "sweeps" / "smoke.yaml", {
+        "num_samples": 2,
+        "max_concurrent": 1,
+        "max_failures": 0,
+        "scheduler.type": "none",
+        "train.max_epochs": 1,
+        "resources.cpu": 1,
+        "resources.custom": {"gpu_stand_in": 1},
+        "storage.path": str(Path(work) / "ray_results"),
+    })
+    outcome = run_sweep(config, str(data), study_storage=f"sqlite:///{work}/optuna.db", progress=False)
+    return {"trials": [
+        {"trial_id": t.trial_id, "status": t.status, "node_id": t.node_id} for t in outcome.trials
+    ]}
+
+
 if __name__ == "__main__":
-    result = {"nodes": driver_nodes, "tasks": driver_tasks}[sys.argv[1]](*sys.argv[2:])
+    result = {"nodes": driver_nodes, "tasks": driver_tasks, "sweep": driver_sweep}[sys.argv[1]](*sys.argv[2:])
     print(json.dumps(result))
