@@ -5,6 +5,7 @@ that must fail before a trial starts."""
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -162,7 +163,10 @@ def snapshot_statuses(experiment: Path) -> dict[str, str]:
     return out
 
 
-def test_a_killed_driver_is_resumed_without_redoing_finished_trials(local_ray, dataset_dir, tmp_path):
+@pytest.mark.parametrize("how", ["killed", "interrupted"])
+def test_a_stopped_driver_is_resumed_without_redoing_finished_trials(local_ray, dataset_dir, tmp_path, how):
+    """``killed``: SIGKILL to the driver and its Ray instance (a lost machine or shell);
+    ``interrupted``: SIGINT to the driver (Ctrl-C), which saves state and exits non-zero."""
     results, study = tmp_path / "results", f"sqlite:///{tmp_path}/optuna.db"
     overrides = {
         "storage.path": str(results), "model_params": dict(TINY_MODEL), "train.batch_size": 256,
@@ -185,11 +189,23 @@ def test_a_killed_driver_is_resumed_without_redoing_finished_trials(local_ray, d
                 break
             time.sleep(0.2)
     finally:
+        if how == "interrupted" and proc.poll() is None:
+            os.kill(proc.pid, signal.SIGINT)
+            code = proc.wait(timeout=120)
+        else:
+            code = None
         # The driver and the Ray instance it started go down together, as with a killed shell.
-        os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
     if not finished_before:
         pytest.fail("the driver was not caught between its first and last trial")
+    if how == "interrupted":
+        # KeyboardInterrupt out of run_sweep: Python ends by SIGINT (-2).
+        assert code == -signal.SIGINT
+        # Trials still running when interrupted stay RUNNING in the study, for the resume.
+        (name,) = optuna.get_all_study_names(study)
+        assert TrialState.RUNNING in study_states(study, name)
     experiment = next(p for p in results.iterdir() if p.is_dir())
     rows_before = {
         t: len(rows_of(glob.glob(str(experiment / f"run_trial_{t}_*"))[0])) for t in finished_before
