@@ -123,20 +123,26 @@ def grid_values(
     metric: str = "valid/recall@20",
 ) -> tuple[list[Any], list[Any], list[list[float]]]:
     """The best ``metric`` per (y, x) cell over complete trials (other parameters, such as tau,
-    maximised over); NaN where no complete trial landed. Rows are ``y`` values, columns ``x``."""
+    maximised over); NaN where no complete trial landed. Rows are ``y`` values, columns ``x``.
+    Axes list every value any trial tried, so cells visited only by pruned trials show as empty
+    rather than vanish (a pruned trial's score is under-trained and is not compared)."""
     split, _, key = metric.partition("/")
     cells: dict[tuple[Any, Any], float] = {}
+    xs_seen, ys_seen = set(), set()
     for t in trials:
-        if field(t, "status") != "COMPLETE":
-            continue
         params = {_short(k): v for k, v in (field(t, "params") or {}).items()}
+        if x not in params or y not in params:
+            continue
+        xs_seen.add(params[x])
+        ys_seen.add(params[y])
         value = (field(t, split) or {}).get(key)
-        if x not in params or y not in params or not isinstance(value, (int, float)):
+        if field(t, "status") != "COMPLETE" or not isinstance(value, (int, float)):
             continue
         cell = (params[y], params[x])
         cells[cell] = max(cells.get(cell, -math.inf), float(value))
-    xs = sorted({c[1] for c in cells})
-    ys = sorted({c[0] for c in cells})
+    if not cells:
+        return [], [], []
+    xs, ys = sorted(xs_seen), sorted(ys_seen)
     grid = [[cells.get((yv, xv), math.nan) for xv in xs] for yv in ys]
     return xs, ys, grid
 
@@ -168,7 +174,7 @@ def plot_heatmap(
             if math.isfinite(data[i, j]):
                 ax.text(j, i, f"{data[i, j]:.4f}", ha="center", va="center", color="white", fontsize=8)
     fig.colorbar(image, ax=ax, label=metric)
-    ax.set_title(title or f"{metric} over lambda x k (best over other parameters)")
+    ax.set_title(title or f"{metric}, complete trials (empty: none or pruned only)", fontsize=9)
     fig.tight_layout()
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)

@@ -64,10 +64,11 @@ def test_csv_and_markdown_tables_are_written_with_every_trial(tmp_path):
 
 def test_heatmap_cells_take_the_best_complete_trial_over_other_parameters():
     xs, ys, grid = reporting.grid_values(trials())
-    assert xs == [0.5, 0.9] and ys == [2, 8]
-    assert grid[1][1] == 0.30  # k=8, lambda=0.9: the better of tau=2 and tau=5
-    assert grid[0][0] == 0.10
-    assert math.isnan(grid[1][0])  # no complete trial at k=8, lambda=0.5; the pruned 0.5 is ignored
+    assert xs == [0.3, 0.5, 0.9] and ys == [2, 4, 8]  # every value tried, pruned or failed too
+    assert grid[2][2] == 0.30  # k=8, lambda=0.9: the better of tau=2 and tau=5
+    assert grid[0][1] == 0.10
+    assert math.isnan(grid[1][0])  # k=4, lambda=0.3 was only pruned: its 0.5 is under-trained
+    assert math.isnan(grid[0][2])  # k=2, lambda=0.9 only failed
 
 
 def test_heatmap_png_is_written_and_absent_without_the_grid_parameters(tmp_path):
