@@ -101,7 +101,7 @@ class Clear(GraphMixin, MultimodalRecommender):
         summed = items_h.sum(dim=1)
         h, total = summed, summed
         for _ in range(self.item_graph_layers):
-            h = torch.sparse.mm(self.item_graph, h)
+            h = self.propagate_items(h)
             total = total + h
         return total
 

@@ -67,7 +67,7 @@ class Freedom(GraphMixin, MultimodalRecommender):
     def propagate(self, adjacency: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h_items = self.item_embedding
         for _ in range(self.item_graph_layers):
-            h_items = torch.sparse.mm(self.item_graph, h_items)
+            h_items = self.propagate_items(h_items)
         ego = torch.cat([self.user_embedding, self.item_embedding], dim=0)
         total, h = ego, ego
         for _ in range(self.n_layers):

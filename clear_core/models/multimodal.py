@@ -245,7 +245,7 @@ class GraphMixin:
         modality_weights: Mapping[str, float],
     ) -> None:
         from clear_core.graph import normalized_adjacency
-        from clear_core.modality_graph import edge_weights, mixed_item_graph
+        from clear_core.modality_graph import edge_weights, mixed_item_graph, to_csr_pair
 
         train = torch.as_tensor(dataset.train, dtype=torch.long)
         users, items = train[:, 0].contiguous(), train[:, 1].contiguous()
@@ -259,9 +259,9 @@ class GraphMixin:
             "adjacency", normalized_adjacency(dataset.train, self.n_users, self.n_items), persistent=False
         )
         raw = {m: torch.as_tensor(dataset.features[m], dtype=torch.float32) for m in modality_weights}
-        self.register_buffer(
-            "item_graph", mixed_item_graph(raw, modality_weights, knn_k, knn_chunk_size), persistent=False
-        )
+        item_graph, item_graph_t = to_csr_pair(mixed_item_graph(raw, modality_weights, knn_k, knn_chunk_size))
+        self.register_buffer("item_graph", item_graph, persistent=False)
+        self.register_buffer("item_graph_t", item_graph_t, persistent=False)
         self._epoch_adjacency: torch.Tensor | None = None
 
     def drop_edges(self) -> None:
@@ -282,6 +282,12 @@ class GraphMixin:
         from clear_core.graph import symmetric_propagate
 
         return symmetric_propagate(adjacency, x)
+
+    def propagate_items(self, x: torch.Tensor) -> torch.Tensor:
+        """``item_graph @ x`` (the kNN graph is not symmetric: backward uses its transpose)."""
+        from clear_core.modality_graph import propagate_with_transpose
+
+        return propagate_with_transpose(self.item_graph, self.item_graph_t, x)
 
     def training_adjacency(self) -> torch.Tensor:
         adj = self._epoch_adjacency
