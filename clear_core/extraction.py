@@ -7,8 +7,9 @@ chosen by name (:mod:`clear_core.encoders`), and writes to ``OUT``:
 * ``items.txt``: one asin a line, in first-seen metadata order;
 * ``text_feat.npy`` / ``image_feat.npy``: float32, row ``i`` = item on line ``i + 1``;
 * ``features.json``: encoders (name, weights sha256, options, dim), input fingerprint,
-  counts of every kind of missing or bad input, device and timings. Written last: a folder
-  without it is incomplete.
+  counts of every kind of missing or bad input, device and timings (``encode_seconds``: time
+  spent decoding, encoding and caching the contents not already cached; ``items_per_second``
+  is ``encoded / encode_seconds``). Written last: a folder without it is incomplete.
 
 Items without text, or without a readable image, get the mean vector of that modality over the
 items that have one, and are counted. Encoding is batched over unique contents in first-seen
@@ -137,6 +138,7 @@ def _encode_all(
         todo = [k for k in batch if k not in cache]
         mod.cached += len(batch) - len(todo)
         keys, inputs = [], []
+        t0 = time.perf_counter()  # loading (image decoding) counts towards throughput too
         for key in todo:
             value, reason = load(mod.payloads[key])
             if reason is None:
@@ -145,11 +147,10 @@ def _encode_all(
             else:
                 mod.failed[key] = reason
         if inputs:
-            t0 = time.perf_counter()
             vectors = mod.encoder.encode(inputs)
-            mod.seconds += time.perf_counter() - t0
             cache.add(keys, vectors)
             mod.encoded += len(keys)
+        mod.seconds += time.perf_counter() - t0 if todo else 0.0
         if progress:
             progress(mod.name, min(start + batch_size, total), total)
     cache.compact()
