@@ -7,7 +7,8 @@ What a trial reports each epoch (one Tune result per epoch, with a checkpoint of
     best_epoch, best_valid, best: {valid: {...}, test: {...}} (metrics at best_epoch),
     finished (True only on the last result of a trial that ended by itself: early stopping or
     the epoch budget), resumed_from (epoch of the checkpoint it restarted from; 0 = fresh),
-    node_id (Ray node that ran it), train_seconds, eval_seconds
+    node_id (Ray node that ran it), resources (what Ray assigned it: CPU, GPU share, custom),
+    train_seconds, eval_seconds
 
 ``finished`` is what lets :mod:`pipeline.optuna_search` tell Optuna PRUNED for trials the
 scheduler stopped. A trial's checkpoint holds the trainer's checkpoint folder (``last.pt``,
@@ -113,7 +114,9 @@ def run_trial(trial_config: dict[str, Any], *, dataset: Dataset, sweep: SweepCon
     model_params, train = sweep.split_params(trial_config)
     train["valid_metric"] = sweep.metric.split("/", 1)[1]
     train_config = TrainConfig.resolve(train)
-    node_id = ray.get_runtime_context().get_node_id()
+    runtime = ray.get_runtime_context()
+    node_id = runtime.get_node_id()
+    assigned = {k: float(v) for k, v in runtime.get_assigned_resources().items()}
     context = tune.get_context()
     trial_dir = Path(context.get_trial_dir())
     trial_dir.mkdir(parents=True, exist_ok=True)
@@ -173,6 +176,7 @@ def run_trial(trial_config: dict[str, Any], *, dataset: Dataset, sweep: SweepCon
                 "best": {"valid": dict(best_state["valid"]), "test": dict(best_state["test"])},
                 "resumed_from": resumed_from,
                 "node_id": node_id,
+                "resources": assigned,
                 "train_seconds": report.train_seconds,
                 "eval_seconds": report.eval_seconds,
             }

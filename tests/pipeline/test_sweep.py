@@ -54,7 +54,12 @@ def local_ray():
     mp = pytest.MonkeyPatch()
     for key, value in S3_ENV.items():
         mp.setenv(key, value)
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # One declared GPU (there is none: the trainer's device "auto" still picks the CPU) and a
+    # custom resource let the tests see Ray share a GPU between trials and honour custom demands.
+    ray.init(
+        address="local", num_cpus=2, num_gpus=1, resources={"gpu_stand_in": 2},
+        include_dashboard=False, log_to_driver=False,
+    )
     yield ray
     ray.shutdown()
     mp.undo()
@@ -81,7 +86,7 @@ def study_states(storage: str, name: str) -> list[TrialState]:
 def test_sweep_runs_concurrent_trials_reports_every_epoch_and_records_truthful_states(
     local_ray, dataset_dir, tmp_path
 ):
-    config = config_for(tmp_path)
+    config = config_for(tmp_path, **{"resources.gpu": 0.25, "resources.custom": {"gpu_stand_in": 1}})
     study = f"sqlite:///{tmp_path}/optuna.db"
     outcome = run_sweep(config, dataset_dir, study_storage=study, progress=False)
 
@@ -98,6 +103,7 @@ def test_sweep_runs_concurrent_trials_reports_every_epoch_and_records_truthful_s
         assert rows[-1]["finished"] == (trial.status == "COMPLETE")
         assert trial.status != "COMPLETE" or trial.epochs == config.max_epochs
         assert trial.node_id == node
+        assert rows[0]["resources"] == {"CPU": 1.0, "GPU": 0.25, "gpu_stand_in": 1.0}
         assert set(trial.params) == set(config.search)
         assert trial.valid["recall@20"] == pytest.approx(rows[-1]["best"]["valid"]["recall@20"])
         assert Path(trial.checkpoint, "trainer", "best.pt").exists()
