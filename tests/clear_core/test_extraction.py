@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from clear_core.encoders.cache import EmbeddingCache
@@ -344,3 +346,16 @@ def test_extract_features_is_a_plain_function_usable_as_a_ray_task(tmp_path):
     fn = pickle.loads(pickle.dumps(extract_features))
     summary = fn(str(meta), str(images), str(tmp_path / "out"), **ENCODERS)
     assert json.loads(json.dumps(summary)) == summary
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    prefix=st.sampled_from([b"", b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF89a", b"BM", b"RIFF\x00\x00\x00\x00WEBP"]),
+    body=st.binary(max_size=300),
+)
+def test_decode_image_turns_any_bytes_into_an_image_or_a_reason(tmp_path_factory, prefix, body):
+    path = tmp_path_factory.mktemp("img") / "x.bin"
+    path.write_bytes(prefix + body)
+    image, reason = decode_image(path, max_pixels=10_000_000)
+    assert (image is None) != (reason is None)
+    assert reason in (None, "zero_byte", "unsupported", "corrupt", "too_large")

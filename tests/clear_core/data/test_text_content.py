@@ -6,6 +6,8 @@ import gzip
 import json
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from clear_core.data import text_content
 from clear_core.data.text_content import image_reference, item_text, read_catalogue
@@ -61,3 +63,26 @@ def test_a_file_without_any_usable_record_is_a_data_error(tmp_path):
     path.write_text("[1]\nnope\n")
     with pytest.raises(DataError, match="line 1: expected an object"):
         read_catalogue(path)
+
+
+
+_line = st.one_of(
+    st.binary(max_size=80),
+    st.dictionaries(st.sampled_from(["asin", "title", "brand", "categories", "imUrl"]), st.recursive(
+        st.one_of(st.none(), st.integers(), st.text(max_size=12)), lambda inner: st.lists(inner, max_size=3), max_leaves=6
+    )).map(lambda d: (repr(d) if len(d) % 2 else str(d).replace("'", '"')).encode("utf-8", "surrogatepass")),
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lines=st.lists(_line, max_size=8))
+def test_any_bytes_give_a_catalogue_or_a_data_error_never_a_crash(tmp_path, lines):
+    path = tmp_path / "meta.json"
+    path.write_bytes(b"\n".join(line.replace(b"\n", b" ") for line in lines))
+    try:
+        catalogue = read_catalogue(path)
+    except DataError:
+        return
+    asins = [it.asin for it in catalogue.items]
+    assert len(asins) == len(set(asins))
+    assert all(a and not any(c.isspace() for c in a) for a in asins)
