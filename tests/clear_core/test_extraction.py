@@ -359,3 +359,31 @@ def test_decode_image_turns_any_bytes_into_an_image_or_a_reason(tmp_path_factory
     image, reason = decode_image(path, max_pixels=10_000_000)
     assert (image is None) != (reason is None)
     assert reason in (None, "zero_byte", "unsupported", "corrupt", "too_large")
+
+
+def test_synthetic_raw_catalogue_extract_then_prepare_keeps_rows_with_their_items(tmp_path):
+    """The contract with the filter-and-split stage: row j of items.txt/feature files follows
+    its asin through k-core and re-indexing."""
+    from clear_core.data.loading import load_dataset
+    from clear_core.data.prepare import prepare_dataset
+    from clear_core.data.synthetic import generate_synthetic
+    from clear_core.data.synthetic_content import write_raw_catalogue
+
+    synthetic = generate_synthetic(n_users=100, n_items=60, n_interactions=1500, seed=3)
+    raw = tmp_path / "raw"
+    write_raw_catalogue(raw, synthetic)
+    feats = tmp_path / "features"
+    extract_features(raw / "meta.json.gz", raw / "images", feats, **ENCODERS)
+    prepare_dataset(raw / "reviews.json.gz", tmp_path / "prepared", features_dir=feats, k=synthetic.config["k_core"])
+    dataset = load_dataset(tmp_path / "prepared")
+
+    from clear_core.data.five_core import read_id_map
+
+    asins = (feats / "items.txt").read_text().split()
+    manifest = json.loads((tmp_path / "prepared" / "manifest.json").read_text())
+    item_asins = read_id_map(tmp_path / "prepared" / manifest["id_maps"]["items"])
+    assert len(item_asins) == dataset.n_items
+    for modality in ("text", "image"):
+        extracted = np.load(feats / f"{modality}_feat.npy")
+        rows = [asins.index(str(asin)) for asin in item_asins]
+        np.testing.assert_array_equal(dataset.features[modality], extracted[rows])
