@@ -37,7 +37,11 @@ class EmbeddingCache:
         self.dir.mkdir(parents=True, exist_ok=True)
         info = self.dir / "signature.json"
         if not info.exists():
-            _write_atomic(info, (json.dumps(json.loads(signature), indent=2) + "\n").encode("utf-8"))
+            try:
+                readable = json.loads(signature)
+            except ValueError:
+                readable = {"signature": signature}  # a plug-in's own, non-JSON signature
+            _write_atomic(info, (json.dumps(readable, indent=2) + "\n").encode("utf-8"))
         self._rows: dict[bytes, np.ndarray] = {}
         self.shards_written = 0
         for shard in sorted(self.dir.glob("shard-*.npz")):
