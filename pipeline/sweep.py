@@ -98,6 +98,26 @@ def _disk_epoch(trainer_dir: Path) -> int:
     return int(state["epoch"])
 
 
+def _writable(dataset: Dataset) -> Dataset:
+    """A copy whose arrays may be written to.
+
+    Arrays that come through Ray's object store are read-only views of shared memory; a model
+    that trains its features in place (``trainable_features``) must not write there.
+    """
+    import dataclasses
+
+    import numpy as np
+
+    def own(a: np.ndarray) -> np.ndarray:
+        return a if a.flags.writeable else np.array(a, copy=True)
+
+    return dataclasses.replace(
+        dataset,
+        train=own(dataset.train), valid=own(dataset.valid), test=own(dataset.test),
+        features={m: own(f) for m, f in dataset.features.items()},
+    )
+
+
 def run_trial(trial_config: dict[str, Any], *, dataset: Dataset, sweep: SweepConfig) -> None:
     """One Tune trial: train with this trial's parameters, report every epoch with its checkpoint.
 
@@ -111,6 +131,9 @@ def run_trial(trial_config: dict[str, Any], *, dataset: Dataset, sweep: SweepCon
 
     from clear_core.trainer import TrainConfig, fit
 
+    # Ray's per-checkpoint INFO lines would bury the status table.
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
+    dataset = _writable(dataset)
     model_params, train = sweep.split_params(trial_config)
     train["valid_metric"] = sweep.metric.split("/", 1)[1]
     train_config = TrainConfig.resolve(train)
