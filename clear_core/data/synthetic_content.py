@@ -14,11 +14,15 @@ Text is driven by the shared latent and the text-specific latent: every latent f
 pair of word groups of opposite meaning ("red crimson ..." / "blue navy ..."); an item's
 description takes ``words_per_unit * |value|`` words from the group its sign selects, and its
 title, brand and category come from its strongest shared factors. Images are a pure function
-of the shared latent and the image-specific latent: background colour, shape kind, size,
-position and colour, stripe frequency, angle and contrast, a shading gradient and a checker
-texture each follow one factor. Both modalities therefore share what the shared latent
-encodes and differ in what their specific latents encode, and the redundancy survives a real
-text or image encoder. Deterministic given the dataset's seed (gzip headers carry no time).
+of the shared latent and the image-specific latent: a 4x4 grid of tiles, one per factor, each a
+grating with its own orientation and frequency whose contrast follows the factor's magnitude
+and whose colour (warm or cool) follows its sign. Both modalities therefore share what the
+shared latent encodes and differ in what their specific latents encode, and the redundancy
+survives the real encoders (cross-validated linear R^2 from minilm / efficientnet-lite0
+features, 300 items: shared latent 0.65 from text and 0.12 from images, text-specific 0.46 from
+text, image-specific 0.17 from images, unrelated latents about -0.16; see the slow test in
+tests/clear_core/test_synthetic_content.py). Deterministic given the dataset's seed (gzip
+headers carry no time).
 """
 
 from __future__ import annotations
@@ -65,7 +69,7 @@ WORD_PAIRS: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = (
 )
 NOUNS = ("blanket", "bottle", "jacket", "sneaker", "stroller", "lamp", "backpack", "chair")
 BRANDS = ("Acorn", "Birch", "Cedar", "Dune")
-# Image attributes read this many factors of each latent; fewer factors are zero-padded.
+# Images show this many factors of each latent (4x4 tiles): fewer are zero-padded, more ignored.
 IMAGE_FACTORS = 8
 
 
@@ -123,10 +127,6 @@ def item_texts(
             }
         )
     return records
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x))
 
 
 def item_images(shared: np.ndarray, specific: np.ndarray, size: int) -> np.ndarray:
