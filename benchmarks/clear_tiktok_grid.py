@@ -34,8 +34,13 @@ GRID: dict[str, list[dict]] = {
     "clear_noproj": [{"projection": "none"}],
     "freedom": [{}],
     "lightgcn": [{}],
+    # Extension, not the paper's model: an item-ID channel propagated and fused like a modality.
+    "clear_id": [{"redundancy_rank": 4, "projection_strength": 0.9, "id_channel": True},
+                 {"redundancy_rank": 8, "projection_strength": 0.9, "id_channel": True}],
+    "clear_id_noproj": [{"projection": "none", "id_channel": True}],
 }
-MODEL_OF = {"clear": "clear", "clear_noproj": "clear", "freedom": "freedom", "lightgcn": "lightgcn"}
+DEFAULT_METHODS = ["clear", "clear_noproj", "freedom", "lightgcn"]
+MODEL_OF = {"clear": "clear", "clear_id": "clear", "clear_id_noproj": "clear", "clear_noproj": "clear", "freedom": "freedom", "lightgcn": "lightgcn"}
 
 
 def shared_dir() -> Path:
@@ -155,6 +160,7 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=4096)
     ap.add_argument("--learning-rate", type=float, default=0.005)
     ap.add_argument("--workers", type=int, default=5)
+    ap.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=list(GRID))
     ap.add_argument("--summarise", action="store_true")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -165,7 +171,7 @@ def main() -> int:
     train = {"max_epochs": args.max_epochs, "patience": args.patience,
              "batch_size": args.batch_size, "learning_rate": args.learning_rate}
     base = {"data": str(args.data), "train": train}
-    phase1 = [{**base, "method": m, "params": p, "seed": args.seeds[0]} for m, ps in GRID.items() for p in ps]
+    phase1 = [{**base, "method": m, "params": p, "seed": args.seeds[0]} for m in args.methods for p in GRID[m]]
     run_phase(phase1, args.out, args.workers)
     chosen = selected(_done(args.out), args.seeds[0])
     phase2 = [{**base, "method": m, "params": p, "seed": s} for s in args.seeds[1:] for m, p in chosen.items()]
