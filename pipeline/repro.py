@@ -166,16 +166,25 @@ def _config_dict(config: Any) -> dict[str, Any]:
     return json.loads(json.dumps(asdict(config)))
 
 
-def _trial_order(trial_id: str) -> tuple[int, str]:
-    # Tune names trials <experiment>_<counter>: the counter is the order TPE proposed them in.
-    tail = trial_id.rsplit("_", 1)[-1]
-    return (int(tail) if tail.isdigit() else -1, trial_id)
+def proposal_order(trial: Any) -> tuple[int, str]:
+    """Sort key: the order the searcher proposed the trial in.
+
+    Tune's trial ids are random, but its trial folders are named
+    ``<trainable>_<trial_id>_<counter>_<params>_<date>`` with a counter in proposal order.
+    Without that, the parameters give a stable (if less telling) order.
+    """
+    name = Path(getattr(trial, "path", None) or "").name
+    _, found, rest = name.partition(f"{trial.trial_id}_")
+    counter = rest.split("_", 1)[0]
+    if found and counter.isdigit():
+        return (int(counter), "")
+    return (1 << 30, json.dumps(trial.params, sort_keys=True, default=str))
 
 
 def sweep_values(outcome: Any) -> dict[str, Any]:
     """Every trial's parameters, status, epochs and metrics, in proposal order; the best trial."""
     values: dict[str, Any] = {}
-    trials = sorted(outcome.trials, key=lambda t: _trial_order(t.trial_id))
+    trials = sorted(outcome.trials, key=proposal_order)
     for i, trial in enumerate(trials):
         prefix = f"trial{i}."
         for name, value in sorted(trial.params.items()):

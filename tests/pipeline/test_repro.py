@@ -111,11 +111,27 @@ def test_a_different_seed_gives_different_metrics(tmp_path):
     assert a["train"].values["last_train_loss"] != b["train"].values["last_train_loss"]
 
 
-def test_sweep_twice_at_concurrency_one_gives_identical_trials(tmp_path):
+@pytest.fixture
+def local_ray():
+    """One local Ray for both sweeps of a test (run_sweep uses it and leaves it running)."""
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def test_sweep_twice_at_concurrency_one_gives_identical_trials(tmp_path, local_ray):
     config = load_repro_config(tiny_config(tmp_path))
     first, _ = run_parts(config, ["sweep"], "cpu")
     second, _ = run_parts(config, ["sweep"], "cpu")
     values = first["sweep"].values
+    assert first["sweep"].config == second["sweep"].config
     assert values == second["sweep"].values
     assert values["trial0.status"] == "COMPLETE" and values["trial1.status"] == "COMPLETE"
     assert first["sweep"].config["max_concurrent"] == 1
@@ -304,3 +320,17 @@ def test_every_make_target_the_workflows_call_exists():
                 if "make" in words:
                     called.add(words[words.index("make") + 1])
     assert called and called <= make_targets(), called - make_targets()
+
+
+def test_sweep_trials_are_listed_in_the_order_the_searcher_proposed_them():
+    from types import SimpleNamespace
+
+    from pipeline.repro import proposal_order
+
+    def trial(trial_id, counter, k):
+        path = f"/r/clear-smoke/run_trial_{trial_id}_{counter}_redundancy_rank={k}_2026-11-24_05-23-53"
+        return SimpleNamespace(trial_id=trial_id, path=path, params={"redundancy_rank": k})
+
+    # Trial ids are random hex: their order says nothing about the proposal order.
+    trials = [trial("ff000000", 2, 8), trial("00000000", 10, 4), trial("aa000000", 1, 2)]
+    assert [t.params["redundancy_rank"] for t in sorted(trials, key=proposal_order)] == [2, 8, 4]
