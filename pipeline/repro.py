@@ -206,9 +206,8 @@ def run_sweep_part(dataset_dir: Path, fingerprint: str, part: Mapping[str, Any],
     from pipeline.sweep import run_sweep
     from pipeline.sweep_config import load_sweep_config
 
-    sweep_path = Path(part["config"])
-    if not sweep_path.is_absolute():
-        sweep_path = REPO / sweep_path
+    # Relative to the configs folder, so that a private copy (CLEARREC_CONFIG_DIR) is used whole.
+    sweep_path = config_dir() / part["config"]
     # A fresh Tune folder and Optuna study every time: an existing one would be resumed, and
     # TPE would continue a previous sequence instead of starting the pinned one.
     overrides = {
