@@ -362,6 +362,11 @@ def _build(raw: dict[str, Any], *, source: str, explicit: set[str]) -> SweepConf
             else:
                 problems += _value_problems(f"model_params.{key}", value, model_schema[key])
     search = _search_specs(top["search"], model, model_schema, problems)
+    if not top["search"]:
+        problems.append(
+            f"search: nothing to search for model {model!r}; name at least one parameter "
+            "(a choice with one value runs a fixed configuration)"
+        )
 
     if problems:
         raise ConfigError(problems, source=source)

@@ -156,3 +156,10 @@ def test_rank_above_the_projected_dimension_is_found_before_any_trial(tiny_datas
 def test_a_search_that_fits_the_data_has_no_problems(tiny_dataset):
     config = load_sweep_config(REPO / "configs/sweeps/smoke.yaml", {"model_params": {"embedding_size": 16, "knn_k": 5}})
     assert dataset_problems(config, tiny_dataset) == []
+
+
+def test_an_empty_search_is_refused_with_the_way_to_fix_a_configuration(tmp_path):
+    problems = problems_of(tmp_path, {"search": {}})
+    assert any(p.startswith("search: nothing to search for model 'clear'") for p in problems)
+    fixed = load_sweep_config(write(tmp_path, {"search": {"redundancy_rank": {"type": "choice", "values": [4]}}}))
+    assert fixed.search["redundancy_rank"].values == (4,)
