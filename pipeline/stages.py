@@ -454,15 +454,21 @@ def run_pipeline(
     from clear_core.models import resolve_params
     from clear_core.trainer import TrainConfig
     from pipeline import reporting, tracking
+    from pipeline.optuna_search import rdb_storage
     from pipeline.ray_runtime import init_ray
+    from pipeline.storage import check_reachable, resolve_storage
     from pipeline.sweep import run_sweep, sweep_id_for
 
     pcfg = tracking.load_pipeline_config()
     uri = tracking.resolve_tracking_uri(tracking_uri, pcfg)
+    # Everything remote is probed before any stage: an unreachable server or bucket is reported
+    # now, with its address, not after minutes of feature extraction.
     tracking.check_reachable(uri, pcfg["health_timeout_s"])
+    check_reachable(resolve_storage(config.storage.path, config.storage.endpoint_url))
     runs_dir = Path(runs_dir or pcfg["runs_dir"]).absolute()
     study = (study_storage or config.study.storage
              or tracking.default_study_storage(uri, pcfg["study_storage"]))
+    rdb_storage(study)
 
     ray_started = init_ray() if as_tasks else False
     try:

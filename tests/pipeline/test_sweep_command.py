@@ -198,6 +198,32 @@ def test_unreachable_tracking_server_fails_before_any_stage(tmp_path, monkeypatc
     assert not (tmp_path / "runs").exists()
 
 
+def test_unreachable_s3_results_storage_fails_before_any_stage(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    config = write_sweep(tmp_path, storage={"path": "s3://results/sweeps", "endpoint_url": endpoint})
+    code = main(["sweep", "--config", str(config), "--tracking-uri", f"sqlite:///{tmp_path}/m.db"])
+    assert code == 2
+    assert endpoint in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_dataset_folder_that_fails_validation_stops_before_any_run(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "bad.inter").write_text("userID\titemID\tx_label\n0\tnot-a-number\t0\n")
+    uri = f"sqlite:///{tmp_path}/m.db"
+    code = main(["sweep", "--config", str(write_sweep(tmp_path)), "--dataset", str(bad), "--tracking-uri", uri,
+                 "--in-process"])
+    assert code == 2
+    assert "bad.inter" in capsys.readouterr().err
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []
+
+
 def test_bad_sweep_fields_are_all_reported_before_any_stage(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     code = main(["sweep", "--config", str(write_sweep(tmp_path)), "--set", "num_samples=many",
