@@ -364,6 +364,11 @@ def run_as_task(fn: Callable[..., Any], *args: Any, num_cpus: float = 1, num_gpu
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     options: dict[str, Any] = {"num_cpus": num_cpus, "num_gpus": num_gpus, "max_retries": 1}
+    if on_driver_node and _node_cpus() < num_cpus:
+        # A head node started with num-cpus 0 accepts no task: pinned there, it would wait forever.
+        log.warning("the driver's node offers fewer than %s CPUs to Ray; running %s in the driver",
+                    num_cpus, getattr(fn, "__name__", fn))
+        return fn(*args, **kwargs)
     if on_driver_node:
         options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(
             node_id=ray.get_runtime_context().get_node_id(), soft=False
@@ -398,7 +403,8 @@ def dataset_stages(config: Any, runs_dir: str | Path, *, as_tasks: bool = False,
     if not spec.get("raw"):
         return call(synthesize, runs_dir, overrides=overrides, raw=False)["info"]["dataset"]
     raw = call(synthesize, runs_dir, overrides=overrides, raw=True)["info"]
-    feats = call(extract, runs_dir, meta=raw["meta"], images=raw["images"], cpus=_node_cpus() if as_tasks else 1)
+    feats = call(extract, runs_dir, meta=raw["meta"], images=raw["images"],
+                 cpus=max(1.0, _node_cpus()) if as_tasks else 1)
     cfg = resolve_config(overrides)
     prepared = call(prepare, runs_dir, reviews=raw["reviews"], features=feats["info"]["features"],
                     k=cfg["k_core"], split=cfg["split"], seed=cfg["seed"], name=raw["name"])
@@ -406,14 +412,15 @@ def dataset_stages(config: Any, runs_dir: str | Path, *, as_tasks: bool = False,
 
 
 def _node_cpus() -> float:
-    """All CPUs of the driver's node: encoders are the only work running during extraction."""
+    """The CPUs Ray may use on the driver's node (encoders are the only work running during
+    extraction, so the extract task takes them all)."""
     import ray
 
     node = ray.get_runtime_context().get_node_id()
     for entry in ray.nodes():
         if entry.get("NodeID") == node:
-            return max(1.0, float(entry.get("Resources", {}).get("CPU", 1.0)))
-    return 1.0
+            return float(entry.get("Resources", {}).get("CPU", 0.0))
+    return 0.0
 
 
 def _fetch_checkpoint(uri: str, dest: Path, endpoint_url: str | None) -> Path:

@@ -162,3 +162,14 @@ def test_a_stage_runs_as_a_ray_task_on_the_driver_node(tmp_path):
         ray.shutdown()
     assert not remote["reused"]
     assert stages.synthesize(tmp_path, overrides=TINY)["reused"]
+
+
+def test_a_driver_node_without_cpus_runs_the_stage_in_the_driver_instead_of_waiting(tmp_path):
+    import ray
+
+    ray.init(address="local", num_cpus=0, include_dashboard=False, log_to_driver=False)
+    try:
+        out = stages.run_as_task(stages.synthesize, tmp_path, overrides=TINY)
+    finally:
+        ray.shutdown()
+    assert not out["reused"] and (tmp_path / "synthesize" / out["key"] / "stage.json").exists()
