@@ -1,0 +1,76 @@
+"""`clearrec train`: trains on a dataset folder, writes the result JSON atomically, and turns
+every bad option into one error listing all problems (exit 2)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from clear_core.data.synthetic import write_synthetic
+from pipeline.cli import main
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("data") / "synthetic"
+    write_synthetic(folder, n_users=100, n_items=60, n_interactions=1800, seed=3)
+    return folder
+
+
+def test_train_writes_result_json_with_config_best_epoch_metrics_and_timings(data_dir, tmp_path, capsys):
+    out = tmp_path / "result.json"
+    code = main(["train", str(data_dir), "--model", "lightgcn", "--max-epochs", "3", "--seed", "7",
+                 "--device", "cpu", "--set", "n_layers=1", "--set", "batch_size=512", "--out", str(out)])
+    assert code == 0
+    result = json.loads(out.read_text())
+    assert result["model_name"] == "lightgcn" and result["model_params"]["n_layers"] == 1
+    assert result["config"]["seed"] == 7 and result["config"]["batch_size"] == 512
+    assert result["config"]["max_epochs"] == 3 and result["epochs_run"] == 3
+    assert 1 <= result["best_epoch"] <= 3
+    assert {"recall@20", "ndcg@20", "precision@10", "map@50"} <= set(result["test"])
+    assert result["valid"] == result["history"][result["best_epoch"] - 1]["valid"]
+    assert result["median_train_seconds"] > 0 and result["median_eval_seconds"] > 0
+    assert len(result["dataset_fingerprint"]) == 64
+    assert [p.name for p in tmp_path.iterdir()] == ["result.json"]  # no temp file left
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["best_epoch"] == result["best_epoch"]
+
+
+def test_checkpoint_dir_is_filled_and_reused(data_dir, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    args = ["train", str(data_dir), "--model", "mf", "--max-epochs", "2", "--device", "cpu",
+            "--checkpoint-dir", str(ckpt), "--out", str(tmp_path / "a.json")]
+    assert main(args) == 0
+    assert (ckpt / "last.pt").exists() and (ckpt / "best.pt").exists()
+    assert main(args[:-1] + [str(tmp_path / "b.json")]) == 0
+    a, b = (json.loads((tmp_path / n).read_text()) for n in ("a.json", "b.json"))
+    assert a["test"] == b["test"]
+
+
+def test_unknown_keys_and_wrong_types_are_listed_together(data_dir, tmp_path, capsys):
+    out = tmp_path / "never.json"
+    code = main(["train", str(data_dir), "--model", "lightgcn", "--set", "n_layer=2",
+                 "--set", "reg_weight=lots", "--set", "batch_size=1.5", "--out", str(out)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "n_layer: unknown key" in err and "reg_weight: expected float" in err
+    assert "batch_size: expected int" in err
+    assert not out.exists()
+
+
+def test_unknown_model_is_an_error(data_dir, capsys):
+    assert main(["train", str(data_dir), "--model", "nosuch"]) == 2
+    assert "unknown model 'nosuch'" in capsys.readouterr().err
+
+
+def test_missing_dataset_folder_is_an_error(tmp_path, capsys):
+    assert main(["train", str(tmp_path / "absent"), "--model", "mf", "--max-epochs", "1"]) == 2
+    assert "absent" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
+def test_cuda_without_cuda_is_an_error(data_dir, capsys):
+    assert main(["train", str(data_dir), "--model", "mf", "--device", "cuda"]) == 2
+    assert "CUDA is not available" in capsys.readouterr().err
