@@ -28,6 +28,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -273,17 +274,28 @@ def _status(result) -> str:
     return "COMPLETE" if (result.metrics or {}).get("finished") else "PRUNED"
 
 
+def _error_line(error: BaseException | None) -> str | None:
+    """The failing exception's own line (Ray wraps it in a traceback of the actor call)."""
+    if error is None:
+        return None
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
+
+
 def _summaries(grid, config: SweepConfig, storage) -> list[TrialSummary]:
     out = []
     for result in grid:
         metrics = result.metrics or {}
         best = metrics.get("best") or {}
-        trial_params = {name: (metrics.get("config") or {}).get(name) for name in config.search}
+        trial_config = result.config or metrics.get("config") or {}
+        trial_params = {name: trial_config.get(name) for name in config.search}
+        # A trial that failed before its first report has no metrics: its folder names it.
+        found = re.search(r"run_trial_([0-9a-f]+)_", Path(result.path).name)
         checkpoint = None
         if result.checkpoint is not None:
             checkpoint = f"s3://{result.checkpoint.path}" if storage.is_s3 else result.checkpoint.path
         out.append(TrialSummary(
-            trial_id=metrics.get("trial_id") or Path(result.path).name,
+            trial_id=metrics.get("trial_id") or (found.group(1) if found else Path(result.path).name),
             params=trial_params,
             status=_status(result),
             best_epoch=metrics.get("best_epoch"),
@@ -292,7 +304,7 @@ def _summaries(grid, config: SweepConfig, storage) -> list[TrialSummary]:
             epochs=int(metrics.get("epoch") or 0),
             checkpoint=checkpoint,
             node_id=metrics.get("node_id"),
-            error=str(result.error).splitlines()[0] if result.error is not None else None,
+            error=_error_line(result.error),
             path=result.path,
         ))
     return sorted(out, key=lambda t: t.trial_id)

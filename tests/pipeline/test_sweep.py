@@ -22,7 +22,7 @@ from optuna.trial import TrialState
 
 from clear_core.data.synthetic import write_synthetic
 from clear_core.errors import ConfigError, DataError
-from pipeline.sweep import run_sweep
+from pipeline.sweep import SweepFailedError, run_sweep
 from pipeline.sweep_config import load_sweep_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -145,9 +145,21 @@ def test_a_trial_that_crashes_once_is_retried_from_its_checkpoint(local_ray, dat
     assert study_states(study, outcome.study_name) == [TrialState.COMPLETE]
 
 
+def test_a_sweep_whose_trials_all_fail_says_why_and_records_fail(local_ray, dataset_dir, tmp_path):
+    config = config_for(
+        tmp_path, num_samples=1, max_failures=0,
+        fault_injection={"crash_once_at_epoch": 1}, **{"scheduler.type": "none"},
+    )
+    study = f"sqlite:///{tmp_path}/optuna.db"
+    with pytest.raises(SweepFailedError, match=r"no trial produced a validation score \([0-9a-f]+: .*fault injection"):
+        run_sweep(config, dataset_dir, study_storage=study, progress=False)
+    (name,) = optuna.get_all_study_names(study)
+    assert study_states(study, name) == [TrialState.FAIL]
+
+
 DRIVER = """
 import json, sys
-from pipeline.sweep import run_sweep
+from pipeline.sweep import SweepFailedError, run_sweep
 from pipeline.sweep_config import load_sweep_config
 config = load_sweep_config(sys.argv[1], json.loads(sys.argv[5]))
 run_sweep(config, sys.argv[2], study_storage=sys.argv[4], progress=False)
