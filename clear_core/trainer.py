@@ -193,7 +193,7 @@ def _numpy_rng_state() -> dict[str, Any]:
 
 
 def _set_numpy_rng_state(state: dict[str, Any]) -> None:
-    keys = state["keys"].numpy().astype(np.uint32)
+    keys = state["keys"].cpu().numpy().astype(np.uint32)
     np.random.set_state((state["name"], keys, state["pos"], state["has_gauss"], state["cached"]))
 
 
@@ -260,7 +260,10 @@ def fit(
     if ckpt_dir is not None:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
 
-    fork_devices = [device] if device.type == "cuda" else []
+    fork_devices = (
+        [device.index if device.index is not None else torch.cuda.current_device()]
+        if device.type == "cuda" else []
+    )
     with torch.random.fork_rng(devices=fork_devices, device_type=device.type):
         torch.manual_seed(config.seed)
         return _fit(
