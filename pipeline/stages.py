@@ -320,6 +320,7 @@ def evaluate_checkpoint(
 
     config = TrainConfig.resolve(dict(train or {}))
     device = resolve_device(config.device)
+    find_checkpoint(checkpoint)  # a wrong path is reported before the dataset is read
     dataset = load_dataset(dataset_path)
     net, epoch, path = load_trained_model(dataset, checkpoint, model=model, model_params=model_params,
                                           device=device)

@@ -143,7 +143,7 @@ def test_final_evaluation_of_a_checkpoint_matches_the_trained_best_epoch(tmp_pat
     assert evaluated["valid"]["ndcg@20"] == pytest.approx(result.valid["ndcg@20"], abs=1e-6)
 
 
-def test_a_checkpoint_of_another_model_is_refused_by_name(tmp_path):
+def test_a_folder_without_a_checkpoint_is_refused_by_name(tmp_path):
     from clear_core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="no best.pt"):
