@@ -13,6 +13,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
 from tqdm import tqdm
 
@@ -115,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
         bar.close()
     payload = result.to_json()
     if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(args.out, payload)
         log.info("wrote %s", args.out)
     summary = {

@@ -20,7 +20,7 @@ def data_dir(tmp_path_factory):
 
 
 def test_train_writes_result_json_with_config_best_epoch_metrics_and_timings(data_dir, tmp_path, capsys):
-    out = tmp_path / "result.json"
+    out = tmp_path / "runs" / "result.json"  # the folder does not exist yet (make train)
     code = main(["train", str(data_dir), "--model", "lightgcn", "--max-epochs", "3", "--seed", "7",
                  "--device", "cpu", "--set", "n_layers=1", "--set", "batch_size=512", "--out", str(out)])
     assert code == 0
@@ -33,7 +33,7 @@ def test_train_writes_result_json_with_config_best_epoch_metrics_and_timings(dat
     assert result["valid"] == result["history"][result["best_epoch"] - 1]["valid"]
     assert result["median_train_seconds"] > 0 and result["median_eval_seconds"] > 0
     assert len(result["dataset_fingerprint"]) == 64
-    assert [p.name for p in tmp_path.iterdir()] == ["result.json"]  # no temp file left
+    assert [p.name for p in out.parent.iterdir()] == ["result.json"]  # no temp file left
     summary = json.loads(capsys.readouterr().out)
     assert summary["best_epoch"] == result["best_epoch"]
 
