@@ -234,6 +234,20 @@ def test_bad_sweep_fields_are_all_reported_before_any_stage(tmp_path, monkeypatc
     assert not (tmp_path / "runs").exists()
 
 
+def test_a_sweep_whose_every_trial_crashes_closes_every_run_failed(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    config = write_sweep(tmp_path, num_samples=2, max_failures=0, train={"max_epochs": 2, "batch_size": 512},
+                         fault_injection={"crash_once_at_epoch": 1})
+    uri = f"sqlite:///{tmp_path}/mlruns.db"
+    code = main(["sweep", "--config", str(config), "--tracking-uri", uri, "--no-progress", "--in-process"])
+    assert code == 2
+    assert "no trial produced a validation score" in capsys.readouterr().err
+    tracker = tracking.Tracker(uri, "clearrec-synthetic")
+    runs = tracker.client.search_runs([tracker.experiment_id])
+    roles = sorted((r.data.tags[tracking.TAG_ROLE], r.info.status) for r in runs)
+    assert roles == [("sweep", "FAILED"), ("trial", "FAILED"), ("trial", "FAILED")]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sig, left", [(signal.SIGKILL, "RUNNING"), (signal.SIGINT, "KILLED")])
 def test_a_killed_driver_is_resumed_by_rerunning_the_same_command(tmp_path, sig, left):
