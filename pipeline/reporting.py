@@ -1,5 +1,6 @@
 """What a sweep leaves for people to read: the results table (CSV and Markdown), the heatmap of
 Recall@20 over lambda x k (the paper's Figure 4) and the closing summary printed by the CLI.
+(The spectrum plot, Figure 5, is :func:`pipeline.plots.plot_spectrum`.)
 
 Trials are read by attribute (``trial_id``, ``params``, ``status``, ``best_epoch``, ``epochs``,
 ``valid``, ``test``), the shape of :class:`pipeline.sweep.TrialSummary`; plain mappings with the
@@ -175,40 +176,6 @@ def plot_heatmap(
                 ax.text(j, i, f"{data[i, j]:.4f}", ha="center", va="center", color="white", fontsize=8)
     fig.colorbar(image, ax=ax, label=metric)
     ax.set_title(title or f"{metric}, complete trials (empty: none or pruned only)", fontsize=9)
-    fig.tight_layout()
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, out_path)
-    return out_path
-
-
-def plot_spectrum(spectrum: Mapping[str, Any], out_path: str | Path, *, title: str | None = None) -> Path:
-    """Figure 5 of the paper: singular values of the cross-modal covariance before and after the
-    projection (``spectrum`` as returned by :func:`clear_core.diagnostics.covariance_spectrum`)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    before = spectrum["before"]["singular_values"]
-    after = spectrum["after"]["singular_values"]
-    k = spectrum.get("redundancy_rank")
-    fig, ax = plt.subplots(figsize=(6.0, 3.8))
-    ax.plot(range(1, len(before) + 1), before, marker="o", markersize=3, label="before projection")
-    ax.plot(range(1, len(after) + 1), after, marker="o", markersize=3, label="after projection")
-    if k:
-        ax.axvline(k + 0.5, color="grey", linestyle="--", linewidth=1, label=f"k = {k}")
-    ax.set_yscale("log")
-    ax.set_xlabel("singular value index")
-    ax.set_ylabel("singular value of C")
-    ax.set_title(title or (
-        f"cross-modal covariance spectrum (lambda={spectrum.get('projection_strength')}, "
-        f"eff. rank {spectrum['before']['effective_rank']:.1f} -> {spectrum['after']['effective_rank']:.1f})"
-    ), fontsize=9)
-    ax.legend(fontsize=8)
     fig.tight_layout()
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)

@@ -590,7 +590,10 @@ def _finish_sweep(config: Any, outcome: Any, dataset_path: str, work: Path, trac
     if heatmap is not None:
         tracker.log_artifact(parent, heatmap)
     if final.get("spectrum"):
-        spectrum = reporting.plot_spectrum(final["spectrum"], work / "spectrum_best_trial.png")
+        from pipeline.plots import plot_spectrum
+
+        spectrum = plot_spectrum(final["spectrum"], work / "spectrum_best_trial.png",
+                                 title=f"best trial {best.trial_id}: cross-modal spectrum before/after projection")
         tracker.log_artifact(parent, spectrum)
     counts = {s: sum(1 for t in outcome.trials if t.status == s) for s in ("COMPLETE", "PRUNED", "FAIL")}
     outcome_json = {

@@ -94,13 +94,3 @@ def test_closing_summary_names_best_config_metrics_and_where_to_look():
     assert "final test evaluation of the best checkpoint: recall@20 0.2812" in text
     assert "abc123" in text and "make ui" in text and "sqlite:///optuna.db" in text
 
-
-def test_spectrum_plot_is_a_png(tmp_path):
-    spectrum = {
-        "redundancy_rank": 2, "projection_strength": 0.9,
-        "before": {"singular_values": [5.0, 3.0, 1.0, 0.5], "effective_rank": 2.1},
-        "after": {"singular_values": [1.0, 0.8, 0.7, 0.5], "effective_rank": 3.7},
-    }
-    path = reporting.plot_spectrum(spectrum, tmp_path / "spectrum.png")
-    with Image.open(path) as image:
-        assert image.format == "PNG"
