@@ -71,7 +71,7 @@ def rdb_storage(url: str) -> optuna.storages.RDBStorage:
 
 
 class PruningAwareOptunaSearch(OptunaSearch):
-    """``OptunaSearch`` (seeded TPE) that reports PRUNED/FAIL/COMPLETE truthfully; see module doc."""
+    """``OptunaSearch`` (seeded TPE, or a seeded grid) that reports PRUNED/FAIL/COMPLETE truthfully; see module doc."""
 
     def __init__(
         self,
@@ -82,12 +82,17 @@ class PruningAwareOptunaSearch(OptunaSearch):
         seed: int,
         study_name: str,
         storage_url: str,
+        sampler: str = "tpe",
     ) -> None:
+        if sampler == "grid":
+            chosen = optuna.samplers.GridSampler({n: list(s.values) for n, s in search.items()}, seed=seed)
+        else:
+            chosen = optuna.samplers.TPESampler(seed=seed)
         super().__init__(
             space=optuna_space(search),
             metric=metric,
             mode=mode,
-            sampler=optuna.samplers.TPESampler(seed=seed),
+            sampler=chosen,
             study_name=study_name,
             storage=rdb_storage(storage_url),
         )

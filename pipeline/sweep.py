@@ -391,7 +391,7 @@ def run_sweep(
                 tune_config=tune.TuneConfig(
                     search_alg=PruningAwareOptunaSearch(
                         config.search, metric=config.metric, mode=config.mode, seed=config.seed,
-                        study_name=study_name, storage_url=study_storage,
+                        study_name=study_name, storage_url=study_storage, sampler=config.sampler,
                     ),
                     scheduler=_scheduler(config),
                     num_samples=config.num_samples,

@@ -14,6 +14,9 @@ parameters and search used when ``model`` is that name (e.g. ``clearrec sweep --
 so that one sweep file serves CLEAR and its baselines. ``model_params`` or ``search`` given in
 ``overrides`` win over ``per_model``.
 
+``sampler``: ``tpe`` (Optuna's TPE, seeded) or ``grid`` (every combination of the choice
+values once, in a seeded order; ``num_samples`` at most the grid size).
+
 Search specs (the parameter may be a model parameter or a train-config field; prefix it with
 ``model.`` or ``train.`` only when the name is both):
 
@@ -52,6 +55,7 @@ SWEEP_SCHEMA: dict[str, Any] = {
     "model_params": dict,
     "train": dict,
     "search": dict,
+    "sampler": str,
     "num_samples": int,
     "max_concurrent": int,
     "seed": int,
@@ -80,6 +84,7 @@ FAULT_SCHEMA = {"crash_once_at_epoch": int}
 PER_MODEL_SCHEMA = {"model_params": dict, "search": dict}
 
 SPEC_TYPES = ("choice", "uniform", "loguniform", "int")
+SAMPLERS = ("tpe", "grid")
 SCHEDULER_TYPES = ("asha", "none")
 MODES = ("max", "min")
 METRIC_RE = re.compile(r"^(valid)/(recall|ndcg|precision|map)@(\d+)$")
@@ -160,6 +165,7 @@ class SweepConfig:
     model_params: dict[str, Any]
     train: dict[str, Any]
     search: dict[str, SearchSpec]
+    sampler: str
     num_samples: int
     max_concurrent: int
     seed: int
@@ -189,6 +195,7 @@ class SweepConfig:
             "model_params": copy.deepcopy(self.model_params),
             "train": copy.deepcopy(self.train),
             "search": {name: spec.to_dict() for name, spec in self.search.items()},
+            "sampler": self.sampler,
             "num_samples": self.num_samples,
             "max_concurrent": self.max_concurrent,
             "seed": self.seed,
@@ -368,6 +375,22 @@ def _build(raw: dict[str, Any], *, source: str, explicit: set[str]) -> SweepConf
             "(a choice with one value runs a fixed configuration)"
         )
 
+    if top["sampler"] not in SAMPLERS:
+        problems.append(f"sampler: expected one of {list(SAMPLERS)}, got {top['sampler']!r}")
+    elif top["sampler"] == "grid" and search:
+        not_choice = [name for name, spec in search.items() if spec.type != "choice"]
+        if not_choice:
+            problems.append(
+                f"sampler: grid needs choice specs only; {', '.join(not_choice)} "
+                "are ranges (give their values as a choice)"
+            )
+        else:
+            size = math.prod(len(spec.values) for spec in search.values())
+            if top["num_samples"] > size:
+                problems.append(
+                    f"num_samples: {top['num_samples']} is more than the {size} points of the grid"
+                )
+
     if problems:
         raise ConfigError(problems, source=source)
     return SweepConfig(
@@ -377,6 +400,7 @@ def _build(raw: dict[str, Any], *, source: str, explicit: set[str]) -> SweepConf
         model_params=dict(top["model_params"]),
         train=dict(top["train"]),
         search=search,
+        sampler=top["sampler"],
         num_samples=top["num_samples"],
         max_concurrent=top["max_concurrent"],
         seed=top["seed"],

@@ -100,6 +100,25 @@ def test_asha_stopped_trials_are_pruned_in_the_rdb_study(local_ray, tmp_path):
     assert set(stopped_early) <= pruned_q
 
 
+def test_grid_sampler_visits_every_point_once_at_concurrency_two(local_ray, tmp_path):
+    from ray import tune
+
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    searcher = PruningAwareOptunaSearch(
+        SEARCH, metric=METRIC, mode="max", seed=7, study_name="grid", storage_url=storage, sampler="grid",
+    )
+    grid = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=searcher, num_samples=6, max_concurrent_trials=2, metric=METRIC, mode="max",
+        ),
+        run_config=tune.RunConfig(storage_path=str(tmp_path / "results"), name="grid", verbose=0),
+    ).fit()
+    assert sorted(r.config["quality"] for r in grid) == [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]
+    study = optuna.load_study(study_name="grid", storage=storage)
+    assert sorted(t.params["quality"] for t in study.trials) == [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]
+
+
 def test_trials_left_running_by_a_killed_driver_are_closed_as_fail(tmp_path):
     storage = f"sqlite:///{tmp_path}/optuna.db"
     study = optuna.create_study(study_name="orphans", storage=storage, direction="maximize")

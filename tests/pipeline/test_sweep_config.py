@@ -163,3 +163,21 @@ def test_an_empty_search_is_refused_with_the_way_to_fix_a_configuration(tmp_path
     assert any(p.startswith("search: nothing to search for model 'clear'") for p in problems)
     fixed = load_sweep_config(write(tmp_path, {"search": {"redundancy_rank": {"type": "choice", "values": [4]}}}))
     assert fixed.search["redundancy_rank"].values == (4,)
+
+
+def test_grid_sampler_needs_choices_and_at_most_the_grid_size(tmp_path):
+    problems = problems_of(tmp_path, {
+        "sampler": "grid", "num_samples": 3,
+        "search": {
+            "redundancy_rank": {"type": "choice", "values": [2, 4]},
+            "projection_strength": {"type": "uniform", "low": 0.3, "high": 0.9},
+        },
+    })
+    assert any("sampler: grid needs choice specs only; projection_strength" in p for p in problems)
+    problems = problems_of(tmp_path, {
+        "sampler": "grid", "num_samples": 5,
+        "search": {"redundancy_rank": {"type": "choice", "values": [2, 4]},
+                   "projection_strength": {"type": "choice", "values": [0.5, 0.9]}},
+    })
+    assert problems == ["num_samples: 5 is more than the 4 points of the grid"]
+    assert problems_of(tmp_path, {"sampler": "random"}) == ["sampler: expected one of ['tpe', 'grid'], got 'random'"]
