@@ -334,3 +334,17 @@ def test_sweep_trials_are_listed_in_the_order_the_searcher_proposed_them():
     # Trial ids are random hex: their order says nothing about the proposal order.
     trials = [trial("ff000000", 2, 8), trial("00000000", 10, 4), trial("aa000000", 1, 2)]
     assert [t.params["redundancy_rank"] for t in sorted(trials, key=proposal_order)] == [2, 8, 4]
+
+
+def test_cuda_runs_use_their_own_reference_entry_and_fail_clearly_without_a_gpu(tmp_path, capsys):
+    import torch
+
+    from pipeline.repro import device_kind
+
+    assert device_kind("cuda:1") == "cuda" and device_kind("cpu") == "cpu"
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA; the message for a CPU-only machine cannot be seen here")
+    code = main(["repro", "--device", "cuda", "--part", "train", "--no-tracking",
+                 "--reference", str(REFERENCE), "--out", str(tmp_path), "--config", str(tiny_config(tmp_path))])
+    assert code == 2
+    assert "CUDA is not available" in capsys.readouterr().err
