@@ -20,6 +20,15 @@ Kustomize is rendered here, in Python, for the subset this repository uses (``re
 kustomization field is an error rather than a silently different rendering. A test compares the
 result with ``kubectl kustomize`` where kubectl exists.
 
+Beyond the schemas, a few consistency rules catch misspellings that schemas cannot (they hide
+in open maps): every object is labelled ``app.kubernetes.io/part-of: clearrec`` and pods (and
+what makes them) and Services carry ``app.kubernetes.io/name``; every container requests and limits cpu and memory, and names only known resource
+kinds; a workload's selector matches its pod labels and a Service's selector matches some pod of
+the same rendering; ConfigMap / Secret references resolve (Secrets against the keys the README
+asks for) and every ``$(VAR)`` in a command is defined; ``rayStartParams`` keys are ``ray start``
+options; a ConfigMap key ``sweep.yaml`` is a valid clearrec sweep file, and the RayJob's
+``--config`` file is a key of the ConfigMap mounted there.
+
 Not checked: CEL rules (``x-kubernetes-validations``), cross-object references (a Secret that
 does not exist yet), and admission policies of a real cluster.
 """
@@ -421,11 +430,245 @@ def validate_pod_templates(obj: dict[str, Any], version: str = KUBERNETES_VERSIO
     return out
 
 
+# --------------------------------------------------------------------------- consistency rules
+
+KNOWN_RESOURCES = {"cpu", "memory", "ephemeral-storage", "storage"}
+SETTINGS_CONFIG_MAP = "clearrec-settings"
+
+
+PART_OF = ("app.kubernetes.io/part-of", "clearrec")
+NAME_LABEL = "app.kubernetes.io/name"
+
+
+def _resource_name_ok(name: str) -> bool:
+    # Extended resources are domain-prefixed (nvidia.com/gpu); the rest is a closed set. NVIDIA's
+    # device plugin names are a closed set too (whole GPUs, MIG slices, shared GPUs).
+    if name.startswith("nvidia.com/"):
+        rest = name.split("/", 1)[1]
+        return rest in ("gpu", "gpu.shared") or rest.startswith("mig-")
+    return name in KNOWN_RESOURCES or name.startswith("hugepages-") or ("/" in name and "." in name.split("/")[0])
+
+
+def _label_errors(obj: dict[str, Any]) -> list[str]:
+    """Project labelling: every object says it is part of clearrec; every pod template, every
+    object that makes pods and every Service names its app. Misspelled label keys show up here."""
+    out = []
+    labels = (obj.get("metadata") or {}).get("labels") or {}
+    if labels.get(PART_OF[0]) != PART_OF[1]:
+        out.append(f"metadata.labels: expected {PART_OF[0]}: {PART_OF[1]}")
+    pods = _pod_specs(obj)
+    if (pods or obj.get("kind") == "Service") and NAME_LABEL not in labels:
+        out.append(f"metadata.labels: missing {NAME_LABEL}")
+    for path, template in pods:
+        pod_labels = (template.get("metadata") or {}).get("labels") or {}
+        if pod_labels.get(PART_OF[0]) != PART_OF[1] or NAME_LABEL not in pod_labels:
+            out.append(f"{path}.metadata.labels: expected {PART_OF[0]}: {PART_OF[1]} and {NAME_LABEL}")
+    return out
+
+
+def _pod_specs(obj: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(path, pod template) of every pod an object creates."""
+    kind = obj.get("kind")
+    spec = obj.get("spec") or {}
+    if kind in ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job") and isinstance(spec.get("template"), dict):
+        return [("spec.template", spec["template"])]
+    if kind == "CronJob":
+        template = ((spec.get("jobTemplate") or {}).get("spec") or {}).get("template")
+        return [("spec.jobTemplate.spec.template", template)] if isinstance(template, dict) else []
+    if kind in CRD_FILES:
+        return list(pod_templates(obj))
+    return []
+
+
+@functools.lru_cache(maxsize=1)
+def ray_start_options() -> frozenset[str] | None:
+    """The long options of ``ray start`` (what KubeRay turns rayStartParams into), or None
+    when Ray is not importable here."""
+    try:
+        from ray.scripts.scripts import start
+    except Exception:  # Ray is a dependency; its absence only disables this one rule
+        return None
+    return frozenset(o[2:] for p in start.params for o in p.opts if o.startswith("--"))
+
+
+def _ray_start_params(obj: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    spec = obj.get("spec") or {}
+    prefix = "spec"
+    if obj.get("kind") == "RayJob":
+        spec, prefix = spec.get("rayClusterSpec") or {}, "spec.rayClusterSpec"
+    out = []
+    head = spec.get("headGroupSpec") or {}
+    if isinstance(head.get("rayStartParams"), dict):
+        out.append((f"{prefix}.headGroupSpec.rayStartParams", head["rayStartParams"]))
+    for i, group in enumerate(spec.get("workerGroupSpecs") or []):
+        if isinstance(group, dict) and isinstance(group.get("rayStartParams"), dict):
+            out.append((f"{prefix}.workerGroupSpecs.{i}.rayStartParams", group["rayStartParams"]))
+    return out
+
+
+def _sweep_file_errors(text: str) -> list[str]:
+    import tempfile
+
+    from pipeline.sweep_config import load_sweep_config
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "sweep.yaml"
+        path.write_text(text, encoding="utf-8")
+        try:
+            load_sweep_config(path)
+        except (ConfigError, DataError) as exc:
+            return [str(exc)]
+    return []
+
+
+# The Secrets the manifests reference and the keys they must hold (README: created by hand,
+# never committed). A reference to another key of these is a typo.
+SECRET_KEYS = {
+    "clearrec-s3": {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"},
+    "clearrec-postgres": {"POSTGRES_USER", "POSTGRES_PASSWORD"},
+}
+_VAR_REF = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
+
+
+def _config_maps(others: list[dict[str, Any]]) -> dict[str, set[str]]:
+    return {
+        (o.get("metadata") or {}).get("name"): set(o.get("data") or {}) | set(o.get("binaryData") or {})
+        for o in others if o.get("kind") == "ConfigMap"
+    }
+
+
+def _reference_errors(where: str, pod: dict[str, Any], container: dict[str, Any],
+                      config_maps: dict[str, set[str]]) -> list[str]:
+    """ConfigMap/Secret references resolve, and every $(VAR) in command/args is defined."""
+    out = []
+    defined = {e.get("name") for e in container.get("env") or []}
+    for i, source in enumerate(container.get("envFrom") or []):
+        for kind, table in (("configMapRef", config_maps), ("secretRef", SECRET_KEYS)):
+            ref = source.get(kind)
+            if not ref:
+                continue
+            keys = table.get(ref.get("name"))
+            if keys is None and not ref.get("optional"):
+                out.append(f"{where}.envFrom.{i}.{kind}: {ref.get('name')!r} is not defined here")
+            defined |= {source.get("prefix", "") + k for k in keys or ()}
+    for i, env in enumerate(container.get("env") or []):
+        value_from = env.get("valueFrom") or {}
+        for kind, table in (("configMapKeyRef", config_maps), ("secretKeyRef", SECRET_KEYS)):
+            ref = value_from.get(kind)
+            if not ref or ref.get("optional"):
+                continue
+            keys = table.get(ref.get("name"))
+            if keys is None:
+                out.append(f"{where}.env.{i}.valueFrom.{kind}: {ref.get('name')!r} is not defined here")
+            elif ref.get("key") not in keys:
+                out.append(f"{where}.env.{i}.valueFrom.{kind}: no key {ref.get('key')!r} in {ref.get('name')!r}")
+    for part in ("command", "args"):
+        for text in container.get(part) or []:
+            for var in _VAR_REF.findall(str(text)):
+                if var not in defined:
+                    out.append(f"{where}.{part}: $({var}) is not defined by env or envFrom")
+    return out
+
+
+def _volume_errors(path: str, pod: dict[str, Any], config_maps: dict[str, set[str]]) -> list[str]:
+    out = []
+    for i, volume in enumerate(pod.get("volumes") or []):
+        ref = volume.get("configMap")
+        if ref and not ref.get("optional") and ref.get("name") not in config_maps:
+            out.append(f"{path}.spec.volumes.{i}.configMap: {ref.get('name')!r} is not defined here")
+    return out
+
+
+def _entrypoint_config_errors(obj: dict[str, Any], config_maps: dict[str, set[str]]) -> list[str]:
+    """A RayJob's ``--config FILE`` on a ConfigMap volume of the head must be a key of that ConfigMap."""
+    spec = obj.get("spec") or {}
+    words = str(spec.get("entrypoint") or "").split()
+    if "--config" not in words[:-1]:
+        return []
+    config = words[words.index("--config") + 1]
+    head = ((spec.get("rayClusterSpec") or {}).get("headGroupSpec") or {}).get("template") or {}
+    pod = head.get("spec") or {}
+    volumes = {v.get("name"): v for v in pod.get("volumes") or []}
+    for container in pod.get("containers", [])[:1]:
+        for mount in container.get("volumeMounts") or []:
+            folder = mount.get("mountPath", "").rstrip("/")
+            volume = volumes.get(mount.get("name")) or {}
+            if config.startswith(folder + "/") and "configMap" in volume:
+                name = volume["configMap"].get("name")
+                key = config[len(folder) + 1:]
+                if name in config_maps and key not in config_maps[name]:
+                    return [f"spec.entrypoint: --config {config}: ConfigMap {name!r} has no key {key!r}"]
+    return []
+
+
+def policy_errors(obj: dict[str, Any], others: list[dict[str, Any]] | None = None) -> list[str]:
+    """Misspellings that hide in open maps (see the module docstring)."""
+    out: list[str] = _label_errors(obj)
+    config_maps = _config_maps(others) if others is not None else None
+    autoscaler = ((obj.get("spec") or {}).get("rayClusterSpec") or obj.get("spec") or {}).get("autoscalerOptions")
+    if obj.get("kind") in CRD_FILES and isinstance(autoscaler, dict):
+        for part in ("requests", "limits"):
+            values = (autoscaler.get("resources") or {}).get(part) or {}
+            missing = sorted({"cpu", "memory"} - set(values))
+            if missing:
+                out.append(f"autoscalerOptions.resources.{part}: missing {', '.join(missing)}")
+    for path, template in _pod_specs(obj):
+        pod = template.get("spec") or {}
+        labels = (template.get("metadata") or {}).get("labels") or {}
+        for group in ("containers", "initContainers"):
+            for i, container in enumerate(pod.get(group) or []):
+                where = f"{path}.spec.{group}.{i}.resources"
+                resources = container.get("resources") or {}
+                for part in ("requests", "limits"):
+                    values = resources.get(part) or {}
+                    missing = sorted({"cpu", "memory"} - set(values))
+                    if missing:
+                        out.append(f"{where}.{part}: missing {', '.join(missing)} (every container sets both)")
+                    out += [f"{where}.{part}.{name}: unknown resource name" for name in values if not _resource_name_ok(name)]
+                if config_maps is not None:
+                    out += _reference_errors(f"{path}.spec.{group}.{i}", pod, container, config_maps)
+        if config_maps is not None:
+            out += _volume_errors(path, pod, config_maps)
+        selector = ((obj.get("spec") or {}).get("selector") or {}).get("matchLabels")
+        if path == "spec.template" and isinstance(selector, dict):
+            unmatched = {k: v for k, v in selector.items() if labels.get(k) != v}
+            if unmatched:
+                out.append(f"spec.selector.matchLabels {unmatched} not in {path}.metadata.labels")
+    if obj.get("kind") == "PersistentVolumeClaim":
+        requests = ((obj.get("spec") or {}).get("resources") or {}).get("requests") or {}
+        if "storage" not in requests:
+            out.append("spec.resources.requests: missing storage")
+    if obj.get("kind") == "Service" and others is not None:
+        selector = (obj.get("spec") or {}).get("selector")
+        if selector:
+            pods = [(t.get("metadata") or {}).get("labels") or {} for o in others for _, t in _pod_specs(o)]
+            if not any(all(p.get(k) == v for k, v in selector.items()) for p in pods):
+                out.append(f"spec.selector {selector} matches no pod template in this rendering")
+    options = ray_start_options()
+    if options is not None:
+        for where, params in _ray_start_params(obj):
+            out += [f"{where}.{key}: not a `ray start` option" for key in params if key not in options]
+    if obj.get("kind") == "RayJob" and config_maps is not None:
+        out += _entrypoint_config_errors(obj, config_maps)
+    if obj.get("kind") == "ConfigMap" and (obj.get("metadata") or {}).get("name") == SETTINGS_CONFIG_MAP:
+        from pipeline.kubeflow import SETTINGS_KEYS  # the keys the Kubeflow steps require
+
+        missing = sorted(set(SETTINGS_KEYS) - set(obj.get("data") or {}))
+        if missing:
+            out.append(f"data: missing {', '.join(missing)} (required by the Kubeflow steps and the Ray pods)")
+    if obj.get("kind") == "ConfigMap":
+        for key, text in ((obj.get("data") or {}).items()):
+            if key == "sweep.yaml":
+                out += [f"data.{key}: {e}" for e in _sweep_file_errors(text)]
+    return out
+
+
 # --------------------------------------------------------------------------- whole tree
 
 
 def validate_object(
-    obj: Any, source: str, crds: CrdSchemas | None, version: str = KUBERNETES_VERSION
+    obj: Any, source: str, crds: CrdSchemas | None, version: str = KUBERNETES_VERSION,
+    others: list[dict[str, Any]] | None = None,
 ) -> tuple[list[Problem], str]:
     """Problems of one object and a note saying which checks ran."""
     name = resource_name(obj)
@@ -439,6 +682,9 @@ def validate_object(
     else:
         errors = validate_core(obj, version)
         note = f"kubernetes-validate --strict ({version})"
+    if not errors:
+        errors = policy_errors(obj, others)
+        note += " + consistency rules"
     return [Problem(source, name, e) for e in errors], note
 
 
@@ -505,8 +751,9 @@ def validate_tree(
         except (ConfigError, DataError) as exc:
             report.problems.append(Problem(str(kdir), "kustomization", str(exc)))
             continue
+        everything = [o for _, o in rendered]
         for source, obj in rendered:
-            problems, note = validate_object(obj, f"{kdir} (from {source})", crds, version)
+            problems, note = validate_object(obj, f"{kdir} (from {source})", crds, version, everything)
             report.problems += problems
             if not problems:
                 report.checked.append(f"{kdir}: {resource_name(obj)}: {note}")

@@ -260,6 +260,63 @@ def test_strict_schema_closes_objects_with_properties_only():
     assert "additionalProperties" not in schema  # the input is not modified
 
 
+# --------------------------------------------------------------------------- consistency rules (open maps)
+
+
+@pytest.fixture
+def base_objects():
+    return [copy.deepcopy(o) for _, o in render_kustomization(K8S / "base")]
+
+
+def _find(objects, kind, name=None):
+    return next(o for o in objects if o["kind"] == kind and (name is None or o["metadata"]["name"] == name))
+
+
+def test_every_base_object_passes_the_consistency_rules(base_objects):
+    for obj in base_objects:
+        assert manifests.policy_errors(obj, base_objects) == [], (obj["kind"], obj["metadata"]["name"])
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        (lambda objs: _find(objs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"].update(
+            {"cpux": _find(objs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"].pop("cpu")}),
+         "cpux: unknown resource name"),
+        (lambda objs: _find(objs, "RayJob")["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["resources"]["limits"].update(
+            {"nvidia.com/gpux": 1}), "nvidia.com/gpux: unknown resource name"),
+        (lambda objs: _find(objs, "Deployment")["spec"]["selector"]["matchLabels"].update({"app.kubernetes.io/nam": "x"}),
+         "not in spec.template.metadata.labels"),
+        (lambda objs: _find(objs, "Service", "clearrec-mlflow")["spec"]["selector"].update({"app.kubernetes.io/name": "clearrec-mlflw"}),
+         "matches no pod template"),
+        (lambda objs: _find(objs, "RayJob")["spec"]["rayClusterSpec"]["headGroupSpec"]["rayStartParams"].update({"dashbord-host": "0.0.0.0"}),
+         "dashbord-host: not a `ray start` option"),
+        (lambda objs: _find(objs, "ConfigMap", "clearrec-sweep-config")["data"].update({"sweep.yaml": "num_sample: 3\n"}),
+         "num_sample"),
+        (lambda objs: _find(objs, "ConfigMap", "clearrec-sweep-config")["data"].update(
+            {"swep.yaml": _find(objs, "ConfigMap", "clearrec-sweep-config")["data"].pop("sweep.yaml")}),
+         "has no key 'sweep.yaml'"),
+        (lambda objs: _find(objs, "ConfigMap", "clearrec-settings")["data"].update(
+            {"MLFLOW_TRACKING_UR": _find(objs, "ConfigMap", "clearrec-settings")["data"].pop("MLFLOW_TRACKING_URI")}),
+         "missing MLFLOW_TRACKING_URI"),
+        (lambda objs: _find(objs, "ConfigMap", "clearrec-settings")["data"].update(
+            {"CLEARREC_S3_BUCKE": _find(objs, "ConfigMap", "clearrec-settings")["data"].pop("CLEARREC_S3_BUCKET")}),
+         "$(CLEARREC_S3_BUCKET) is not defined"),
+        (lambda objs: _find(objs, "StatefulSet")["spec"]["template"]["spec"]["containers"][0]["env"][2]["valueFrom"]["secretKeyRef"].update(
+            {"key": "POSTGRES_USR"}), "no key 'POSTGRES_USR'"),
+        (lambda objs: _find(objs, "PersistentVolumeClaim")["metadata"]["labels"].update(
+            {"app.kubernetes.io/part-f": _find(objs, "PersistentVolumeClaim")["metadata"]["labels"].pop("app.kubernetes.io/part-of")}),
+         "expected app.kubernetes.io/part-of"),
+    ],
+    ids=["resource-name", "gpu-name", "selector", "service-selector", "ray-start-param", "sweep-file",
+         "entrypoint-config-key", "settings-key", "undefined-var", "secret-key", "part-of-label"],
+)
+def test_consistency_rules_catch_misspellings_in_open_maps(base_objects, mutate, expected):
+    mutate(base_objects)
+    errors = [e for obj in base_objects for e in manifests.policy_errors(obj, base_objects)]
+    assert any(expected in e for e in errors), errors
+
+
 # --------------------------------------------------------------------------- the kustomize subset
 
 
