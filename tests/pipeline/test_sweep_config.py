@@ -181,3 +181,9 @@ def test_grid_sampler_needs_choices_and_at_most_the_grid_size(tmp_path):
     })
     assert problems == ["num_samples: 5 is more than the 4 points of the grid"]
     assert problems_of(tmp_path, {"sampler": "random"}) == ["sampler: expected one of ['tpe', 'grid'], got 'random'"]
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs" / "sweeps").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_sweep_file_is_valid(path):
+    config = load_sweep_config(path)
+    assert config.search and config.num_samples >= 1
