@@ -598,6 +598,10 @@ def _finish_sweep(config: Any, outcome: Any, dataset_path: str, work: Path, trac
     counts = {s: sum(1 for t in outcome.trials if t.status == s) for s in ("COMPLETE", "PRUNED", "FAIL")}
     outcome_json = {
         "sweep_id": outcome.sweep_id,
+        "model": config.model,
+        "dataset_path": str(dataset_path),
+        "best_model_params": model_params,
+        "best_train": train,
         "best": asdict(best),
         "trials": [asdict(t) for t in outcome.trials],
         "counts": counts,

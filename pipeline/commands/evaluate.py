@@ -1,9 +1,13 @@
 """``clearrec evaluate CHECKPOINT --dataset DIR --model NAME``: evaluate a trained configuration.
 
 CHECKPOINT is a trainer checkpoint (``best.pt``/``last.pt``) or a folder holding one (a trial's
-checkpoint, a sweep's ``runs/sweep/<key>/best_checkpoint``, a ``clearrec train --checkpoint-dir``).
-``--set key=value`` gives the model parameters it was trained with (the rest come from
-``configs/models/<name>.yaml``); a checkpoint that does not fit them is refused with the reason.
+checkpoint, a ``clearrec train --checkpoint-dir``). ``--set key=value`` gives the model parameters
+it was trained with (the rest come from ``configs/models/<name>.yaml``); a checkpoint that does
+not fit them is refused with the reason.
+
+CHECKPOINT may also be a finished sweep's output folder (``runs/sweep/<key>``, printed at the end of
+``clearrec sweep``): its best checkpoint, model, parameters and dataset are then taken from it
+(``--dataset``/``--model``/``--set`` still override).
 
 Metrics (valid and test, K in 5/10/20/50) are printed as JSON, written to ``--out`` atomically,
 and logged as an MLflow run in the dataset's experiment (``--no-track`` to skip), with the
@@ -16,6 +20,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from pathlib import Path
+
+from clear_core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +35,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("checkpoint", metavar="CHECKPOINT", help="best.pt / last.pt, or a folder holding one")
-    parser.add_argument("--dataset", required=True, metavar="DIR", help="dataset folder (MMRec or canonical)")
-    parser.add_argument("--model", required=True, help="model name the checkpoint was trained as")
+    parser.add_argument("--dataset", metavar="DIR", help="dataset folder (MMRec or canonical)")
+    parser.add_argument("--model", help="model name the checkpoint was trained as")
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE",
         help="model parameter the checkpoint was trained with, e.g. --set redundancy_rank=8 (repeatable)",
@@ -43,6 +50,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+def from_sweep_folder(path: str) -> dict | None:
+    """What a finished sweep's output folder says about its best trial, or None for a checkpoint."""
+    folder = Path(path)
+    outcome_file = folder / "outcome.json"
+    if not (folder.is_dir() and outcome_file.exists()):
+        return None
+    outcome = json.loads(outcome_file.read_text(encoding="utf-8"))
+    if "model" not in outcome:
+        raise ConfigError(f"{outcome_file}: written by an older clearrec; give --dataset, --model and --set")
+    return {
+        "checkpoint": str(folder / "best_checkpoint"),
+        "dataset_path": outcome["dataset_path"],
+        "model": outcome["model"],
+        "best_model_params": outcome["best_model_params"],
+        "best_train": {k: v for k, v in outcome["best_train"].items() if k != "device"},
+        "params": outcome["best"]["params"],
+    }
+
+
 def run(args: argparse.Namespace) -> int:
     from clear_core.config import parse_overrides
     from pipeline import tracking
@@ -51,20 +77,33 @@ def run(args: argparse.Namespace) -> int:
 
     params = parse_overrides(args.set)
     train = {"device": args.device} if args.device else {}
+    checkpoint, dataset, model = args.checkpoint, args.dataset, args.model
+    sweep = from_sweep_folder(args.checkpoint)
+    if sweep is not None:
+        checkpoint = sweep["checkpoint"]
+        dataset = dataset or sweep["dataset_path"]
+        model = model or sweep["model"]
+        params = {**sweep["best_model_params"], **params}
+        train = {**sweep["best_train"], **train}
+    missing = [f"--{name}: required (or give a sweep output folder)" for name, value in
+               (("dataset", dataset), ("model", model)) if not value]
+    if missing:
+        raise ConfigError(missing)
     uri = None
     if not args.no_track:
         pcfg = tracking.load_pipeline_config()
         uri = tracking.resolve_tracking_uri(args.tracking_uri, pcfg)
         tracking.check_reachable(uri, pcfg["health_timeout_s"])  # before the work, not after
-    result = evaluate_checkpoint(args.dataset, args.checkpoint, model=args.model, model_params=params, train=train)
+    result = evaluate_checkpoint(dataset, checkpoint, model=model, model_params=params, train=train)
     if uri is not None:
         pcfg = tracking.load_pipeline_config()
         experiment = args.experiment or tracking.experiment_name(result["dataset"], pcfg)
         tracker = tracking.Tracker(uri, experiment, artifact_root=pcfg["artifact_root"])
         run_id = tracker.start_run(
-            "evaluate " + tracking.run_name(args.model, params),
+            "evaluate " + tracking.run_name(model, parse_overrides(args.set) if sweep is None else
+                                            {**sweep["params"], **parse_overrides(args.set)}),
             tags={
-                tracking.TAG_ROLE: "evaluate", "clearrec.model": args.model,
+                tracking.TAG_ROLE: "evaluate", "clearrec.model": model,
                 "clearrec.checkpoint": result["checkpoint"],
                 "clearrec.checkpoint_sha256": path_fingerprint(result["checkpoint"]),
                 "clearrec.dataset": result["dataset"],

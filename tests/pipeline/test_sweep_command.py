@@ -179,6 +179,18 @@ def test_evaluate_command_scores_the_best_checkpoint_and_logs_a_run(finished_swe
     capsys.readouterr()
 
 
+def test_evaluate_takes_everything_from_a_sweep_output_folder(finished_sweep, capsys):
+    folder, outcome = finished_sweep["folder"], finished_sweep["outcome"]
+    sweep_dir = next((folder / "runs" / "sweep").glob("*/outcome.json")).parent
+    code = main(["evaluate", str(sweep_dir), "--no-track", "--out", str(folder / "eval2.json")])
+    assert code == 0
+    result = json.loads((folder / "eval2.json").read_text())
+    assert result["model"] == "clear"
+    assert result["model_params"]["redundancy_rank"] == outcome["best"]["params"]["redundancy_rank"]
+    assert result["test"]["recall@20"] == pytest.approx(outcome["final"]["test"]["recall@20"], abs=1e-6)
+    capsys.readouterr()
+
+
 def test_evaluate_refuses_a_checkpoint_trained_with_other_parameters(finished_sweep, capsys):
     folder = finished_sweep["folder"]
     dataset = next((folder / "runs" / "synthesize").glob("*/dataset"))
