@@ -257,10 +257,14 @@ class Tracker:
         params: Mapping[str, Any] | None = None,
         parent_run_id: str | None = None,
         resume_tags: Mapping[str, str] | None = None,
+        resume_finished: bool = True,
     ) -> str:
         """Create a run (nested under ``parent_run_id`` when given), or, when a run with
-        ``resume_tags`` exists already (a resumed sweep), reopen that one."""
+        ``resume_tags`` exists already (a resumed sweep), reopen that one. With
+        ``resume_finished=False`` a FINISHED run is left alone and a new one is created."""
         existing = self.find_run(**resume_tags) if resume_tags else None
+        if existing is not None and not resume_finished and existing.info.status == "FINISHED":
+            existing = None
         all_tags = {str(k): str(v) for k, v in (tags or {}).items()}
         if parent_run_id:
             all_tags[PARENT_TAG] = parent_run_id
@@ -339,7 +343,8 @@ class Tracker:
         tags: Mapping[str, Any] | None = None,
         params: Mapping[str, Any] | None = None,
     ) -> Iterator[str]:
-        """The sweep's parent run; a re-run with the same ``sweep_id`` reopens it (resume).
+        """The sweep's parent run; a re-run with the same ``sweep_id`` reopens it (resume) unless
+        it had FINISHED.
 
         Leaves no run RUNNING: FINISHED on return, KILLED on interrupt, FAILED on error (and its
         children still RUNNING are closed KILLED)."""
@@ -348,6 +353,9 @@ class Tracker:
             tags={**(tags or {}), TAG_SWEEP_ID: sweep_id, TAG_ROLE: "sweep"},
             params=params,
             resume_tags={TAG_SWEEP_ID: sweep_id, TAG_ROLE: "sweep"},
+            # A finished sweep run again (its outputs deleted) is a new sweep: mixing its trials
+            # into the old parent would make one run hold two sweeps.
+            resume_finished=False,
         )
         status = "FINISHED"
         try:

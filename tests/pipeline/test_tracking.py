@@ -161,15 +161,20 @@ def test_missing_sqlite_folder_is_reported_before_any_run(tmp_path):
 
 # --- parent run lifecycle (SQLite) ---------------------------------------------------------
 
-def test_parent_run_is_finished_and_reopened_by_the_same_sweep_id(sqlite_uri):
+def test_an_interrupted_parent_run_is_reopened_by_the_same_sweep_id_a_finished_one_is_not(sqlite_uri):
     tracker = Tracker(sqlite_uri, "clearrec-synthetic")
-    with tracker.parent_run("sweep a", sweep_id="s1", params={"model": {"k": 2}}) as first:
-        pass
-    assert tracker.client.get_run(first).info.status == "FINISHED"
+    with pytest.raises(KeyboardInterrupt):
+        with tracker.parent_run("sweep a", sweep_id="s1", params={"model": {"k": 2}}) as first:
+            raise KeyboardInterrupt
+    assert tracker.client.get_run(first).info.status == "KILLED"
     with tracker.parent_run("sweep a", sweep_id="s1", params={"model": {"k": 2}}) as again:
         assert tracker.client.get_run(again).info.status == "RUNNING"
     assert again == first
+    assert tracker.client.get_run(first).info.status == "FINISHED"
     assert tracker.client.get_run(first).data.params == {"model.k": "2"}
+    with tracker.parent_run("sweep a", sweep_id="s1") as fresh:
+        pass
+    assert fresh != first
     # Artifacts of a sqlite store go to a local folder beside the database.
     location = tracker.client.get_experiment(tracker.experiment_id).artifact_location
     assert location.startswith("file://") and "mlartifacts" in location
