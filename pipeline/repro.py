@@ -158,12 +158,8 @@ def run_training(dataset: Any, part: Mapping[str, Any], device: str) -> PartResu
     config = TrainConfig.resolve({**part["train"], "device": device})
     params = resolve_params(part["model"], part["model_params"])
     result = fit(dataset, part["model"], params, config)
-    resolved = {"model": part["model"], "model_params": params, "train": _config_dict(config)}
+    resolved = {"model": part["model"], "model_params": params, "train": json.loads(json.dumps(asdict(config)))}
     return PartResult(resolved, dataset.fingerprint, train_values(result))
-
-
-def _config_dict(config: Any) -> dict[str, Any]:
-    return json.loads(json.dumps(asdict(config)))
 
 
 def proposal_order(trial: Any) -> tuple[int, str]:
@@ -202,7 +198,8 @@ def sweep_values(outcome: Any) -> dict[str, Any]:
     return values
 
 
-def run_sweep_part(dataset_dir: Path, fingerprint: str, part: Mapping[str, Any], device: str, work: Path) -> PartResult:
+def run_sweep_part(dataset_dir: Path, part: Mapping[str, Any], device: str, work: Path) -> PartResult:
+    from clear_core.data.loading import load_dataset
     from pipeline.sweep import run_sweep
     from pipeline.sweep_config import load_sweep_config
 
@@ -221,7 +218,8 @@ def run_sweep_part(dataset_dir: Path, fingerprint: str, part: Mapping[str, Any],
     resolved = config.to_dict()
     for key in ("storage", "study", "tracking", "dataset"):
         resolved.pop(key, None)
-    return PartResult(resolved, fingerprint, sweep_values(outcome))
+    # The fingerprint of what the trials read, not of what was generated.
+    return PartResult(resolved, load_dataset(dataset_dir).fingerprint, sweep_values(outcome))
 
 
 def real_dataset_dir(part: Mapping[str, Any]) -> Path:
@@ -240,8 +238,7 @@ def run_parts(
     with tempfile.TemporaryDirectory(prefix="clearrec-repro-") as tmp:
         work = Path(tmp)
         synthetic_cfg = resolve_config(config.dataset["set"])
-        needs_synthetic = {"train", "sweep"} & set(parts)
-        if needs_synthetic:
+        if {"train", "sweep"} & set(parts):
             synthetic = write_synthetic(work / "synthetic", **config.dataset["set"])
             dataset = synthetic.dataset
         for part in parts:
@@ -251,7 +248,7 @@ def run_parts(
                 res = run_training(dataset, config.train, device)
                 res.config["dataset"] = synthetic_cfg
             elif part == "sweep":
-                res = run_sweep_part(work / "synthetic", dataset.fingerprint, config.sweep, device, work / "sweep")
+                res = run_sweep_part(work / "synthetic", config.sweep, device, work / "sweep")
                 res.config["dataset"] = synthetic_cfg
             elif part == "real":
                 folder = real_dataset_dir(config.real)
