@@ -45,6 +45,8 @@ TAG_REPRO = "clearrec.repro"
 EXPERIMENT = "clearrec-repro"
 
 REPRO_SCHEMA: dict[str, Any] = {
+    "reference": str,
+    "out_dir": str,
     "dataset": dict,
     "train": dict,
     "sweep": dict,
@@ -60,6 +62,8 @@ TOLERANCE_SCHEMA = {"abs": float}
 
 @dataclass(frozen=True)
 class ReproConfig:
+    reference: Path
+    out_dir: Path
     dataset: dict[str, Any]
     train: dict[str, Any]
     sweep: dict[str, Any]
@@ -110,7 +114,11 @@ def load_repro_config(path: str | Path | None = None) -> ReproConfig:
         problems.append(f"tolerances.{kind}: unknown device kind; known: {', '.join(DEVICE_KINDS)}")
     if problems:
         raise ConfigError(problems, source=source)
-    return ReproConfig(**parts, tolerances=tolerances, source=source)
+    # The reference is a file of the repository; outputs go where the command runs.
+    return ReproConfig(
+        reference=REPO / raw["reference"], out_dir=Path(raw["out_dir"]),
+        **parts, tolerances=tolerances, source=source,
+    )
 
 
 def device_kind(device: str) -> str:
@@ -495,8 +503,8 @@ class ReproOutcome:
 def run_repro(
     config: ReproConfig,
     *,
-    reference_path: str | Path,
-    out_dir: str | Path,
+    reference_path: str | Path | None = None,
+    out_dir: str | Path | None = None,
     device: str = "cpu",
     parts: list[str] | None = None,
     skip_real: bool = False,
@@ -508,8 +516,11 @@ def run_repro(
 
     Exit code 0 when every value matches (or the reference was updated), 1 on drift. The
     report goes to ``out_dir/table.txt`` and ``out_dir/report.json``; with ``tracking_uri`` the
-    run is logged to MLflow tagged ``clearrec.repro=true``.
+    run is logged to MLflow tagged ``clearrec.repro=true``. ``reference_path`` and ``out_dir``
+    default to the configuration's.
     """
+    reference_path = Path(reference_path) if reference_path is not None else config.reference
+    out_dir = Path(out_dir) if out_dir is not None else config.out_dir
     kind = device_kind(device)
     chosen = list(parts or PARTS)
     unknown = [p for p in chosen if p not in PARTS]

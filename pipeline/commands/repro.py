@@ -21,12 +21,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--config", metavar="PATH", help="repro configuration (default: configs/repro.yaml)")
-    parser.add_argument("--reference", metavar="PATH", default="repro/reference.json",
-                        help="reference metrics to compare with or rewrite (default: %(default)s)")
-    parser.add_argument("--out", metavar="DIR", default="runs/repro",
-                        help="where table.txt and report.json go (default: %(default)s)")
+    parser.add_argument("--reference", metavar="PATH",
+                        help="reference metrics to compare with or rewrite (default: the config's reference)")
+    parser.add_argument("--out", metavar="DIR", help="where table.txt and report.json go (default: the config's out_dir)")
     parser.add_argument("--device", default="cpu",
-                        help="cpu (tolerance abs 1e-6) or cuda[:N] (its own reference and tolerance); default cpu")
+                        help="cpu (the default) or cuda[:N]: each kind has its own reference entry and tolerance")
     parser.add_argument("--part", action="append", choices=("train", "sweep", "real"), dest="parts",
                         help="run only this part (repeatable; default: all)")
     parser.add_argument("--skip-real", action="store_true", help="skip the real-data part")

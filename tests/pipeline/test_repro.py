@@ -64,9 +64,9 @@ def configs_copy(tmp_path, monkeypatch) -> Path:
 
 
 def test_pinned_training_reproduces_the_committed_reference(tmp_path):
-    outcome = run_repro(
-        load_repro_config(), reference_path=REFERENCE, out_dir=tmp_path, parts=["train"], tracking_uri=None,
-    )
+    config = load_repro_config()
+    assert config.reference == REFERENCE
+    outcome = run_repro(config, out_dir=tmp_path, parts=["train"], tracking_uri=None)
     assert outcome.exit_code == 0, outcome.report
     assert outcome.comparison.rows and all(r.ok for r in outcome.comparison.rows)
     assert {"valid/recall@20", "test/ndcg@20", "best_epoch"} <= {r.name for r in outcome.comparison.rows}
@@ -248,7 +248,7 @@ def test_config_differences_list_added_and_removed_fields():
 def test_bad_repro_config_lists_every_problem(tmp_path):
     path = tmp_path / "repro.yaml"
     path.write_text(yaml.safe_dump({
-        "dataset": {"set": {}}, "train": {"model": "clear"}, "sweep": {"config": "x", "overrides": {}},
+        "reference": "r.json", "out_dir": "o", "dataset": {"set": {}}, "train": {"model": "clear"}, "sweep": {"config": "x", "overrides": {}},
         "real": {"dataset": "tiktok", "model": "clear", "model_params": {}, "train": {}},
         "tolerances": {"cpu": {"abs": -1.0}, "tpu": {"abs": 1.0}},
     }))
