@@ -20,17 +20,22 @@ Kustomize is rendered here, in Python, for the subset this repository uses (``re
 kustomization field is an error rather than a silently different rendering. A test compares the
 result with ``kubectl kustomize`` where kubectl exists.
 
-Beyond the schemas, a few consistency rules catch misspellings that schemas cannot (they hide
-in open maps): every object is labelled ``app.kubernetes.io/part-of: clearrec`` and pods (and
-what makes them) and Services carry ``app.kubernetes.io/name``; every container requests and limits cpu and memory, and names only known resource
-kinds; a workload's selector matches its pod labels and a Service's selector matches some pod of
-the same rendering; ConfigMap / Secret references resolve (Secrets against the keys the README
-asks for) and every ``$(VAR)`` in a command is defined; ``rayStartParams`` keys are ``ray start``
-options; a ConfigMap key ``sweep.yaml`` is a valid clearrec sweep file, and the RayJob's
-``--config`` file is a key of the ConfigMap mounted there.
+Beyond the schemas, consistency rules catch misspellings that schemas cannot see because they
+hide in open maps:
 
-Not checked: CEL rules (``x-kubernetes-validations``), cross-object references (a Secret that
-does not exist yet), and admission policies of a real cluster.
+* labels: every object has ``app.kubernetes.io/part-of: clearrec``; pod templates, what makes
+  pods, and Services have ``app.kubernetes.io/name``;
+* a workload's selector matches its pod labels; a Service's selector matches some pod template
+  of the same rendering;
+* every container requests and limits cpu and memory and names only known resource kinds;
+* ConfigMap and Secret references resolve (Secrets against the keys the README asks for), and
+  every ``$(VAR)`` in a command or its args is defined;
+* ``rayStartParams`` keys are ``ray start`` options;
+* a ConfigMap key ``sweep.yaml`` is a valid clearrec sweep file, and the RayJob's ``--config``
+  file is a key of the ConfigMap mounted there.
+
+Not checked: CEL rules (``x-kubernetes-validations``), Secrets' existence (they are created by
+hand), and the admission policies of a real cluster.
 """
 
 from __future__ import annotations
