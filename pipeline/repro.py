@@ -42,6 +42,7 @@ REFERENCE_SCHEMA_VERSION = 1
 SHARED_ENV = "CLEARREC_SHARED"
 REPO = Path(__file__).resolve().parents[1]
 TAG_REPRO = "clearrec.repro"
+SHOWN_DRIFTS = 8  # drifted values repeated under the table
 EXPERIMENT = "clearrec-repro"
 
 REPRO_SCHEMA: dict[str, Any] = {
@@ -388,6 +389,16 @@ def format_report(comparison: Comparison, *, device: str, tolerance: float, skip
     if comparison.problems:
         lines.append("")
         lines += [f"problem: {p}" for p in comparison.problems]
+    if drifted:
+        # The long table scrolls away in a CI log; the largest moves are repeated here.
+        def size(row: Row) -> float:
+            both = isinstance(row.expected, float) and isinstance(row.measured, float)
+            return abs(row.measured - row.expected) if both else math.inf
+
+        lines.append("")
+        lines.append(f"largest drifts ({min(SHOWN_DRIFTS, len(drifted))} of {len(drifted)}):")
+        for row in sorted(drifted, key=size, reverse=True)[:SHOWN_DRIFTS]:
+            lines.append(f"  {row.part} {row.name}: expected {_cell(row.expected)}, measured {_cell(row.measured)} {row.diff}".rstrip())
     lines.append("")
     if comparison.drifted:
         lines.append(

@@ -231,6 +231,8 @@ def test_comparison_flags_changed_values_new_values_config_and_fingerprint():
     assert any("fingerprint" in p for p in result.problems)
     report = format_report(result, device="cpu", tolerance=1e-6, skipped={"real": "--skip-real"})
     assert "-5.000e-02" in report and "DRIFT" in report and "SKIPPED (--skip-real)" in report
+    summary = report.split("largest drifts (2 of 2):", 1)[1]
+    assert summary.index("test/recall@20") < summary.index("valid/recall@20")  # absent first
 
 
 def test_a_part_without_reference_is_drift_not_silence():
