@@ -51,9 +51,9 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def path_fingerprint(path: str | Path) -> str:
-    """Content hash of a file, or of a folder (relative names and contents of every file,
-    hidden files such as caches and markers left out)."""
+def path_fingerprint(path: str | Path, include: tuple[str, ...] = ("*",)) -> str:
+    """Content hash of a file, or of a folder (relative names and contents of every file whose
+    name matches one of ``include``; hidden files such as caches and markers left out)."""
     path = Path(path)
     if path.is_file():
         return file_sha256(path)
@@ -64,7 +64,7 @@ def path_fingerprint(path: str | Path) -> str:
     h = hashlib.sha256()
     for file in sorted(p for p in path.rglob("*") if p.is_file()):
         rel = file.relative_to(path)
-        if any(part.startswith(".") for part in rel.parts):
+        if any(part.startswith(".") for part in rel.parts) or not any(file.match(p) for p in include):
             continue
         h.update(f"{rel.as_posix()}\0{file_sha256(file)}\0".encode())
     return h.hexdigest()
@@ -245,7 +245,8 @@ def prepare(
 
     inputs = {"reviews": path_fingerprint(reviews)}
     if features is not None:
-        inputs["features"] = path_fingerprint(features)
+        # The arrays and their item order, not the sidecar: its timings differ run to run.
+        inputs["features"] = path_fingerprint(features, include=("*_feat.npy", "items.txt"))
 
     def produce(work: Path) -> dict[str, Any]:
         summary = prepare_dataset(reviews, work / "dataset", features_dir=features, k=k, split=split, seed=seed,

@@ -91,6 +91,11 @@ def test_path_fingerprint_follows_content_not_location(tmp_path):
     assert stages.path_fingerprint(tmp_path / "x") == stages.path_fingerprint(tmp_path / "y")
     (tmp_path / "y" / "sub" / "f.txt").write_text("different")
     assert stages.path_fingerprint(tmp_path / "x") != stages.path_fingerprint(tmp_path / "y")
+    (tmp_path / "x" / "sub" / "timings.json").write_text("1.23 s")
+    assert stages.path_fingerprint(tmp_path / "x", include=("*.txt",)) == stages.path_fingerprint(
+        tmp_path / "y" / ".." / "x", include=("f.txt",))
+    assert stages.path_fingerprint(tmp_path / "x", include=("*.txt",)) != stages.path_fingerprint(
+        tmp_path / "y", include=("*.txt",))
 
 
 def test_synthesize_writes_a_loadable_dataset_and_is_reused(tmp_path):
