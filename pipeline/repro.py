@@ -449,8 +449,6 @@ def updated_reference(
     reference: Mapping[str, Any], results: Mapping[str, PartResult], *, device: str, reason: str, commit: str
 ) -> dict[str, Any]:
     """``reference`` with this device's measured parts replaced; parts not run keep their entry."""
-    if not reason.strip():
-        raise ConfigError("--reason: say why the reference changes (it is recorded in the file)")
     out = copy.deepcopy(dict(reference))
     kind = device_kind(device)
     now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
@@ -493,8 +491,10 @@ def log_to_mlflow(
             tracker.log_metrics(run_id, numeric, step=0)
         tracker.log_artifact(run_id, report_path)
         tracker.log_artifact(run_id, table_path)
-    finally:
-        tracker.end_run(run_id, "FINISHED")
+    except BaseException:
+        tracker.end_run(run_id, "FAILED")
+        raise
+    tracker.end_run(run_id, "FINISHED")
     return run_id
 
 
