@@ -74,12 +74,16 @@ def test_pinned_training_reproduces_the_committed_reference(tmp_path):
 
 
 def test_changed_default_exits_non_zero_and_names_the_field_and_the_metrics(configs_copy, tmp_path, capsys):
+    args = ["repro", "--part", "train", "--no-tracking", "--config", str(tiny_config(tmp_path)),
+            "--reference", str(tmp_path / "ref.json"), "--out", str(tmp_path)]
+    assert main([*args, "--update", "--reason", "baseline before the change"]) == 0
+    capsys.readouterr()
     train_yaml = configs_copy / "train.yaml"
     text = train_yaml.read_text()
     assert "learning_rate: 0.001 " in text
     train_yaml.write_text(text.replace("learning_rate: 0.001 ", "learning_rate: 0.004 "))
 
-    code = main(["repro", "--part", "train", "--no-tracking", "--reference", str(REFERENCE), "--out", str(tmp_path)])
+    code = main(args)
 
     out = capsys.readouterr().out
     assert code == 1
