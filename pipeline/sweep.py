@@ -45,6 +45,12 @@ log = logging.getLogger(__name__)
 TRAINER_DIR = "trainer"
 PROGRESS_FILE = "progress.json"
 FAULT_MARKER = "fault_injection_crashed_once"
+# Tune deletes a trial's oldest checkpoint the moment a new one is registered, but writes the
+# experiment snapshot (what a resumed run restores from) only later. Keeping three and
+# snapshotting at least every second means a killed driver's last snapshot still names a
+# checkpoint that exists, unless a trial checkpoints three times within about a second.
+KEEP_CHECKPOINTS = 3
+SNAPSHOT_EVERY_S = "1"
 
 
 class SweepFailedError(ClearrecError):
@@ -151,13 +157,16 @@ def run_trial(trial_config: dict[str, Any], *, dataset: Dataset, sweep: SweepCon
     try:
         resumed_from = 0
         best_state: dict[str, Any] = {"valid": {}, "test": {}}
+        last_metrics: dict[str, Any] | None = None
         checkpoint = tune.get_checkpoint()
         if checkpoint is not None:
             checkpoint.to_directory(str(work))
             resumed_from = _disk_epoch(trainer_dir)
             progress = work / PROGRESS_FILE
             if progress.exists():
-                best_state = json.loads(progress.read_text(encoding="utf-8"))["best"]
+                saved = json.loads(progress.read_text(encoding="utf-8"))
+                best_state = saved["best"]
+                last_metrics = saved.get("metrics")
             log.info("trial %s resumes from epoch %d", context.get_trial_id(), resumed_from)
 
         pending: dict[int, dict[str, Any]] = {}
@@ -174,7 +183,8 @@ def run_trial(trial_config: dict[str, Any], *, dataset: Dataset, sweep: SweepCon
                 ckpt = None
                 if epoch == on_disk:
                     (work / PROGRESS_FILE).write_text(
-                        json.dumps({"epoch": epoch, "best": metrics["best"]}), encoding="utf-8"
+                        json.dumps({"epoch": epoch, "best": metrics["best"], "metrics": metrics}),
+                        encoding="utf-8",
                     )
                     ckpt = tune.Checkpoint.from_directory(str(work))
                 tune.report(metrics, checkpoint=ckpt)
@@ -212,6 +222,10 @@ def run_trial(trial_config: dict[str, Any], *, dataset: Dataset, sweep: SweepCon
         )
         ended_by_itself = result.stop_reason in ("patience", "max_epochs") if hasattr(result, "stop_reason") else True
         flush(finished=ended_by_itself)
+        if reported["epoch"] == resumed_from and resumed_from and last_metrics is not None:
+            # Resumed from the checkpoint of a trial that had already ended (the driver died
+            # before it recorded so): say again how it ended, so its last result is truthful.
+            tune.report({**last_metrics, "finished": ended_by_itself, "resumed_from": resumed_from})
         if pending:  # the trainer left no checkpoint for these epochs: report them bare
             last = max(pending)
             for epoch in sorted(pending):
@@ -405,7 +419,7 @@ def run_sweep(
                     storage_path=storage.path,
                     storage_filesystem=storage.filesystem,
                     failure_config=tune.FailureConfig(max_failures=config.max_failures),
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
                     verbose=1 if progress else 0,
                 ),
             )
@@ -420,12 +434,13 @@ def run_sweep(
         run_config.verbose = 1 if progress else 0
         # The old output engine is the one that honours a CLIReporter. TensorBoard files are
         # left out (JSON and CSV results are kept): TensorBoard rejects every '@' metric name.
-        # num_to_keep=1 makes Tune snapshot the experiment at each checkpoint, which keeps the
-        # resume state in step with the trials; that is intended, so its warning is silenced.
+        # Frequent snapshots keep the resume state in step with the kept checkpoints (see
+        # KEEP_CHECKPOINTS); that is intended, so Tune's warning about them is silenced.
         with _env(
             RAY_AIR_NEW_OUTPUT="0" if progress else None,
             TUNE_DISABLE_AUTO_CALLBACK_LOGGERS="1",
             TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S="0",
+            TUNE_GLOBAL_CHECKPOINT_S=None if os.environ.get("TUNE_GLOBAL_CHECKPOINT_S") else SNAPSHOT_EVERY_S,
         ):
             grid = tuner.fit()
 
