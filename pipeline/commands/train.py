@@ -15,6 +15,7 @@ import logging
 import sys
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
 from clear_core.config import parse_overrides
@@ -51,6 +52,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--checkpoint-dir", metavar="D",
         help="checkpoint every epoch into D (last.pt, best.pt); resume if D holds this run's checkpoint",
+    )
+    parser.add_argument(
+        "--threads", type=int, metavar="N",
+        help="torch CPU threads for this process (default: torch's choice; 1 is fastest on a busy machine)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
@@ -89,6 +94,10 @@ def split_overrides(
 def run(args: argparse.Namespace) -> int:
     flags = {"seed": args.seed, "device": args.device, "max_epochs": args.max_epochs}
     params, config = split_overrides(args.model, args.set, flags)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ConfigError(f"--threads: expected >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     dataset = load_dataset(args.dir)
     show_bar = not args.no_progress and sys.stderr.isatty()
     bar = tqdm(total=config.max_epochs, desc=args.model, unit="epoch", disable=not show_bar)

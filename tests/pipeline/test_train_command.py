@@ -60,6 +60,11 @@ def test_unknown_keys_and_wrong_types_are_listed_together(data_dir, tmp_path, ca
     assert not out.exists()
 
 
+def test_threads_must_be_positive(data_dir, capsys):
+    assert main(["train", str(data_dir), "--model", "mf", "--threads", "0"]) == 2
+    assert "--threads: expected >= 1" in capsys.readouterr().err
+
+
 def test_unknown_model_is_an_error(data_dir, capsys):
     assert main(["train", str(data_dir), "--model", "nosuch"]) == 2
     assert "unknown model 'nosuch'" in capsys.readouterr().err
