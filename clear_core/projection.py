@@ -30,7 +30,6 @@ exactly the projector a run was using.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -239,36 +238,11 @@ class CrossModalProjection(nn.Module):
         )
 
 
-def projection_from_params(
-    dim_a: int, dim_b: int, params: Mapping[str, Any]
-) -> CrossModalProjection:
-    """Build from the model parameters that configure it (``projection``, ``redundancy_rank``,
-    ``projection_strength``, ``refresh_every``, ``energy_ratio``)."""
-    return CrossModalProjection(
-        dim_a,
-        dim_b,
-        mode=params["projection"],
-        redundancy_rank=params["redundancy_rank"],
-        projection_strength=params["projection_strength"],
-        refresh_every=params["refresh_every"],
-        energy_ratio=params["energy_ratio"],
-    )
-
-
-def check_finite(name: str, x: torch.Tensor) -> None:
-    """Raise a ConfigError naming ``name`` if ``x`` holds NaN or infinite values."""
-    if not bool(torch.isfinite(x).all()):
-        bad = int((~torch.isfinite(x)).any(dim=-1).sum()) if x.dim() > 1 else int((~torch.isfinite(x)).sum())
-        raise ConfigError(f"{name}: expected finite values, found {bad} row(s) with NaN or inf")
-
-
 __all__ = [
     "MODES",
     "CrossModalProjection",
-    "check_finite",
     "cross_covariance",
     "energy_rank",
-    "projection_from_params",
     "refresh_due",
     "singular_decomposition",
     "soft_project",
