@@ -271,6 +271,16 @@ def fit(
         )
 
 
+def _adam(model: torch.nn.Module, learning_rate: float) -> torch.optim.Adam:
+    """Adam, with the fused kernel where the parameters allow it (one pass per parameter
+    instead of several: same maths, deterministic on CPU)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    try:
+        return torch.optim.Adam(params, lr=learning_rate, fused=True)
+    except (RuntimeError, ValueError):  # e.g. a parameter dtype the fused kernel lacks
+        return torch.optim.Adam(params, lr=learning_rate)
+
+
 def _fit(
     dataset: Dataset,
     model_name: str,
@@ -282,9 +292,7 @@ def _fit(
     on_epoch_end: Callable[[EpochReport], bool | None] | None,
 ) -> TrainResult:
     model = build_model(model_name, dataset, params).to(device)
-    # The fused kernel does one pass per parameter instead of several: same maths, and it
-    # is deterministic on CPU.
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, fused=True)
+    optimizer = _adam(model, config.learning_rate)
     generator = torch.Generator(device=device)
     generator.manual_seed(config.seed)
     sampler = NegativeSampler(dataset.train, dataset.n_items, device=device, source=dataset.name)
