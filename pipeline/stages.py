@@ -479,7 +479,18 @@ def run_pipeline(
              or tracking.default_study_storage(uri, pcfg["study_storage"]))
     rdb_storage(study)
 
-    ray_started = init_ray() if as_tasks else False
+    probe_ray_address(os.environ.get("RAY_ADDRESS"))
+    try:
+        ray_started = init_ray() if as_tasks else False
+    except (ConnectionError, RuntimeError) as exc:
+        from clear_core.errors import ConfigError
+
+        address = os.environ.get("RAY_ADDRESS") or "local"
+        raise ConfigError(
+            f"RAY_ADDRESS={address}: cannot join the Ray cluster ({str(exc).splitlines()[0]}); a cluster "
+            "with token authentication also needs RAY_AUTH_MODE=token and its token "
+            "(RAY_AUTH_TOKEN or ~/.ray/auth_token)"
+        ) from None
     try:
         dataset_path = dataset_stages(config, runs_dir, as_tasks=as_tasks, on_stage=on_stage)
         dataset = load_dataset(dataset_path)
@@ -551,6 +562,30 @@ def run_pipeline(
 
 
 TAG_SWEEP_ID_KEY = "clearrec.sweep_id"
+
+
+def probe_ray_address(address: str | None, timeout_s: float = 5.0) -> None:
+    """Fail in seconds when ``RAY_ADDRESS`` names a host:port where nothing listens: ``ray.init``
+    would otherwise retry for many minutes before giving up."""
+    import socket
+    from urllib.parse import urlparse
+
+    from clear_core.errors import ConfigError
+
+    if not address or address in ("auto", "local"):
+        return
+    parsed = urlparse(address if "://" in address else f"tcp://{address}")
+    if not parsed.hostname or not parsed.port:
+        return
+    try:
+        with socket.create_connection((parsed.hostname, parsed.port), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        raise ConfigError(
+            f"RAY_ADDRESS={address}: cannot join the Ray cluster (nothing answers at "
+            f"{parsed.hostname}:{parsed.port}: {exc.strerror or exc}); start it or unset RAY_ADDRESS "
+            "for a local Ray"
+        ) from None
 
 
 def _ray_address() -> str:

@@ -236,6 +236,15 @@ def test_a_dataset_folder_that_fails_validation_stops_before_any_run(tmp_path, m
     assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []
 
 
+def test_an_unreachable_ray_cluster_is_a_clear_error_naming_its_address(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    address = f"127.0.0.1:{free_port()}"
+    monkeypatch.setenv("RAY_ADDRESS", address)
+    code = main(["sweep", "--config", str(write_sweep(tmp_path)), "--tracking-uri", f"sqlite:///{tmp_path}/m.db"])
+    assert code == 2
+    assert f"RAY_ADDRESS={address}: cannot join the Ray cluster" in capsys.readouterr().err
+
+
 def test_bad_sweep_fields_are_all_reported_before_any_stage(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     code = main(["sweep", "--config", str(write_sweep(tmp_path)), "--set", "num_samples=many",
