@@ -15,9 +15,9 @@ COMMAND_MODULES = (
     "pipeline.commands.data",
     "pipeline.commands.extract",
     "pipeline.commands.train",
+    "pipeline.commands.analyze",
     "pipeline.commands.sweep",
     "pipeline.commands.evaluate",
-    "pipeline.commands.analyze",
     "pipeline.commands.repro",
 )
 
