@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -34,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from clear_core.atomic_io import write_atomic
 from clear_core.config import config_dir, load_yaml, validate_fields
 from clear_core.data.text_content import Catalogue, read_catalogue
 from clear_core.encoders import Encoder, build_encoder
@@ -87,18 +87,6 @@ def resolve_extract_config(overrides: Mapping[str, Any] | None = None) -> dict[s
             cfg[key] = None
     return cfg
 
-
-def _write_atomic(path: Path, write: Callable[[Any], None]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 class _Modality:
@@ -306,15 +294,15 @@ def _write_outputs(out: Path, catalogue: Catalogue, arrays: dict[str, np.ndarray
     # reads as incomplete rather than as a mix of two runs.
     (out / SIDECAR).unlink(missing_ok=True)
     asins = "".join(f"{item.asin}\n" for item in catalogue.items).encode("utf-8")
-    _write_atomic(out / ITEMS_FILE, lambda fh: fh.write(asins))
+    write_atomic(out / ITEMS_FILE, lambda fh: fh.write(asins))
     for name in ("text", "image"):
         path = out / f"{name}_feat.npy"
         if name in arrays:
-            _write_atomic(path, lambda fh, a=arrays[name]: np.save(fh, a, allow_pickle=False))
+            write_atomic(path, lambda fh, a=arrays[name]: np.save(fh, a, allow_pickle=False))
         else:
             path.unlink(missing_ok=True)
     payload = (json.dumps(sidecar, indent=2, sort_keys=True) + "\n").encode("utf-8")
-    _write_atomic(out / SIDECAR, lambda fh: fh.write(payload))
+    write_atomic(out / SIDECAR, lambda fh: fh.write(payload))
 
 
 def read_sidecar(out_dir: str | Path) -> dict[str, Any]:

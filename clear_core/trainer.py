@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import statistics
 import time
 from collections.abc import Callable
@@ -29,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from clear_core.atomic_io import write_atomic
 from clear_core.config import load_defaults, validate_fields
 from clear_core.data.dataset import Dataset
 from clear_core.errors import ClearrecError, ConfigError
@@ -176,9 +176,7 @@ def _run_signature(
 
 
 def _atomic_save(payload: dict[str, Any], path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    write_atomic(path, lambda handle: torch.save(payload, handle))
 
 
 def _numpy_rng_state() -> dict[str, Any]:

@@ -29,7 +29,6 @@ import os
 import re
 import shlex
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from typing import Any
 
 import yaml
 
+from clear_core.atomic_io import write_text_atomic
 from clear_core.errors import ClearrecError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -367,20 +367,6 @@ def run_submit(args: argparse.Namespace) -> int:
                     on_change=report)
     log.info("RayJob %s SUCCEEDED. %s", name, mlflow_hint(namespace))
     return 0
-
-
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write beside the target, then rename: a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def run_write_config(args: argparse.Namespace) -> int:

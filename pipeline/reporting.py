@@ -12,11 +12,11 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from clear_core.atomic_io import write_atomic, write_text_atomic
 
 # Columns of the table after the parameters; the split/metric keys of clear_core.metrics.
 TABLE_METRICS = ("recall@20", "ndcg@20", "precision@20", "map@20")
@@ -95,21 +95,6 @@ def to_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Write ``text`` to a temporary file beside ``path``, then rename: never half-written."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def write_results_table(rows: Sequence[Mapping[str, Any]], out_dir: str | Path, stem: str = "results") -> tuple[Path, Path]:
     """``<out_dir>/<stem>.csv`` and ``<stem>.md`` (atomic)."""
     out_dir = Path(out_dir)
@@ -177,13 +162,10 @@ def plot_heatmap(
     fig.colorbar(image, ax=ax, label=metric)
     ax.set_title(title or f"{metric}, complete trials (empty: none or pruned only)", fontsize=9)
     fig.tight_layout()
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, out_path)
-    return out_path
+    try:
+        return write_atomic(out_path, lambda fh: fig.savefig(fh, format="png", dpi=120))
+    finally:
+        plt.close(fig)
 
 
 def _metrics_line(values: Mapping[str, Any] | None, keys: Sequence[str] = ("recall@20", "ndcg@20")) -> str:

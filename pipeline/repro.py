@@ -30,8 +30,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from clear_core.atomic_io import write_json_atomic, write_text_atomic
 from clear_core.config import config_dir, load_yaml, validate_fields
-from clear_core.data.canonical import write_json_atomic
 from clear_core.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -560,9 +560,7 @@ def run_repro(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     table_path, report_path = out / "table.txt", out / "report.json"
-    tmp = table_path.with_name(f".{table_path.name}.tmp-{os.getpid()}")
-    tmp.write_text(report, encoding="utf-8")
-    os.replace(tmp, table_path)
+    write_text_atomic(table_path, report)
     write_json_atomic(report_path, {
         "device": device,
         "tolerance_abs": tolerance,

@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from clear_core.atomic_io import write_json_atomic
 from clear_core.data.dataset import SPLITS, Dataset
 from clear_core.data.fingerprint import fingerprint_content, sorted_pairs
 from clear_core.data.five_core import write_id_maps
@@ -76,13 +77,6 @@ def atomic_output_dir(out_dir: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-
-
-def write_json_atomic(path: str | Path, payload: Any) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def write_canonical_into(

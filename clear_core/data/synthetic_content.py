@@ -30,12 +30,12 @@ from __future__ import annotations
 import gzip
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from clear_core.atomic_io import write_atomic
 from clear_core.config import config_dir, load_yaml, validate_fields
 from clear_core.errors import ConfigError
 
@@ -164,10 +164,11 @@ def item_images(shared: np.ndarray, specific: np.ndarray, size: int) -> np.ndarr
 
 
 def _gz_lines(path: Path, lines: list[str]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as gz:
-        gz.write("".join(line + "\n" for line in lines).encode("utf-8"))
-    os.replace(tmp, path)
+    def write(raw) -> None:
+        with gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as gz:
+            gz.write("".join(line + "\n" for line in lines).encode("utf-8"))
+
+    write_atomic(path, write)
 
 
 def write_raw_catalogue(
@@ -210,10 +211,10 @@ def write_raw_catalogue(
         record = {"asin": asin, **texts[i], "imUrl": f"https://images.example.invalid/I/{asin}.png"}
         literal = (i + 1) % cfg["python_literal_every"] == 0
         meta_lines.append(repr(record) if literal else json.dumps(record))
-        path = images_dir / f"{asin}.png"
-        tmp = path.with_name(f".{path.name}.tmp")
-        Image.fromarray(pixels[i]).save(tmp, format="PNG")
-        os.replace(tmp, path)
+        write_atomic(
+            images_dir / f"{asin}.png",
+            lambda fh, px=pixels[i]: Image.fromarray(px).save(fh, format="PNG"),
+        )
     _gz_lines(out / "meta.json.gz", meta_lines)
 
     raw = synthetic.raw_interactions

@@ -12,11 +12,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import uuid
 from pathlib import Path
 
 import numpy as np
+
+from clear_core.atomic_io import write_atomic, write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ class EmbeddingCache:
                 readable = json.loads(signature)
             except ValueError:
                 readable = {"signature": signature}  # a plug-in's own, non-JSON signature
-            _write_atomic(info, (json.dumps(readable, indent=2) + "\n").encode("utf-8"))
+            write_bytes_atomic(info, (json.dumps(readable, indent=2) + "\n").encode("utf-8"))
         self._rows: dict[bytes, np.ndarray] = {}
         self.shards_written = 0
         for shard in sorted(self.dir.glob("shard-*.npz")):
@@ -99,16 +100,5 @@ class EmbeddingCache:
 
     @staticmethod
     def _save(path: Path, keys: np.ndarray, vectors: np.ndarray) -> None:
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        with open(tmp, "wb") as fh:
-            np.savez(fh, keys=keys, vectors=vectors)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+        write_atomic(path, lambda fh: np.savez(fh, keys=keys, vectors=vectors))
 

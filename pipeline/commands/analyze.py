@@ -112,10 +112,10 @@ def load_trained_model(checkpoint: str | Path, dataset):
 
 
 def run(args: argparse.Namespace) -> int:
+    from clear_core.atomic_io import write_text_atomic
     from clear_core.data.loading import load_dataset
     from clear_core.diagnostics import dataset_diagnostics, model_diagnostics, to_jsonable
     from pipeline.plots import plot_neighbour_overlap, plot_spectrum
-    from pipeline.reporting import write_text_atomic
 
     settings = resolve_settings(args.set)
     dataset = load_dataset(args.dir)

@@ -70,9 +70,9 @@ def from_sweep_folder(path: str) -> dict | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from clear_core.atomic_io import write_text_atomic
     from clear_core.config import parse_overrides
     from pipeline import tracking
-    from pipeline.reporting import write_text_atomic
     from pipeline.stages import evaluate_checkpoint, path_fingerprint
 
     params = parse_overrides(args.set)

@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from clear_core.atomic_io import write_json_atomic
 from clear_core.config import parse_overrides
-from clear_core.data.canonical import write_json_atomic
 from clear_core.data.loading import load_dataset
 from clear_core.errors import ConfigError
 from clear_core.models import available_models, model_class, resolve_params
