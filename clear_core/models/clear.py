@@ -80,10 +80,6 @@ class Clear(GraphMixin, MultimodalRecommender):
         )
         self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    def on_epoch_start(self, epoch: int) -> None:
-        super().on_epoch_start(epoch)
-        self.drop_edges()
-
     # --- forward ------------------------------------------------------------------------------
     def propagate(self, adjacency: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-channel graph convolution: users (n_users, C, d) and items (n_items, C, d)."""

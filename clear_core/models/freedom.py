@@ -60,10 +60,6 @@ class Freedom(GraphMixin, MultimodalRecommender):
         )
         self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    def on_epoch_start(self, epoch: int) -> None:
-        super().on_epoch_start(epoch)
-        self.drop_edges()
-
     def propagate(self, adjacency: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h_items = self.item_embedding
         for _ in range(self.item_graph_layers):

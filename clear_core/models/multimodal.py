@@ -227,9 +227,6 @@ class MultimodalRecommender(Recommender):
                 )
 
 
-
-
-
 class GraphMixin:
     """User-item graph (full, and degree-sensitively dropped each epoch) and the frozen kNN
     item-item graph, shared by FREEDOM and CLEAR. Graphs are non-persistent buffers: they are
@@ -264,8 +261,13 @@ class GraphMixin:
         self.register_buffer("item_graph_t", item_graph_t, persistent=False)
         self._epoch_adjacency: torch.Tensor | None = None
 
+    def on_epoch_start(self, epoch: int) -> None:
+        """The model's own epoch start (the projector refresh), then this epoch's dropped graph."""
+        super().on_epoch_start(epoch)
+        self.drop_edges()
+
     def drop_edges(self) -> None:
-        """Resample this epoch's user-item graph (call from ``on_epoch_start``)."""
+        """Resample this epoch's user-item graph (done by ``on_epoch_start``)."""
         from clear_core.modality_graph import dropped_adjacency
 
         if self.edge_dropout <= 0.0:
