@@ -8,6 +8,11 @@ propagated embeddings once instead of once per user batch).
 
 The same code runs on CPU and CUDA: a model keeps graphs and features as buffers so that
 ``model.to(device)`` moves everything.
+
+Rows that carry gradients are gathered with ``index_select``, never ``table[idx]``: on CPU with
+more than one thread the backward of advanced indexing accumulates repeated rows with parallel
+atomic adds, whose order (and so the last bits) changes from run to run, while
+``index_select``'s backward adds them in a fixed order. With one thread both give the same bits.
 """
 
 from __future__ import annotations

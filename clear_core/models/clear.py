@@ -112,11 +112,11 @@ class Clear(GraphMixin, MultimodalRecommender):
     def loss(self, users: torch.Tensor, pos_items: torch.Tensor, neg_items: torch.Tensor) -> torch.Tensor:
         users_h, items_h = self.propagate(self.training_adjacency())
         item_repr = self.item_representation(items_h)
-        batch_h = users_h[users]
-        logits = self.fusion_logits[users]
+        batch_h = users_h.index_select(0, users)
+        logits = self.fusion_logits.index_select(0, users)
         user_repr = self.fuse(batch_h, logits)
-        pos = (user_repr * item_repr[pos_items]).sum(-1)
-        neg = (user_repr * item_repr[neg_items]).sum(-1)
+        pos = (user_repr * item_repr.index_select(0, pos_items)).sum(-1)
+        neg = (user_repr * item_repr.index_select(0, neg_items)).sum(-1)
         reg = batch_h.square().sum(dim=(1, 2)).mean() + logits.square().sum(dim=1).mean()
         return bpr_loss(pos, neg) + self.reg_weight * reg
 

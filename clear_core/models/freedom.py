@@ -74,8 +74,11 @@ class Freedom(GraphMixin, MultimodalRecommender):
 
     def loss(self, users: torch.Tensor, pos_items: torch.Tensor, neg_items: torch.Tensor) -> torch.Tensor:
         user_all, item_all = self.propagate(self.training_adjacency())
-        u = user_all[users]
-        loss = bpr_loss((u * item_all[pos_items]).sum(-1), (u * item_all[neg_items]).sum(-1))
+        u = user_all.index_select(0, users)
+        loss = bpr_loss(
+            (u * item_all.index_select(0, pos_items)).sum(-1),
+            (u * item_all.index_select(0, neg_items)).sum(-1),
+        )
         if self.reg_weight == 0.0:
             return loss
         n_pos = len(pos_items)

@@ -70,10 +70,10 @@ class LightGCN(Recommender):
         # One gather for users, positives and negatives: its backward builds one dense
         # gradient instead of three; the mean over layers is taken on the gathered rows only.
         nodes = torch.cat([users, pos_items + self.n_users, neg_items + self.n_users])
-        final = self._layer_sum()[nodes] / (self.n_layers + 1)
+        final = self._layer_sum().index_select(0, nodes) / (self.n_layers + 1)
         u, p, n = final.split(users.shape[0])
         ranking = bpr_loss((u * p).sum(-1), (u * n).sum(-1))
-        ego_u, ego_p, ego_n = self.embedding[nodes].split(users.shape[0])
+        ego_u, ego_p, ego_n = self.embedding.index_select(0, nodes).split(users.shape[0])
         return ranking + self.reg_weight * embedding_penalty(ego_u, ego_p, ego_n)
 
     def prepare_scoring(self) -> None:

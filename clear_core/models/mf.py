@@ -48,8 +48,8 @@ class MatrixFactorization(Recommender):
         self.item_embedding = nn.Parameter(xavier_table(self.n_items, embedding_size))
 
     def loss(self, users, pos_items, neg_items):
-        u = self.user_embedding[users]
-        p, n = self.item_embedding[torch.cat([pos_items, neg_items])].split(users.shape[0])
+        u = self.user_embedding.index_select(0, users)
+        p, n = self.item_embedding.index_select(0, torch.cat([pos_items, neg_items])).split(users.shape[0])
         ranking = bpr_loss((u * p).sum(-1), (u * n).sum(-1))
         return ranking + self.reg_weight * embedding_penalty(u, p, n)
 

@@ -210,7 +210,7 @@ class MultimodalRecommender(Recommender):
         """
         out = {}
         for m in self.modality_names:
-            x = self.raw(m) if items is None else self.raw(m)[items]
+            x = self.raw(m) if items is None else self.raw(m).index_select(0, items)
             out[m] = self.encoders[m](x)
         if self.projection.active:
             a, b = self.projected_pair

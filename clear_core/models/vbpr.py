@@ -40,13 +40,13 @@ class VBPR(MultimodalRecommender):
     def items(self, items: torch.Tensor | None = None) -> torch.Tensor:
         feats = self.encode(items)
         visual = torch.stack([feats[m] for m in self.modality_names]).sum(dim=0)
-        ids = self.item_embedding if items is None else self.item_embedding[items]
+        ids = self.item_embedding if items is None else self.item_embedding.index_select(0, items)
         return torch.cat([ids, visual], dim=1)
 
     def loss(self, users: torch.Tensor, pos_items: torch.Tensor, neg_items: torch.Tensor) -> torch.Tensor:
         both = self.items(torch.cat([pos_items, neg_items]))
         pos_e, neg_e = both[: len(pos_items)], both[len(pos_items) :]
-        user_e = self.user_embedding[users]
+        user_e = self.user_embedding.index_select(0, users)
         loss = bpr_loss((user_e * pos_e).sum(-1), (user_e * neg_e).sum(-1))
         reg = (user_e.square().sum(-1) + pos_e.square().sum(-1) + neg_e.square().sum(-1)).mean()
         return loss + self.reg_weight * reg
