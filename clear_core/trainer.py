@@ -269,7 +269,7 @@ def fit(
         )
 
 
-def _adam(model: torch.nn.Module, learning_rate: float) -> torch.optim.Adam:
+def adam_optimizer(model: torch.nn.Module, learning_rate: float) -> torch.optim.Adam:
     """Adam, with the fused kernel where the parameters allow it (one pass per parameter
     instead of several: same maths, deterministic on CPU)."""
     params = [p for p in model.parameters() if p.requires_grad]
@@ -290,7 +290,7 @@ def _fit(
     on_epoch_end: Callable[[EpochReport], bool | None] | None,
 ) -> TrainResult:
     model = build_model(model_name, dataset, params).to(device)
-    optimizer = _adam(model, config.learning_rate)
+    optimizer = adam_optimizer(model, config.learning_rate)
     generator = torch.Generator(device=device)
     generator.manual_seed(config.seed)
     sampler = NegativeSampler(dataset.train, dataset.n_items, device=device, source=dataset.name)
