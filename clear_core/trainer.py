@@ -119,6 +119,8 @@ class EpochReport:
     best_epoch: int
     best_valid: float
     checkpoint_path: Path | None = None
+    #: True when training ends after this epoch by itself (patience or max_epochs).
+    final: bool = False
 
 
 @dataclass
@@ -326,6 +328,26 @@ def _fit(
         "training %s on %s (%d users, %d items, %d train pairs) on %s",
         model_name, dataset.name, dataset.n_users, dataset.n_items, n_train, device,
     )
+    def save_last(epoch: int, stop: _EarlyStop, history: list, stop_reason: str) -> None:
+        _atomic_save(
+            {
+                "format": _CHECKPOINT_FORMAT,
+                "signature": json.dumps(signature, sort_keys=True),
+                "epoch": epoch,
+                "model": model.state_dict(),
+                "extra": model.extra_state_for_checkpoint(),
+                "optimizer": optimizer.state_dict(),
+                "generator": generator.get_state(),
+                "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+                "numpy_rng": _numpy_rng_state(),
+                "early_stop": asdict(stop),
+                "history": history,
+                "stop_reason": stop_reason,
+            },
+            last_path,
+        )
+
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     epoch = start_epoch - 1
     while not stop_reason and epoch < config.max_epochs:
@@ -381,35 +403,25 @@ def _fit(
             epoch=epoch, train_loss=train_loss, valid=valid, test=test,
             train_seconds=t1 - t0, eval_seconds=t2 - t1, is_best=is_best,
             best_epoch=stop.best_epoch, best_valid=stop.best_valid,
+            final=bool(stop_reason) or epoch >= config.max_epochs,
         )
-        if on_epoch_end is not None and on_epoch_end(report) and not stop_reason:
-            stop_reason = "callback"
         if ckpt_dir is not None:
+            # Written before the callback, so that what the callback reports (a Tune result)
+            # already has this epoch's checkpoint on disk.
             if is_best:
                 _atomic_save(
                     {"epoch": epoch, "model": model.state_dict(),
                      "extra": model.extra_state_for_checkpoint()},
                     ckpt_dir / BEST_NAME,
                 )
-            _atomic_save(
-                {
-                    "format": _CHECKPOINT_FORMAT,
-                    "signature": json.dumps(signature, sort_keys=True),
-                    "epoch": epoch,
-                    "model": model.state_dict(),
-                    "extra": model.extra_state_for_checkpoint(),
-                    "optimizer": optimizer.state_dict(),
-                    "generator": generator.get_state(),
-                    "torch_rng": torch.get_rng_state(),
-                    "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-                    "numpy_rng": _numpy_rng_state(),
-                    "early_stop": asdict(stop),
-                    "history": history,
-                    "stop_reason": stop_reason,
-                },
-                last_path,
-            )
+            save_last(epoch, stop, history, stop_reason)
             report.checkpoint_path = last_path
+        if on_epoch_end is not None and on_epoch_end(report) and not stop_reason:
+            stop_reason = "callback"
+            if ckpt_dir is not None:
+                # The stop request is part of the checkpoint: a later call with the same
+                # folder must not train on (the weights and RNG states are those just saved).
+                save_last(epoch, stop, history, stop_reason)
     if not stop_reason:
         stop_reason = "max_epochs"
     if not history:

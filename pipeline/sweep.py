@@ -128,10 +128,10 @@ def _writable(dataset: Dataset) -> Dataset:
 def run_trial(trial_config: dict[str, Any], *, dataset: Dataset, sweep: SweepConfig) -> None:
     """One Tune trial: train with this trial's parameters, report every epoch with its checkpoint.
 
-    The trainer may write its checkpoint before or after calling ``on_epoch_end``; an epoch is
-    reported as soon as the checkpoint on disk holds it, so a result and its checkpoint always
-    agree (with checkpoint-after-callback, each report happens one callback later, and the last
-    one after ``fit`` returns).
+    An epoch is reported only once the checkpoint on disk holds it, so a result and its
+    checkpoint always agree. The trainer writes its checkpoint before calling ``on_epoch_end``,
+    so each epoch is reported from its own callback, without delay for the scheduler, and the
+    trainer's ``final`` flag marks the last one.
     """
     import ray
     from ray import tune
@@ -214,7 +214,7 @@ def run_trial(trial_config: dict[str, Any], *, dataset: Dataset, sweep: SweepCon
                 "train_seconds": report.train_seconds,
                 "eval_seconds": report.eval_seconds,
             }
-            flush()
+            flush(finished=report.final)
 
         result = fit(
             dataset, sweep.model, model_params, train_config,

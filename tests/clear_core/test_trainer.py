@@ -99,6 +99,27 @@ def test_callback_sees_every_epoch_and_can_stop(tiny):
     assert [s[0] for s in seen] == [1, 2] and seen[0][1] and result.stop_reason == "callback"
 
 
+def test_the_callback_sees_its_epoch_already_checkpointed_and_knows_the_last(tiny, tmp_path):
+    # A sweep reports each epoch with its checkpoint: the checkpoint must exist when it is called.
+    seen = []
+
+    def on_epoch_end(report):
+        state = torch.load(report.checkpoint_path, weights_only=True)
+        seen.append((report.epoch, state["epoch"], report.final))
+
+    fit(tiny, "mf", {"embedding_size": 8}, config(max_epochs=3), checkpoint_dir=tmp_path / "ckpt",
+        on_epoch_end=on_epoch_end)
+    assert seen == [(1, 1, False), (2, 2, False), (3, 3, True)]
+
+
+def test_a_stop_requested_by_the_callback_is_kept_in_the_checkpoint(tiny, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    fit(tiny, "mf", {"embedding_size": 8}, config(max_epochs=5), checkpoint_dir=ckpt,
+        on_epoch_end=lambda r: r.epoch == 2)
+    again = fit(tiny, "mf", {"embedding_size": 8}, config(max_epochs=5), checkpoint_dir=ckpt)
+    assert again.epochs_run == 2 and again.stop_reason == "callback"
+
+
 def test_on_epoch_start_is_called_with_one_based_epochs(tiny, monkeypatch):
     from clear_core.models.mf import MatrixFactorization
 
