@@ -217,9 +217,19 @@ class SweepConfig:
         Where results go (storage, study storage, tracking) is left out, so moving the output
         folder does not make a different sweep.
         """
+        from clear_core.models import resolve_params
+        from clear_core.trainer import TrainConfig
+
         payload = self.to_dict()
         for key in ("storage", "study", "tracking"):
             payload.pop(key)
+        # The defaults in configs/models/*.yaml and train.yaml shape the trials as much as the
+        # sweep file does: after a default changes, the same command must start a new sweep,
+        # not resume (and report) the one computed with the old default.
+        payload["resolved_defaults"] = {
+            "model_params": resolve_params(self.model, self.model_params),
+            "train": asdict(TrainConfig.resolve(self.train)),
+        }
         text = json.dumps(payload, sort_keys=True, default=str)
         return hashlib.sha256(text.encode("utf-8")).hexdigest()
 

@@ -3,6 +3,7 @@ sweep reported at once before anything runs."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -135,6 +136,22 @@ def test_fingerprint_ignores_where_results_go_but_not_what_is_searched(tmp_path)
     c = load_sweep_config(None, {"num_samples": 3})
     assert a.fingerprint() == b.fingerprint()
     assert a.fingerprint() != c.fingerprint()
+
+
+def test_fingerprint_changes_when_a_model_or_trainer_default_changes(tmp_path, monkeypatch):
+    before = load_sweep_config(None, {}).fingerprint()
+    copy = tmp_path / "configs"
+    shutil.copytree(REPO / "configs", copy)
+    monkeypatch.setenv("CLEARREC_CONFIG_DIR", str(copy))
+    assert load_sweep_config(None, {}).fingerprint() == before  # same defaults, same sweep
+
+    clear_yaml = copy / "models" / "clear.yaml"
+    clear_yaml.write_text(clear_yaml.read_text().replace("knn_k: 10 ", "knn_k: 12 "))
+    changed_model = load_sweep_config(None, {}).fingerprint()
+    train_yaml = copy / "train.yaml"
+    train_yaml.write_text(train_yaml.read_text().replace("batch_size: 2048 ", "batch_size: 1024 "))
+    changed_train = load_sweep_config(None, {}).fingerprint()
+    assert len({before, changed_model, changed_train}) == 3
 
 
 @pytest.fixture(scope="module")
