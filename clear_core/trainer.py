@@ -246,7 +246,8 @@ def fit(
 
     If ``checkpoint_dir`` holds a checkpoint of the same run, training resumes from it
     (model, optimizer, RNG states, early-stopping state, history). ``on_epoch_end`` is
-    called after every epoch; returning True stops training.
+    called after every epoch, once that epoch's checkpoint is written; returning True stops
+    training.
     """
     config.check()
     device = resolve_device(config.device)
@@ -328,6 +329,7 @@ def _fit(
         "training %s on %s (%d users, %d items, %d train pairs) on %s",
         model_name, dataset.name, dataset.n_users, dataset.n_items, n_train, device,
     )
+
     def save_last(epoch: int, stop: _EarlyStop, history: list, stop_reason: str) -> None:
         _atomic_save(
             {
