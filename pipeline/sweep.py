@@ -128,10 +128,10 @@ def _writable(dataset: Dataset) -> Dataset:
 def run_trial(trial_config: dict[str, Any], *, dataset: Dataset, sweep: SweepConfig) -> None:
     """One Tune trial: train with this trial's parameters, report every epoch with its checkpoint.
 
-    An epoch is reported only once the checkpoint on disk holds it, so a result and its
-    checkpoint always agree. The trainer writes its checkpoint before calling ``on_epoch_end``,
-    so each epoch is reported from its own callback, without delay for the scheduler, and the
-    trainer's ``final`` flag marks the last one.
+    The trainer writes an epoch's checkpoint before calling ``on_epoch_end``, so each epoch is
+    reported from its own callback together with that checkpoint (a result and its checkpoint
+    always agree, and the scheduler sees every epoch without delay); the trainer's ``final``
+    flag marks the last one.
     """
     import ray
     from ray import tune
@@ -169,26 +169,7 @@ def run_trial(trial_config: dict[str, Any], *, dataset: Dataset, sweep: SweepCon
                 last_metrics = saved.get("metrics")
             log.info("trial %s resumes from epoch %d", context.get_trial_id(), resumed_from)
 
-        pending: dict[int, dict[str, Any]] = {}
         reported = {"epoch": resumed_from}
-
-        def flush(*, finished: bool = False) -> None:
-            on_disk = _disk_epoch(trainer_dir)
-            for epoch in sorted(pending):
-                if epoch > on_disk:
-                    break
-                metrics = pending.pop(epoch)
-                is_last = finished and not pending
-                metrics["finished"] = is_last
-                ckpt = None
-                if epoch == on_disk:
-                    (work / PROGRESS_FILE).write_text(
-                        json.dumps({"epoch": epoch, "best": metrics["best"], "metrics": metrics}),
-                        encoding="utf-8",
-                    )
-                    ckpt = tune.Checkpoint.from_directory(str(work))
-                tune.report(metrics, checkpoint=ckpt)
-                reported["epoch"] = epoch
 
         def on_epoch_end(report) -> None:
             if fault_at is not None and report.epoch == fault_at:
@@ -200,7 +181,7 @@ def run_trial(trial_config: dict[str, Any], *, dataset: Dataset, sweep: SweepCon
                     )
             if report.is_best:
                 best_state["valid"], best_state["test"] = dict(report.valid), dict(report.test)
-            pending[report.epoch] = {
+            metrics = {
                 "epoch": report.epoch,
                 "train_loss": report.train_loss,
                 **{f"valid/{k}": v for k, v in report.valid.items()},
@@ -213,25 +194,25 @@ def run_trial(trial_config: dict[str, Any], *, dataset: Dataset, sweep: SweepCon
                 "resources": assigned,
                 "train_seconds": report.train_seconds,
                 "eval_seconds": report.eval_seconds,
+                "finished": report.final,
             }
-            flush(finished=report.final)
+            # The trainer wrote this epoch's checkpoint before calling back: report them together.
+            (work / PROGRESS_FILE).write_text(
+                json.dumps({"epoch": report.epoch, "best": metrics["best"], "metrics": metrics}),
+                encoding="utf-8",
+            )
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(work)))
+            reported["epoch"] = report.epoch
 
         result = fit(
             dataset, sweep.model, model_params, train_config,
             checkpoint_dir=trainer_dir, on_epoch_end=on_epoch_end,
         )
         ended_by_itself = result.stop_reason in ("patience", "max_epochs") if hasattr(result, "stop_reason") else True
-        flush(finished=ended_by_itself)
         if reported["epoch"] == resumed_from and resumed_from and last_metrics is not None:
             # Resumed from the checkpoint of a trial that had already ended (the driver died
             # before it recorded so): say again how it ended, so its last result is truthful.
             tune.report({**last_metrics, "finished": ended_by_itself, "resumed_from": resumed_from})
-        if pending:  # the trainer left no checkpoint for these epochs: report them bare
-            last = max(pending)
-            for epoch in sorted(pending):
-                metrics = pending.pop(epoch)
-                metrics["finished"] = ended_by_itself and epoch == last
-                tune.report(metrics)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
