@@ -31,6 +31,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from clear_core.config import parse_overrides  # noqa: E402
 from clear_core.data.loading import load_dataset  # noqa: E402
 from clear_core.models import build_model  # noqa: E402
 from clear_core.trainer import adam_optimizer  # noqa: E402
@@ -107,9 +108,7 @@ def main() -> int:
     device = torch.device(args.device)
     dataset = amazon_sized(load_dataset(args.data), seed=0)
     results = {}
-    import yaml
-
-    clear_params = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.clear_set)}
+    clear_params = parse_overrides(args.clear_set)
     for name, params in (("lightgcn", {}), ("clear", clear_params)):
         torch.manual_seed(0)
         model = build_model(name, dataset, params)
