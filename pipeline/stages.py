@@ -485,9 +485,8 @@ def run_pipeline(
     except (ConnectionError, RuntimeError) as exc:
         from clear_core.errors import ConfigError
 
-        address = os.environ.get("RAY_ADDRESS") or "local"
         raise ConfigError(
-            f"RAY_ADDRESS={address}: cannot join the Ray cluster ({str(exc).splitlines()[0]}); a cluster "
+            f"RAY_ADDRESS={_ray_address()}: cannot join the Ray cluster ({str(exc).splitlines()[0]}); a cluster "
             "with token authentication also needs RAY_AUTH_MODE=token and its token "
             "(RAY_AUTH_TOKEN or ~/.ray/auth_token)"
         ) from None
