@@ -51,7 +51,8 @@ GRID: dict[str, list[dict]] = {
     "clear_noproj": _grid(projection=["none"], reg_weight=[1e-4, 1e-3, 1e-2]),
     # FREEDOM's own grid (protocol.md).
     "freedom": _grid(edge_dropout=[0.8, 0.9], reg_weight=[0.0, 1e-5, 1e-4, 1e-3]),
-    "lightgcn": _grid(n_layers=[2, 3], reg_weight=[1e-4, 1e-3, 1e-2, 1e-1]),
+    # reg 0.3, 1.0 and then 3.0 were added each time the selected reg sat on the grid's edge.
+    "lightgcn": _grid(n_layers=[2, 3], reg_weight=[1e-4, 1e-3, 1e-2, 1e-1, 0.3, 1.0, 3.0]),
 }
 MODEL_OF = {"clear": "clear", "clear_noproj": "clear", "freedom": "freedom", "lightgcn": "lightgcn"}
 
