@@ -7,6 +7,8 @@ best-validation epoch. Every method gets a grid of the same size order:
 * phase 1: every grid point of every method on each ``--select-seeds`` seed; per method the
   point with the best validation Recall@20 *averaged over those seeds* is selected (one seed's
   validation is too noisy on TikTok's 3,051 validation rows to select on);
+* stage 2 of the selection (``REFINE``): axes not in a method's grid are tried one value at a
+  time around its phase-1 point, on the same seeds; the best of both stages is selected;
 * phase 2: the selected point of each method on the remaining ``--seeds``.
 
 The report gives mean and std over all seeds of the selected points, and for CLEAR the per-seed
@@ -54,6 +56,11 @@ GRID: dict[str, list[dict]] = {
     # reg 0.3, 1.0 and then 3.0 were added each time the selected reg sat on the grid's edge.
     "lightgcn": _grid(n_layers=[2, 3], reg_weight=[1e-4, 1e-3, 1e-2, 1e-1, 0.3, 1.0, 3.0]),
 }
+# Stage 2, coordinate descent: each axis tried around the stage-1 selection, on the same
+# selection seeds, and the best of stage 1 and stage 2 is selected. LightGCN searches its depth
+# in the grid; CLEAR's depth (2 in the paper's FREEDOM setting) is searched here, and its
+# ablation gets the same step.
+REFINE: dict[str, dict[str, list]] = {"clear": {"n_layers": [3]}, "clear_noproj": {"n_layers": [3]}}
 MODEL_OF = {"clear": "clear", "clear_noproj": "clear", "freedom": "freedom", "lightgcn": "lightgcn"}
 
 
@@ -116,16 +123,27 @@ def _mean_valid(rows: list[dict], method: str, params: dict, seeds: list[int]) -
     return statistics.mean(vals) if len(vals) == len(seeds) else None
 
 
+def _best(rows: list[dict], method: str, points: list[dict], select_seeds: list[int]) -> dict | None:
+    """The point with the best validation Recall@20 averaged over ``select_seeds`` (only points
+    run on all of them compete)."""
+    scored = [(score, params) for params in points
+              if (score := _mean_valid(rows, method, params, select_seeds)) is not None]
+    return max(scored, key=lambda sp: sp[0])[1] if scored else None
+
+
+def candidates(rows: list[dict], method: str, select_seeds: list[int]) -> list[dict]:
+    """The method's grid, plus its stage-2 points around the stage-1 selection."""
+    stage1 = _best(rows, method, GRID[method], select_seeds)
+    if stage1 is None:
+        return list(GRID[method])
+    extra = [{**stage1, axis: value} for axis, values in REFINE.get(method, {}).items() for value in values]
+    return GRID[method] + [p for p in extra if p not in GRID[method]]
+
+
 def selected(rows: list[dict], select_seeds: list[int]) -> dict[str, dict]:
-    """Per method, the grid point with the best validation Recall@20 averaged over
-    ``select_seeds`` (only points run on all of them compete)."""
-    best: dict[str, tuple[float, dict]] = {}
-    for method, points in GRID.items():
-        for params in points:
-            score = _mean_valid(rows, method, params, select_seeds)
-            if score is not None and (method not in best or score > best[method][0]):
-                best[method] = (score, params)
-    return {m: p for m, (_, p) in best.items()}
+    """Per method, the best of its grid and its stage-2 points on validation."""
+    chosen = {m: _best(rows, m, candidates(rows, m, select_seeds), select_seeds) for m in GRID}
+    return {m: p for m, p in chosen.items() if p is not None}
 
 
 def _ms(vals: list[float]) -> str:
@@ -163,8 +181,8 @@ def summarise(rows: list[dict], select_seeds: list[int]) -> str:
     lines += ["", f"Every grid point (validation R@20 averaged over seeds {', '.join(map(str, select_seeds))}; "
               "test shown for the record, never used to select):", "",
               "| method | params | valid R@20 | test R@20 | test N@20 |", "|---|---|---|---|---|"]
-    for method, points in GRID.items():
-        for params in points:
+    for method in GRID:
+        for params in candidates(rows, method, select_seeds):
             rs = [r for r in rows if r["method"] == method and r["params"] == params and r["seed"] in select_seeds]
             if len(rs) == len(select_seeds):
                 mark = " **selected**" if chosen.get(method) == params else ""
@@ -203,6 +221,11 @@ def main() -> int:
     phase1 = [{**base, "method": m, "params": p, "seed": s}
               for s in args.select_seeds for m in args.methods for p in GRID[m]]
     run_phase(phase1, args.out, args.workers)
+    rows = _done(args.out)
+    stage2 = [{**base, "method": m, "params": p, "seed": s}
+              for s in args.select_seeds for m in args.methods
+              for p in candidates(rows, m, args.select_seeds)[len(GRID[m]):]]
+    run_phase(stage2, args.out, args.workers)
     chosen = selected(_done(args.out), args.select_seeds)
     phase2 = [{**base, "method": m, "params": p, "seed": s}
               for s in args.seeds for m, p in chosen.items() if m in args.methods]
