@@ -50,6 +50,22 @@ def test_a_sweep_file_is_merged_over_the_defaults_and_its_search_replaces_theirs
     assert config.train["max_epochs"] == 4
 
 
+def _shipped_sweeps() -> list[tuple[str, str]]:
+    cases = []
+    for path in sorted((REPO / "configs/sweeps").glob("*.yaml")):
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        models = {raw.get("model", "clear"), *raw.get("per_model", {})}
+        cases += [(path.name, model) for model in sorted(models)]
+    return cases
+
+
+@pytest.mark.parametrize(("name", "model"), _shipped_sweeps())
+def test_every_shipped_sweep_file_is_valid_for_every_model_it_configures(name, model):
+    config = load_sweep_config(REPO / "configs/sweeps" / name, {"model": model})
+    assert config.model == model
+    assert config.search
+
+
 def test_dotted_overrides_reach_nested_fields(tmp_path):
     config = load_sweep_config(
         None, {"scheduler.grace_period": 2, "train.max_epochs": 3, "storage.path": str(tmp_path), "num_samples": 5}
