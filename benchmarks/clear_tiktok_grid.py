@@ -58,9 +58,10 @@ GRID: dict[str, list[dict]] = {
 }
 # Stage 2, coordinate descent: each axis tried around the stage-1 selection, on the same
 # selection seeds, and the best of stage 1 and stage 2 is selected. LightGCN searches its depth
-# in the grid; CLEAR's depth (2 in the paper's FREEDOM setting) is searched here, and its
-# ablation gets the same step.
-REFINE: dict[str, dict[str, list]] = {"clear": {"n_layers": [3]}, "clear_noproj": {"n_layers": [3]}}
+# in its grid (deeper than 2 loses); CLEAR, its ablation and FREEDOM search it here. The depths
+# grew from [3] each time the selected depth sat on the list's edge.
+_DEPTHS = {"n_layers": [3, 4, 5, 6, 8]}
+REFINE: dict[str, dict[str, list]] = {"clear": _DEPTHS, "clear_noproj": _DEPTHS, "freedom": _DEPTHS}
 MODEL_OF = {"clear": "clear", "clear_noproj": "clear", "freedom": "freedom", "lightgcn": "lightgcn"}
 
 
