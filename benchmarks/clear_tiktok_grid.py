@@ -200,7 +200,7 @@ def main() -> int:
     ap.add_argument("--data", type=Path, default=shared_dir() / "data" / "tiktok")
     ap.add_argument("--select-seeds", type=int, nargs="+", default=[999, 2024],
                     help="seeds every grid point runs on; selection averages their validation R@20")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[7, 42, 123],
+    ap.add_argument("--seeds", type=int, nargs="+", default=[7, 42, 123, 11, 13],
                     help="further seeds for the selected point of each method")
     ap.add_argument("--max-epochs", type=int, default=1000)
     ap.add_argument("--patience", type=int, default=20)
