@@ -3,7 +3,8 @@
 Every feature-using model (``clear``, ``vbpr``, ``freedom``) gets from this base:
 
 * the raw features of every modality as buffers (or parameters when ``trainable_features``),
-  so ``model.to(device)`` moves them;
+  so ``model.to(device)`` moves them; ``feature_centering`` subtracts each modality's mean item
+  vector first (and the kNN item graph is then built from the centred features);
 * one encoder per modality (``encoder_layers`` = 1: a linear map to ``embedding_size``; 2: an
   MLP with a LeakyReLU in between);
 * CLEAR's cross-modal projection (:mod:`clear_core.projection`) on the ``projected_pair`` of
@@ -35,6 +36,7 @@ MULTIMODAL_PARAMS: dict[str, Any] = {
     "encoder_layers": int,
     "trainable_features": bool,
     "feature_scaling": str,
+    "feature_centering": bool,
     "projection": str,
     "redundancy_rank": int,
     "projection_strength": float,
@@ -156,8 +158,9 @@ class MultimodalRecommender(Recommender):
         self.projected_pair = pair if params["projection"] != "none" else []
         self.raw_features = nn.ParameterDict() if params["trainable_features"] else None
         self.encoders = nn.ModuleDict()
+        self.feature_centering = params["feature_centering"]
         for m in self.modality_names:
-            feat = torch.as_tensor(dataset.features[m], dtype=torch.float32).clone()
+            feat = self.graph_features(dataset, m).clone()
             if params["feature_scaling"] == "unit":
                 # One scalar per modality: geometry, covariance directions and cosine kNN are
                 # unchanged, but a modality with row norms ~30 (TikTok image) no longer starts
@@ -197,6 +200,18 @@ class MultimodalRecommender(Recommender):
         return enc
 
     # --- features -----------------------------------------------------------------------------
+    def graph_features(self, dataset: Dataset, modality: str) -> torch.Tensor:
+        """The dataset's features of ``modality`` as float32, centred when ``feature_centering``.
+
+        Centring removes the component every item shares. Left in, it reaches the user-item
+        propagation as a common item direction that the graph weights by degree, which favours
+        popular items at the top of every user's ranking; it also dominates cosine similarity.
+        """
+        feat = torch.as_tensor(dataset.features[modality], dtype=torch.float32)
+        if self.feature_centering:
+            feat = feat - feat.mean(dim=0, keepdim=True)
+        return feat
+
     def raw(self, modality: str) -> torch.Tensor:
         if self.raw_features is not None:
             return self.raw_features[modality]
@@ -255,7 +270,7 @@ class GraphMixin:
         self.register_buffer(
             "adjacency", normalized_adjacency(dataset.train, self.n_users, self.n_items), persistent=False
         )
-        raw = {m: torch.as_tensor(dataset.features[m], dtype=torch.float32) for m in modality_weights}
+        raw = {m: self.graph_features(dataset, m) for m in modality_weights}
         item_graph, item_graph_t = to_csr_pair(mixed_item_graph(raw, modality_weights, knn_k, knn_chunk_size))
         self.register_buffer("item_graph", item_graph, persistent=False)
         self.register_buffer("item_graph_t", item_graph_t, persistent=False)

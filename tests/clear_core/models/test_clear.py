@@ -125,6 +125,21 @@ def test_every_bad_parameter_is_reported_at_once():
         assert field in text, field
 
 
+@pytest.mark.parametrize("model_name", ["clear", "freedom"])
+def test_feature_centering_takes_the_shared_item_vector_out_of_encoders_and_knn_graph(model_name):
+    base = tiny_dataset()
+    # A large vector shared by every item, as in TikTok's features.
+    shifted = dataclasses.replace(base, features={m: f + 5.0 for m, f in base.features.items()})
+    centred = build_model(model_name, shifted, {"feature_centering": True})
+    for m in centred.modality_names:
+        assert centred.raw(m).mean(dim=0).abs().max() < 1e-5
+    # Centred, the kNN graph no longer sees the shift; uncentred, the shift decides it.
+    reference = build_model(model_name, base, {"feature_centering": True})
+    torch.testing.assert_close(centred.item_graph.to_dense(), reference.item_graph.to_dense(), atol=1e-5, rtol=0)
+    plain = build_model(model_name, shifted, {"feature_centering": False})
+    assert not torch.allclose(plain.item_graph.to_dense(), centred.item_graph.to_dense(), atol=1e-3)
+
+
 def test_single_modality_dataset_needs_projection_none():
     full = tiny_dataset()
     ds = dataclasses.replace(full, features={"image": full.features["image"]})
