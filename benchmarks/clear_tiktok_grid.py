@@ -2,13 +2,13 @@
 
 Protocol (../shared/docs/protocol.md, MMRec's defaults): Adam lr 1e-3, batch 2,048, up to 1,000
 epochs, early stopping on validation Recall@20 with patience 20, full ranking, test metrics at the
-best-validation epoch. Every method gets a grid of the same size order:
+best-validation epoch. Every method gets its own grid:
 
 * phase 1: every grid point of every method on each ``--select-seeds`` seed; per method the
   point with the best validation Recall@20 *averaged over those seeds* is selected (one seed's
   validation is too noisy on TikTok's 3,051 validation rows to select on);
-* stage 2 of the selection (``REFINE``): axes not in a method's grid are tried one value at a
-  time around its phase-1 point, on the same seeds; the best of both stages is selected;
+* later stages of the selection (``REFINE``): axes not in a method's grid are tried one at a
+  time around the best point so far, on the same seeds; the best point of all stages is selected;
 * phase 2: the selected point of each method on the remaining ``--seeds``.
 
 The report gives mean and std over all seeds of the selected points, and for CLEAR the per-seed
@@ -56,12 +56,13 @@ GRID: dict[str, list[dict]] = {
     # reg 0.3, 1.0 and then 3.0 were added each time the selected reg sat on the grid's edge.
     "lightgcn": _grid(n_layers=[2, 3], reg_weight=[1e-4, 1e-3, 1e-2, 1e-1, 0.3, 1.0, 3.0]),
 }
-# Stage 2, coordinate descent: each axis tried around the stage-1 selection, on the same
-# selection seeds, and the best of stage 1 and stage 2 is selected. LightGCN searches its depth
-# in its grid (deeper than 2 loses); CLEAR, its ablation and FREEDOM search it here. The depths
-# grew from [3] each time the selected depth sat on the list's edge.
-_DEPTHS = {"n_layers": [3, 4, 5, 6, 8]}
-REFINE: dict[str, dict[str, list]] = {"clear": _DEPTHS, "clear_noproj": _DEPTHS, "freedom": _DEPTHS}
+# Stages 2 and on, coordinate descent: each axis in turn is tried around the best point so far,
+# on the same selection seeds, and the best point over all stages is selected. LightGCN searches
+# its depth in its grid (deeper than 2 loses); the feature models search it here. The depths grew
+# from [3] each time the selected depth sat on the list's edge. Feature centring came last, after
+# the rank profile showed the feature models' top ranks leaning to popular items.
+_STAGES = [("n_layers", [3, 4, 5, 6, 8]), ("feature_centering", [True])]
+REFINE: dict[str, list[tuple[str, list]]] = {"clear": _STAGES, "clear_noproj": _STAGES, "freedom": _STAGES}
 MODEL_OF = {"clear": "clear", "clear_noproj": "clear", "freedom": "freedom", "lightgcn": "lightgcn"}
 
 
@@ -133,12 +134,15 @@ def _best(rows: list[dict], method: str, points: list[dict], select_seeds: list[
 
 
 def candidates(rows: list[dict], method: str, select_seeds: list[int]) -> list[dict]:
-    """The method's grid, plus its stage-2 points around the stage-1 selection."""
-    stage1 = _best(rows, method, GRID[method], select_seeds)
-    if stage1 is None:
-        return list(GRID[method])
-    extra = [{**stage1, axis: value} for axis, values in REFINE.get(method, {}).items() for value in values]
-    return GRID[method] + [p for p in extra if p not in GRID[method]]
+    """The method's grid, plus the points of every ``REFINE`` stage whose predecessors have all
+    run on ``select_seeds`` (each stage varies one axis around the best point so far)."""
+    points = list(GRID[method])
+    for axis, values in REFINE.get(method, []):
+        if any(_mean_valid(rows, method, p, select_seeds) is None for p in points):
+            break
+        best = _best(rows, method, points, select_seeds)
+        points += [p for p in ({**best, axis: v} for v in values) if p not in points]
+    return points
 
 
 def selected(rows: list[dict], select_seeds: list[int]) -> dict[str, dict]:
@@ -222,11 +226,16 @@ def main() -> int:
     phase1 = [{**base, "method": m, "params": p, "seed": s}
               for s in args.select_seeds for m in args.methods for p in GRID[m]]
     run_phase(phase1, args.out, args.workers)
-    rows = _done(args.out)
-    stage2 = [{**base, "method": m, "params": p, "seed": s}
-              for s in args.select_seeds for m in args.methods
-              for p in candidates(rows, m, args.select_seeds)[len(GRID[m]):]]
-    run_phase(stage2, args.out, args.workers)
+    while True:  # one REFINE stage per round, until no method has a point left to run
+        rows = _done(args.out)
+        done = {_key(r["method"], r["params"], r["seed"]) for r in rows}
+        stage = [{**base, "method": m, "params": p, "seed": s}
+                 for s in args.select_seeds for m in args.methods
+                 for p in candidates(rows, m, args.select_seeds)[len(GRID[m]):]
+                 if _key(m, p, s) not in done]
+        if not stage:
+            break
+        run_phase(stage, args.out, args.workers)
     chosen = selected(_done(args.out), args.select_seeds)
     phase2 = [{**base, "method": m, "params": p, "seed": s}
               for s in args.seeds for m, p in chosen.items() if m in args.methods]
