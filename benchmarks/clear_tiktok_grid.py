@@ -59,10 +59,18 @@ GRID: dict[str, list[dict]] = {
 # Stages 2 and on, coordinate descent: each axis in turn is tried around the best point so far,
 # on the same selection seeds, and the best point over all stages is selected. LightGCN searches
 # its depth in its grid (deeper than 2 loses); the feature models search it here. The depths grew
-# from [3] each time the selected depth sat on the list's edge. Feature centring came last, after
-# the rank profile showed the feature models' top ranks leaning to popular items.
-_STAGES = [("n_layers", [3, 4, 5, 6, 8]), ("feature_centering", [True])]
-REFINE: dict[str, list[tuple[str, list]]] = {"clear": _STAGES, "clear_noproj": _STAGES, "freedom": _STAGES}
+# from [3] each time the selected depth sat on the list's edge. Feature centring came next, after
+# the rank profile showed the feature models' top ranks leaning to popular items; where it was
+# selected (CLEAR and its ablation), the depth is searched again around the centred point.
+# FREEDOM kept its uncentred point, around which its depth was already searched.
+_DEPTH = ("n_layers", [3, 4, 5, 6, 8])
+_CENTRING = ("feature_centering", [True])
+_DEPTH_AGAIN = ("n_layers", [2, 3, 4, 5, 6])
+REFINE: dict[str, list[tuple[str, list]]] = {
+    "clear": [_DEPTH, _CENTRING, _DEPTH_AGAIN],
+    "clear_noproj": [_DEPTH, _CENTRING, _DEPTH_AGAIN],
+    "freedom": [_DEPTH, _CENTRING],
+}
 MODEL_OF = {"clear": "clear", "clear_noproj": "clear", "freedom": "freedom", "lightgcn": "lightgcn"}
 
 
