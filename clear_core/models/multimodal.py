@@ -160,7 +160,7 @@ class MultimodalRecommender(Recommender):
         self.encoders = nn.ModuleDict()
         self.feature_centering = params["feature_centering"]
         for m in self.modality_names:
-            feat = self.graph_features(dataset, m).clone()
+            feat = self.input_features(dataset, m).clone()
             if params["feature_scaling"] == "unit":
                 # One scalar per modality: geometry, covariance directions and cosine kNN are
                 # unchanged, but a modality with row norms ~30 (TikTok image) no longer starts
@@ -200,12 +200,13 @@ class MultimodalRecommender(Recommender):
         return enc
 
     # --- features -----------------------------------------------------------------------------
-    def graph_features(self, dataset: Dataset, modality: str) -> torch.Tensor:
+    def input_features(self, dataset: Dataset, modality: str) -> torch.Tensor:
         """The dataset's features of ``modality`` as float32, centred when ``feature_centering``.
 
-        Centring removes the component every item shares. Left in, it reaches the user-item
-        propagation as a common item direction that the graph weights by degree, which favours
-        popular items at the top of every user's ranking; it also dominates cosine similarity.
+        Both the encoders and the kNN item graph read these. Centring removes the component
+        every item shares: left in, it dominates cosine similarity, and the user-item
+        propagation weights a direction common to all items by degree, which can push popular
+        items to the top of every ranking (the TikTok rank profile in benchmarks/RESULTS.md).
         """
         feat = torch.as_tensor(dataset.features[modality], dtype=torch.float32)
         if self.feature_centering:
@@ -270,7 +271,7 @@ class GraphMixin:
         self.register_buffer(
             "adjacency", normalized_adjacency(dataset.train, self.n_users, self.n_items), persistent=False
         )
-        raw = {m: self.graph_features(dataset, m) for m in modality_weights}
+        raw = {m: self.input_features(dataset, m) for m in modality_weights}
         item_graph, item_graph_t = to_csr_pair(mixed_item_graph(raw, modality_weights, knn_k, knn_chunk_size))
         self.register_buffer("item_graph", item_graph, persistent=False)
         self.register_buffer("item_graph_t", item_graph_t, persistent=False)
