@@ -154,7 +154,7 @@ def candidates(rows: list[dict], method: str, select_seeds: list[int]) -> list[d
 
 
 def selected(rows: list[dict], select_seeds: list[int]) -> dict[str, dict]:
-    """Per method, the best of its grid and its stage-2 points on validation."""
+    """Per method, the best point of its grid and of its REFINE stages, on validation."""
     chosen = {m: _best(rows, m, candidates(rows, m, select_seeds), select_seeds) for m in GRID}
     return {m: p for m, p in chosen.items() if p is not None}
 
