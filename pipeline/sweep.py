@@ -208,10 +208,10 @@ def run_trial(trial_config: dict[str, Any], *, dataset: Dataset, sweep: SweepCon
             dataset, sweep.model, model_params, train_config,
             checkpoint_dir=trainer_dir, on_epoch_end=on_epoch_end,
         )
-        ended_by_itself = result.stop_reason in ("patience", "max_epochs") if hasattr(result, "stop_reason") else True
         if reported["epoch"] == resumed_from and resumed_from and last_metrics is not None:
             # Resumed from the checkpoint of a trial that had already ended (the driver died
             # before it recorded so): say again how it ended, so its last result is truthful.
+            ended_by_itself = result.stop_reason in ("patience", "max_epochs")
             tune.report({**last_metrics, "finished": ended_by_itself, "resumed_from": resumed_from})
     finally:
         shutil.rmtree(work, ignore_errors=True)
