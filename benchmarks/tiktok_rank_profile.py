@@ -1,8 +1,8 @@
 """Where a trained model puts the held-out items, and how popular its top items are.
 
 Two models with the same Recall@20 can differ on NDCG@20 when one ranks its hits lower inside
-the top 20. This trains each named configuration under the protocol (same settings as
-``clear_tiktok_grid.py``), restores its best-validation checkpoint and reports, on the test split:
+the top 20. This trains each named configuration under the protocol (the configs/train.yaml
+defaults, as ``clear_tiktok_grid.py`` uses them), restores its best-validation checkpoint and reports, on the test split:
 
 * Recall@20 and NDCG@20 (as the trainer reports them);
 * how many test rows sit at rank 1, in the top 5, 10 and 20, and the median rank of a test item;
@@ -40,7 +40,7 @@ def profile(job: dict) -> dict:
 
     torch.set_num_threads(1)
     ds = load_dataset(job["data"])
-    cfg = TrainConfig.resolve({**job["train"], "seed": job["seed"], "device": "cpu"})
+    cfg = TrainConfig.resolve({"seed": job["seed"], "device": "cpu"})
     with tempfile.TemporaryDirectory() as ckpt:
         result = fit(ds, job["model"], job["params"], cfg, checkpoint_dir=ckpt)
         state = torch.load(Path(ckpt) / BEST_NAME, weights_only=False)
@@ -84,13 +84,12 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=999)
     ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args()
-    train = {"max_epochs": 1000, "patience": 20, "batch_size": 2048, "learning_rate": 0.001}
     jobs = []
     for spec in args.runs:
         model, _, params = spec.partition(":")
         try:
             jobs.append({"model": model, "params": json.loads(params or "{}"), "seed": args.seed,
-                         "train": train, "data": str(args.data)})
+                         "data": str(args.data)})
         except json.JSONDecodeError as exc:
             ap.error(f"{spec!r}: the parameters after '{model}:' must be a JSON object ({exc})")
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
