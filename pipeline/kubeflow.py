@@ -17,14 +17,16 @@ Volumes, Secrets and tolerations are written as the Kubernetes platform config t
 installable next to ``kfp`` here; the format is the one KFP's backend reads.
 
 ``python -m pipeline.kubeflow [OUT]`` (``make pipeline``) compiles to ``k8s/kubeflow/pipeline.yaml``;
-a test fails when the committed file differs from a fresh compile. Images and step resources
-come from ``configs/kubeflow.yaml``.
+a test fails when the committed file differs from a fresh compile (in anything but the compiling
+kfp's version, which a fresh machine may resolve to another patch release). Images and step
+resources come from ``configs/kubeflow.yaml``.
 """
 
 # No `from __future__ import annotations`: kfp reads the component signatures' real types.
 import argparse
 import copy
 import os
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -202,6 +204,26 @@ def compile_pipeline(out: str | Path = DEFAULT_OUTPUT, settings: dict[str, Any] 
         Path(tmp).unlink(missing_ok=True)
         raise
     return out
+
+
+# The one line of a compiled pipeline that names the compiling SDK, not the pipeline.
+_SDK_VERSION_LINE = re.compile(r"^sdkVersion: kfp-\S+$", re.MULTILINE)
+
+
+def without_sdk_version(compiled_text: str) -> str:
+    """A compiled pipeline's text with the kfp version that compiled it blanked out.
+
+    pyproject.toml pins kfp to a range, so a fresh machine may compile with another patch
+    release; that changes ``sdkVersion`` and nothing the pipeline does. Every other byte still
+    has to match, so a hand edit or a stale file is caught."""
+    return _SDK_VERSION_LINE.sub("sdkVersion: kfp", compiled_text)
+
+
+def is_fresh_compile(path: str | Path) -> bool:
+    """Whether the compiled pipeline at ``path`` equals a fresh compile of this module."""
+    with tempfile.TemporaryDirectory() as tmp:
+        fresh = compile_pipeline(Path(tmp) / "pipeline.yaml")
+        return without_sdk_version(fresh.read_text()) == without_sdk_version(Path(path).read_text())
 
 
 def main(argv: list[str] | None = None) -> int:
