@@ -63,12 +63,19 @@ GRID: dict[str, list[dict]] = {
 # the rank profile showed the feature models' top ranks leaning to popular items; where it was
 # selected (CLEAR and its ablation), the depth is searched again around the centred point.
 # FREEDOM kept its uncentred point, around which its depth was already searched.
+# Then, because depth and centring moved CLEAR and its ablation far from the point where their
+# grid searched gamma (and CLEAR's k and lambda), those axes are searched again around the new
+# point, gamma up to 0.1: LightGCN's best L2 weight (1.0) shows TikTok wants strong shrinkage.
+# FREEDOM's and LightGCN's own axes were searched at their selected points already.
 _DEPTH = ("n_layers", [3, 4, 5, 6, 8])
 _CENTRING = ("feature_centering", [True])
 _DEPTH_AGAIN = ("n_layers", [2, 3, 4, 5, 6])
+_GAMMA_AGAIN = ("reg_weight", [1e-4, 1e-3, 1e-2, 3e-2, 0.1])
+_RANK_AGAIN = ("redundancy_rank", [2, 4, 8, 16])
+_STRENGTH_AGAIN = ("projection_strength", [0.5, 0.7, 0.9, 1.0])
 REFINE: dict[str, list[tuple[str, list]]] = {
-    "clear": [_DEPTH, _CENTRING, _DEPTH_AGAIN],
-    "clear_noproj": [_DEPTH, _CENTRING, _DEPTH_AGAIN],
+    "clear": [_DEPTH, _CENTRING, _DEPTH_AGAIN, _GAMMA_AGAIN, _RANK_AGAIN, _STRENGTH_AGAIN],
+    "clear_noproj": [_DEPTH, _CENTRING, _DEPTH_AGAIN, _GAMMA_AGAIN],
     "freedom": [_DEPTH, _CENTRING],
 }
 MODEL_OF = {"clear": "clear", "clear_noproj": "clear", "freedom": "freedom", "lightgcn": "lightgcn"}
