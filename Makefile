@@ -16,12 +16,13 @@ MODEL ?= lightgcn
 
 .PHONY: setup test test-slow lint train sweep ui repro repro-update bench images sweep-k8s pipeline k8s-validate clean
 
-$(STAMP): pyproject.toml
+# constraints.txt pins every other package to the versions the tests last passed with.
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip wheel
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e ".[$(EXTRAS)]"
-	$(BIN)/pip install -q --no-deps "efficientnet-lite-pytorch>=0.1"
+	$(BIN)/pip install -q --constraint constraints.txt -e ".[$(EXTRAS)]"
+	$(BIN)/pip install -q --constraint constraints.txt --no-deps "efficientnet-lite-pytorch>=0.1"
 	touch $@
 
 setup: $(STAMP) ## create .venv and install clearrec with its extras

@@ -62,7 +62,7 @@ def test_image_is_multi_stage_pinned_non_root_with_clearrec_entrypoint(flavour):
     assert "kfp" not in args["EXTRAS"].split(",")  # the training image leaves kfp out
     assert re.fullmatch(r"\d+\.\d+\.\d+", args["TORCH_VERSION"])
     runs = " ".join(a for w, a in steps if w == "RUN")
-    assert "--constraint docker/constraints.txt" in runs
+    assert "--constraint constraints.txt" in runs
 
 
 @pytest.mark.parametrize("flavour", DOCKERFILES)
@@ -96,7 +96,7 @@ def test_no_secret_is_baked_in(flavour):
 
 def test_constraints_pin_ray_with_the_dashboard_and_every_copied_path_exists():
     pins = {
-        line.split("==")[0].lower() for line in (REPO / "docker" / "constraints.txt").read_text().splitlines()
+        line.split("==")[0].lower() for line in (REPO / "constraints.txt").read_text().splitlines()
         if "==" in line and not line.startswith("#")
     }
     # ray[default] (dashboard, job API) is what lets a RayJob submit to the image.
