@@ -34,12 +34,12 @@ from torch import nn
 
 from clear_core.data.dataset import Dataset
 from clear_core.models import register
+from clear_core.models.losses import bpr_loss
 from clear_core.models.multimodal import (
     GRAPH_PARAMS,
     MULTIMODAL_PARAMS,
     GraphMixin,
     MultimodalRecommender,
-    bpr_loss,
     graph_problems,
     mix_weights,
 )

@@ -13,7 +13,8 @@ from clear_core.data.dataset import Dataset
 from clear_core.graph import normalized_adjacency, symmetric_propagate
 from clear_core.models import register
 from clear_core.models.base import Recommender
-from clear_core.models.mf import bpr_loss, embedding_penalty, xavier_table
+from clear_core.models.losses import bpr_loss, embedding_penalty
+from clear_core.models.mf import xavier_table
 
 
 @register

@@ -1,30 +1,17 @@
 """MF-BPR (Rendle et al., 2009): a user's score for an item is the dot product of their ID
-embeddings, trained with the BPR loss. Also holds the BPR loss and the embedding penalty that
-the ID baselines share (as in MMRec)."""
+embeddings, trained with the BPR loss."""
 
 from __future__ import annotations
 
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from clear_core.data.dataset import Dataset
 from clear_core.models import register
 from clear_core.models.base import Recommender
-
-
-def bpr_loss(pos_scores: torch.Tensor, neg_scores: torch.Tensor) -> torch.Tensor:
-    """Mean of ``-log sigmoid(pos - neg)``, computed as ``softplus(neg - pos)`` (no overflow)."""
-    return F.softplus(neg_scores - pos_scores).mean()
-
-
-def embedding_penalty(*embeddings: torch.Tensor) -> torch.Tensor:
-    """MMRec's ``EmbLoss``: sum of the (Frobenius) L2 norms of the batch's embedding matrices,
-    divided by the batch size."""
-    total = sum(torch.linalg.vector_norm(e) for e in embeddings)
-    return total / embeddings[-1].shape[0]
+from clear_core.models.losses import bpr_loss, embedding_penalty
 
 
 def xavier_table(rows: int, dim: int) -> torch.Tensor:

@@ -24,7 +24,6 @@ from typing import Any, ClassVar
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from clear_core.data.dataset import Dataset
 from clear_core.errors import ConfigError
@@ -55,11 +54,6 @@ def default_pair(modalities: list[str]) -> list[str]:
     if "image" in modalities and "text" in modalities:
         return ["image", "text"]
     return list(modalities[:2])
-
-
-def bpr_loss(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
-    """Mean of ``-log σ(pos - neg)`` (MMRec/FREEDOM use the mean, not the sum)."""
-    return -F.logsigmoid(pos - neg).mean()
 
 
 def mix_weights(
@@ -348,7 +342,6 @@ __all__ = [
     "MULTIMODAL_PARAMS",
     "GraphMixin",
     "MultimodalRecommender",
-    "bpr_loss",
     "default_pair",
     "graph_problems",
     "mix_weights",

@@ -16,7 +16,8 @@ from torch import nn
 
 from clear_core.data.dataset import Dataset
 from clear_core.models import register
-from clear_core.models.multimodal import MULTIMODAL_PARAMS, MultimodalRecommender, bpr_loss
+from clear_core.models.losses import bpr_loss
+from clear_core.models.multimodal import MULTIMODAL_PARAMS, MultimodalRecommender
 
 
 @register

@@ -10,7 +10,6 @@ import torch
 from clear_core.data.dataset import Dataset
 from clear_core.errors import ConfigError
 from clear_core.models import available_models, build_model, resolve_params
-from clear_core.models.mf import bpr_loss, embedding_penalty
 
 
 def tiny_dataset() -> Dataset:
@@ -39,13 +38,6 @@ def test_scores_are_user_item_dot_products():
     assert model.score(users).shape == (2, 4)
     torch.testing.assert_close(model.score(users), expected)
 
-
-def test_bpr_loss_and_penalty_values():
-    assert bpr_loss(torch.tensor([0.0]), torch.tensor([0.0])).item() == pytest.approx(np.log(2))
-    assert bpr_loss(torch.tensor([100.0]), torch.tensor([-100.0])).item() == pytest.approx(0, abs=1e-6)
-    a, b = torch.full((2, 2), 1.0), torch.full((2, 2), 2.0)
-    # Frobenius norms 2 and 4, divided by the batch size 2
-    assert embedding_penalty(a, b).item() == pytest.approx(3.0)
 
 
 def test_training_steps_lower_the_loss_and_rank_positive_above_negative():
