@@ -6,7 +6,10 @@ defaults, as ``clear_tiktok_grid.py`` uses them), restores its best-validation c
 
 * Recall@20 and NDCG@20 (as the trainer reports them);
 * how many test rows sit at rank 1, in the top 5, 10 and 20, and the median rank of a test item;
-* the mean training degree (popularity) of the items each user gets at rank 1 and in the top 20.
+* the mean training degree (popularity) of the items each user gets at rank 1 and in the top 20;
+* the best test NDCG@20 of any epoch (for the record only: the protocol reads the best-validation
+  epoch), and with ``--curves FILE`` the per-epoch validation and test Recall@20 / NDCG@20,
+  which tell a low ceiling from an unlucky stopping epoch.
 
 Ranks follow the evaluator: every item is ranked and only the user's training items are masked.
 
@@ -74,6 +77,13 @@ def profile(job: dict) -> dict:
         "mean_degree_rank_1": float(degree[top[:, 0]].mean()),
         "mean_degree_top_20": float(degree[top].mean()),
         "mean_degree_test_items": float(degree[test[:, 1]].mean()),
+        "best_epoch": result.best_epoch,
+        "max_test_ndcg@20_any_epoch": max(e["test"]["ndcg@20"] for e in result.history),
+        "curve": [
+            {"epoch": e["epoch"], **{f"{split}_{m}": e[split][m] for split in ("valid", "test")
+                                     for m in ("recall@20", "ndcg@20")}}
+            for e in result.history
+        ],
     }
 
 
@@ -83,6 +93,7 @@ def main() -> int:
     ap.add_argument("--data", type=Path, default=shared_dir() / "data" / "tiktok")
     ap.add_argument("--seed", type=int, default=999)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--curves", type=Path, help="append each run's per-epoch metrics here (JSON lines)")
     args = ap.parse_args()
     jobs = []
     for spec in args.runs:
@@ -94,7 +105,12 @@ def main() -> int:
             ap.error(f"{spec!r}: the parameters after '{model}:' must be a JSON object ({exc})")
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
         for out in pool.map(profile, jobs):
+            curve = out.pop("curve")
             print(json.dumps(out, sort_keys=True), flush=True)
+            if args.curves:
+                with args.curves.open("a", encoding="utf-8") as fh:
+                    fh.write(json.dumps({**{k: out[k] for k in ("model", "params", "seed", "best_epoch")},
+                                         "curve": curve}, sort_keys=True) + "\n")
     return 0
 
 
