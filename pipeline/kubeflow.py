@@ -213,9 +213,10 @@ _SDK_VERSION_LINE = re.compile(r"^sdkVersion: kfp-\S+$", re.MULTILINE)
 def without_sdk_version(compiled_text: str) -> str:
     """A compiled pipeline's text with the kfp version that compiled it blanked out.
 
-    pyproject.toml pins kfp to a range, so a fresh machine may compile with another patch
-    release; that changes ``sdkVersion`` and nothing the pipeline does. Every other byte still
-    has to match, so a hand edit or a stale file is caught."""
+    pyproject.toml admits a range of kfp releases (constraints.txt pins one for the project's
+    venv and images, but an install without it may resolve another patch release); the release
+    changes ``sdkVersion`` and nothing the pipeline does. Every other byte still has to match,
+    so a hand edit or a stale file is caught."""
     return _SDK_VERSION_LINE.sub("sdkVersion: kfp", compiled_text)
 
 

@@ -33,7 +33,6 @@ def test_committed_pipeline_equals_a_fresh_compile(compiled):
     assert kubeflow.without_sdk_version(COMMITTED.read_text()) == kubeflow.without_sdk_version(
         compiled.read_text()
     ), "k8s/kubeflow/pipeline.yaml is stale: run `make pipeline` and commit the result"
-    assert kubeflow.is_fresh_compile(COMMITTED)
 
 
 def test_another_kfp_patch_release_still_counts_as_fresh_but_a_hand_edit_does_not(compiled, tmp_path):
