@@ -39,7 +39,6 @@ def test_scores_are_user_item_dot_products():
     torch.testing.assert_close(model.score(users), expected)
 
 
-
 def test_training_steps_lower_the_loss_and_rank_positive_above_negative():
     torch.manual_seed(0)
     model = build_model("mf", tiny_dataset(), {"embedding_size": 8, "reg_weight": 0.0})
