@@ -68,8 +68,8 @@ GRID: dict[str, list[dict]] = {
 # point, gamma up to 0.1: LightGCN's best L2 weight (1.0) shows TikTok wants strong shrinkage.
 # FREEDOM's and LightGCN's own axes were searched at their selected points already.
 # Last, the item-item graph (how many kNN steps, how many neighbours), because per-epoch curves
-# showed CLEAR's test NDCG@20 below LightGCN's all along, not only at the stopping epoch: the
-# content-neighbour smoothing was the suspect for hits that land in the top 20 but low in it
+# showed CLEAR's best test NDCG@20 of any epoch below LightGCN's, not only at the stopping
+# epoch: the content-neighbour smoothing was the suspect for hits that land in the top 20 but low in it
 # (it was not: without the item graph NDCG@20 falls too).
 _DEPTH = ("n_layers", [3, 4, 5, 6, 8])
 _CENTRING = ("feature_centering", [True])
