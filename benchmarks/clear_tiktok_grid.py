@@ -230,10 +230,15 @@ def main() -> int:
                     help="seeds every grid point runs on; selection averages their validation R@20")
     ap.add_argument("--seeds", type=int, nargs="+", default=[7, 42, 123, 11, 13],
                     help="further seeds for the selected point of each method")
-    ap.add_argument("--max-epochs", type=int, default=1000)
-    ap.add_argument("--patience", type=int, default=20)
-    ap.add_argument("--batch-size", type=int, default=2048)
-    ap.add_argument("--learning-rate", type=float, default=0.001)
+    # The protocol's training settings default to configs/train.yaml, their one home; every
+    # row records the values it ran with.
+    from clear_core.trainer import TrainConfig
+
+    protocol = TrainConfig.resolve()
+    ap.add_argument("--max-epochs", type=int, default=protocol.max_epochs)
+    ap.add_argument("--patience", type=int, default=protocol.patience)
+    ap.add_argument("--batch-size", type=int, default=protocol.batch_size)
+    ap.add_argument("--learning-rate", type=float, default=protocol.learning_rate)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--methods", nargs="+", default=list(GRID), choices=list(GRID))
     ap.add_argument("--summarise", action="store_true")
