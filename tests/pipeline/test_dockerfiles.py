@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from pins_support import constraint_pins
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILES = {"cpu": REPO / "docker" / "Dockerfile.cpu", "cuda": REPO / "docker" / "Dockerfile.cuda"}
@@ -95,10 +96,7 @@ def test_no_secret_is_baked_in(flavour):
 
 
 def test_constraints_pin_ray_with_the_dashboard_and_every_copied_path_exists():
-    pins = {
-        line.split("==")[0].lower() for line in (REPO / "constraints.txt").read_text().splitlines()
-        if "==" in line and not line.startswith("#")
-    }
+    pins = set(constraint_pins())
     # ray[default] (dashboard, job API) is what lets a RayJob submit to the image.
     assert {"ray", "aiohttp", "aiohttp-cors", "py-spy", "opencensus"} <= pins
     assert "torch" not in pins

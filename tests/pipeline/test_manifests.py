@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pins_support import constraint_pins
 
 from clear_core.errors import ConfigError
 from pipeline import manifests
@@ -169,10 +170,7 @@ def test_standing_raycluster_and_sweep_rayjob_describe_the_same_cluster():
 
 
 def test_ray_version_matches_the_ray_pinned_in_the_images():
-    pins = dict(
-        line.split("==", 1) for line in (REPO / "constraints.txt").read_text().splitlines()
-        if "==" in line and not line.startswith("#")
-    )
+    pins = constraint_pins()
     cluster = manifests.load_documents(K8S / "base" / "raycluster.yaml")[0]
     assert cluster["spec"]["rayVersion"] == pins["ray"]
 
