@@ -5,6 +5,9 @@ Every feature-using model (``clear``, ``vbpr``, ``freedom``) gets from this base
 * the raw features of every modality as buffers (or parameters when ``trainable_features``),
   so ``model.to(device)`` moves them; ``feature_centering`` subtracts each modality's mean item
   vector first (and the kNN item graph is then built from the centred features);
+  ``encoded_centering`` subtracts each modality's mean item embedding after the encoder, at
+  every forward pass (trainable features and the encoder's bias can learn a shared component
+  back, and raw-feature centring cannot remove that);
 * one encoder per modality (``encoder_layers`` = 1: a linear map to ``embedding_size``; 2: an
   MLP with a LeakyReLU in between);
 * CLEAR's cross-modal projection (:mod:`clear_core.projection`) on the ``projected_pair`` of
@@ -36,6 +39,7 @@ MULTIMODAL_PARAMS: dict[str, Any] = {
     "trainable_features": bool,
     "feature_scaling": str,
     "feature_centering": bool,
+    "encoded_centering": bool,
     "projection": str,
     "redundancy_rank": int,
     "projection_strength": float,
@@ -153,6 +157,7 @@ class MultimodalRecommender(Recommender):
         self.raw_features = nn.ParameterDict() if params["trainable_features"] else None
         self.encoders = nn.ModuleDict()
         self.feature_centering = params["feature_centering"]
+        self.encoded_centering = params["encoded_centering"]
         for m in self.modality_names:
             feat = self.input_features(dataset, m).clone()
             if params["feature_scaling"] == "unit":
@@ -215,13 +220,25 @@ class MultimodalRecommender(Recommender):
     def encode(self, items: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Encoded features of ``items`` (all items when None), projected on the configured pair.
 
+        With ``encoded_centering`` each modality's encoder output is centred over all items
+        first. Two reasons: the projector is then applied to exactly the centred matrix whose
+        covariance it was built from (Algorithm 1, line 4), and no vector shared by every item
+        reaches the user-item graph, where propagation scales it by each item's degree and so
+        lifts popular items in every user's ranking (benchmarks/RESULTS.md, TikTok).
+
         The projection is row-wise linear, so projecting a subset of rows equals projecting all
         rows and then selecting: baselines that only need the batch's items encode only those.
         """
         out = {}
         for m in self.modality_names:
-            x = self.raw(m) if items is None else self.raw(m).index_select(0, items)
-            out[m] = self.encoders[m](x)
+            if self.encoded_centering:
+                # The mean is over ALL items, so a subset costs a full encoding here.
+                x = self.encoders[m](self.raw(m))
+                x = x - x.mean(dim=0, keepdim=True)
+                out[m] = x if items is None else x.index_select(0, items)
+            else:
+                x = self.raw(m) if items is None else self.raw(m).index_select(0, items)
+                out[m] = self.encoders[m](x)
         if self.projection.active:
             a, b = self.projected_pair
             out[a], out[b] = self.projection(out[a], out[b])

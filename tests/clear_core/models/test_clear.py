@@ -140,6 +140,33 @@ def test_feature_centering_takes_the_shared_item_vector_out_of_encoders_and_knn_
     assert not torch.allclose(plain.item_graph.to_dense(), centred.item_graph.to_dense(), atol=1e-3)
 
 
+@pytest.mark.parametrize("model_name", ["clear", "freedom", "vbpr"])
+def test_encoded_centering_removes_every_shared_component_from_what_enters_the_model(model_name):
+    ds = tiny_dataset()
+    torch.manual_seed(0)
+    model = build_model(model_name, ds, {"encoded_centering": True})
+    model.on_epoch_start(1)
+    with torch.no_grad():
+        before = model.encode()
+        # A bias is a vector every item shares, as is anything trainable features learn in common.
+        for enc in model.encoders.values():
+            enc.bias.add_(3.0)
+        after = model.encode()
+        subset = torch.tensor([4, 0, 7])
+        some = model.encode(subset)
+    for m in model.modality_names:
+        assert after[m].mean(dim=0).abs().max() < 1e-5
+        torch.testing.assert_close(after[m], before[m], atol=1e-5, rtol=0)
+        # Batch-only callers (VBPR, FREEDOM's modality loss) see the rows of the full centring.
+        torch.testing.assert_close(some[m], after[m][subset])
+    plain = build_model(model_name, ds, {"encoded_centering": False})
+    m = plain.modality_names[0]
+    with torch.no_grad():
+        plain.encoders[m].bias.add_(3.0)
+        shifted = plain.encode()[m]
+    assert shifted.mean(dim=0).abs().max() > 1.0
+
+
 def test_single_modality_dataset_needs_projection_none():
     full = tiny_dataset()
     ds = dataclasses.replace(full, features={"image": full.features["image"]})
