@@ -73,7 +73,8 @@ GRID: dict[str, list[dict]] = {
 # (it was not: without the item graph NDCG@20 falls too).
 # Then centring of the encoder outputs (every forward pass): the rank profile still showed
 # CLEAR's first places going to popular items after raw-feature centring, and trainable
-# features and encoder biases can learn a shared item component back; depth once more after it.
+# features and encoder biases can learn a shared item component back; depth once more after it,
+# and gamma once more (with no shared component left, the L2 on users may be weighted anew).
 _DEPTH = ("n_layers", [3, 4, 5, 6, 8])
 _ENCODED_CENTRING = ("encoded_centering", [True])
 _CENTRING = ("feature_centering", [True])
@@ -87,9 +88,9 @@ _ITEM_GRAPH_STEPS = ("item_graph_layers", [0, 2])
 _NEIGHBOURS = ("knn_k", [5, 20])
 REFINE: dict[str, list[tuple[str, list]]] = {
     "clear": [_DEPTH, _CENTRING, _DEPTH_AGAIN, _GAMMA_AGAIN, _RANK_AGAIN, _STRENGTH_AGAIN,
-              _ITEM_GRAPH_STEPS, _NEIGHBOURS, _ENCODED_CENTRING, _DEPTH],
+              _ITEM_GRAPH_STEPS, _NEIGHBOURS, _ENCODED_CENTRING, _DEPTH, _GAMMA_AGAIN],
     "clear_noproj": [_DEPTH, _CENTRING, _DEPTH_AGAIN, _GAMMA_AGAIN, _ITEM_GRAPH_STEPS, _NEIGHBOURS,
-                     _ENCODED_CENTRING, _DEPTH],
+                     _ENCODED_CENTRING, _DEPTH, _GAMMA_AGAIN],
     "freedom": [_DEPTH, _CENTRING, _ENCODED_CENTRING],
 }
 MODEL_OF = {"clear": "clear", "clear_noproj": "clear", "freedom": "freedom", "lightgcn": "lightgcn"}
