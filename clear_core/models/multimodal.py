@@ -229,16 +229,16 @@ class MultimodalRecommender(Recommender):
         The projection is row-wise linear, so projecting a subset of rows equals projecting all
         rows and then selecting: baselines that only need the batch's items encode only those.
         """
+        # Centring needs the mean over ALL items, so then a subset costs a full encoding.
+        whole = items is None or self.encoded_centering
         out = {}
         for m in self.modality_names:
+            x = self.encoders[m](self.raw(m) if whole else self.raw(m).index_select(0, items))
             if self.encoded_centering:
-                # The mean is over ALL items, so a subset costs a full encoding here.
-                x = self.encoders[m](self.raw(m))
                 x = x - x.mean(dim=0, keepdim=True)
-                out[m] = x if items is None else x.index_select(0, items)
-            else:
-                x = self.raw(m) if items is None else self.raw(m).index_select(0, items)
-                out[m] = self.encoders[m](x)
+                if items is not None:
+                    x = x.index_select(0, items)
+            out[m] = x
         if self.projection.active:
             a, b = self.projected_pair
             out[a], out[b] = self.projection(out[a], out[b])
