@@ -1,4 +1,4 @@
-"""CLEAR vs FREEDOM vs CLEAR without projection vs ID-only LightGCN on TikTok (image + audio).
+"""CLEAR vs FREEDOM vs CLEAR without projection vs ID-only LightGCN on TikTok (image + audio), and CLEAR as a plug-in to VBPR and FREEDOM.
 
 Protocol (../shared/docs/protocol.md, MMRec's defaults): Adam lr 1e-3, batch 2,048, up to 1,000
 epochs, early stopping on validation Recall@20 with patience 20, full ranking, test metrics at the
@@ -9,10 +9,13 @@ best-validation epoch. Every method gets its own grid:
   validation is too noisy on TikTok's 3,051 validation rows to select on);
 * later stages of the selection (``REFINE``): axes not in a method's grid are tried one at a
   time around the best point so far, on the same seeds; the best point of all stages is selected;
+* the CLEAR plug-in (``PLUG_INS``): VBPR and FREEDOM at their own selected points, plus the
+  projection, k and lambda searched on the same seeds once the base's selection is complete;
 * phase 2: the selected point of each method on the remaining ``--seeds``.
 
 The report gives mean and std over all seeds of the selected points, and for CLEAR the per-seed
-(paired) differences against every other method. Each finished run is appended as one JSON line
+(paired) differences against every other method; for each plug-in, its paired differences
+against its base. Each finished run is appended as one JSON line
 to ``--out``, so an interrupted run resumes where it stopped.
 
     nice -n 10 .venv/bin/python benchmarks/clear_tiktok_grid.py --out runs/tiktok_grid.jsonl
@@ -92,8 +95,21 @@ REFINE: dict[str, list[tuple[str, list]]] = {
     "clear_noproj": [_DEPTH, _CENTRING, _DEPTH_AGAIN, _GAMMA_AGAIN, _ITEM_GRAPH_STEPS, _NEIGHBOURS,
                      _ENCODED_CENTRING, _DEPTH, _GAMMA_AGAIN],
     "freedom": [_DEPTH, _CENTRING, _ENCODED_CENTRING],
+    # MMRec's VBPR scores the raw features: TikTok's image rows have norms near 30, and its
+    # first runs collapsed within 5-7 epochs on some seeds (Recall@20 near 0.01). CLEAR's
+    # unit scaling is the one axis it gets beyond its L2 range.
+    "vbpr": [("feature_scaling", ["unit"])],
 }
-MODEL_OF = {"clear": "clear", "clear_noproj": "clear", "freedom": "freedom", "lightgcn": "lightgcn"}
+# The CLEAR plug-in (paper Section 4.5.2, Table 3): VBPR and FREEDOM each at their own selected
+# point, plus the projection on their encoded features, k and lambda searched on the selection
+# seeds. VBPR's L2 range reaches LightGCN's best weight on these files (1.0).
+GRID["vbpr"] = _grid(reg_weight=[1e-4, 1e-3, 1e-2, 0.1, 1.0])
+PLUG_INS = {"vbpr_clear": "vbpr", "freedom_clear": "freedom"}
+PLUG_GRID = _grid(projection=["fixed"], redundancy_rank=[2, 4, 8], projection_strength=[0.5, 0.9])
+for _plug in PLUG_INS:
+    GRID[_plug] = []  # its points follow from its base's selection (candidates())
+MODEL_OF = {"clear": "clear", "clear_noproj": "clear", "freedom": "freedom", "lightgcn": "lightgcn",
+            "vbpr": "vbpr", "vbpr_clear": "vbpr", "freedom_clear": "freedom"}
 
 
 def shared_dir() -> Path:
@@ -165,7 +181,18 @@ def _best(rows: list[dict], method: str, points: list[dict], select_seeds: list[
 
 def candidates(rows: list[dict], method: str, select_seeds: list[int]) -> list[dict]:
     """The method's grid, plus the points of every ``REFINE`` stage whose predecessors have all
-    run on ``select_seeds`` (each stage varies one axis around the best point so far)."""
+    run on ``select_seeds`` (each stage varies one axis around the best point so far).
+
+    A plug-in's points are its base's selected point with each ``PLUG_GRID`` projection; there
+    are none until every candidate of the base has run.
+    """
+    if method in PLUG_INS:
+        base = PLUG_INS[method]
+        base_points = candidates(rows, base, select_seeds)
+        if any(_mean_valid(rows, base, p, select_seeds) is None for p in base_points):
+            return []
+        best = _best(rows, base, base_points, select_seeds)
+        return [{**best, **projection} for projection in PLUG_GRID]
     points = list(GRID[method])
     for axis, values in REFINE.get(method, []):
         if any(_mean_valid(rows, method, p, select_seeds) is None for p in points):
@@ -243,6 +270,22 @@ def summarise(rows: list[dict], select_seeds: list[int]) -> str:
             dn = [a["test"]["ndcg@20"] - b["test"]["ndcg@20"] for a, b in pairs]
             lines.append(f"| {method} | {len(pairs)} | {paired_interval(dr)} | {paired_interval(dn)} | "
                          f"{sum(d > 0 for d in dr)}/{len(pairs)} / {sum(d > 0 for d in dn)}/{len(pairs)} |")
+    plug_lines = []
+    for plug, base in PLUG_INS.items():
+        if plug not in runs or base not in runs:
+            continue
+        base_runs = {r["seed"]: r for r in runs[base]}
+        pairs = [(r, base_runs[r["seed"]]) for r in runs[plug] if r["seed"] in base_runs]
+        if not pairs:
+            continue
+        dr = [a["test"]["recall@20"] - b["test"]["recall@20"] for a, b in pairs]
+        dn = [a["test"]["ndcg@20"] - b["test"]["ndcg@20"] for a, b in pairs]
+        plug_lines.append(f"| {base} | {len(pairs)} | {paired_interval(dr)} | {paired_interval(dn)} | "
+                          f"{sum(d > 0 for d in dr)}/{len(pairs)} / {sum(d > 0 for d in dn)}/{len(pairs)} |")
+    if plug_lines:
+        lines += ["", "The CLEAR plug-in: each base + CLEAR minus the base, paired by seed (test):", "",
+                  "| base | seeds | ΔR@20 mean [95 % CI] | ΔN@20 mean [95 % CI] | plug-in ahead on R@20 / N@20 |",
+                  "|---|---|---|---|---|", *plug_lines]
     lines += ["", f"Every grid point (validation R@20 averaged over seeds {', '.join(map(str, select_seeds))}; "
               "test shown for the record, never used to select):", "",
               "| method | params | valid R@20 | test R@20 | test N@20 |", "|---|---|---|---|---|"]
