@@ -1,4 +1,4 @@
-"""CLEAR vs FREEDOM vs CLEAR without projection vs ID-only LightGCN on TikTok (image + audio), and CLEAR as a plug-in to VBPR and FREEDOM.
+"""CLEAR vs FREEDOM, its no-projection ablation and LightGCN on TikTok; CLEAR as a plug-in too.
 
 Protocol (../shared/docs/protocol.md, MMRec's defaults): Adam lr 1e-3, batch 2,048, up to 1,000
 epochs, early stopping on validation Recall@20 with patience 20, full ranking, test metrics at the
@@ -242,6 +242,18 @@ def _ms(vals: list[float]) -> str:
     return f"{statistics.mean(vals):.4f} ± {sd:.4f}"
 
 
+def _paired_row(label: str, mine: list[dict], theirs: list[dict]) -> str | None:
+    """A table row of ``mine`` minus ``theirs`` on test, paired by seed (None: no common seed)."""
+    by_seed = {r["seed"]: r for r in theirs}
+    pairs = [(a, by_seed[a["seed"]]) for a in mine if a["seed"] in by_seed]
+    if not pairs:
+        return None
+    dr = [a["test"]["recall@20"] - b["test"]["recall@20"] for a, b in pairs]
+    dn = [a["test"]["ndcg@20"] - b["test"]["ndcg@20"] for a, b in pairs]
+    return (f"| {label} | {len(pairs)} | {paired_interval(dr)} | {paired_interval(dn)} | "
+            f"{sum(d > 0 for d in dr)}/{len(pairs)} / {sum(d > 0 for d in dn)}/{len(pairs)} |")
+
+
 def summarise(rows: list[dict], select_seeds: list[int]) -> str:
     chosen = selected(rows, select_seeds)
     runs = {m: sorted((r for r in rows if r["method"] == m and r["params"] == p), key=lambda r: r["seed"])
@@ -259,29 +271,11 @@ def summarise(rows: list[dict], select_seeds: list[int]) -> str:
         lines += ["", "CLEAR minus each method, paired by seed (test; the interval is the paired t interval over seeds):", "",
                   "| against | seeds | ΔR@20 mean [95 % CI] | ΔN@20 mean [95 % CI] | CLEAR ahead on R@20 / N@20 |",
                   "|---|---|---|---|---|"]
-        mine = {r["seed"]: r for r in runs["clear"]}
         for method, rs in runs.items():
-            if method == "clear":
-                continue
-            pairs = [(mine[r["seed"]], r) for r in rs if r["seed"] in mine]
-            if not pairs:
-                continue
-            dr = [a["test"]["recall@20"] - b["test"]["recall@20"] for a, b in pairs]
-            dn = [a["test"]["ndcg@20"] - b["test"]["ndcg@20"] for a, b in pairs]
-            lines.append(f"| {method} | {len(pairs)} | {paired_interval(dr)} | {paired_interval(dn)} | "
-                         f"{sum(d > 0 for d in dr)}/{len(pairs)} / {sum(d > 0 for d in dn)}/{len(pairs)} |")
-    plug_lines = []
-    for plug, base in PLUG_INS.items():
-        if plug not in runs or base not in runs:
-            continue
-        base_runs = {r["seed"]: r for r in runs[base]}
-        pairs = [(r, base_runs[r["seed"]]) for r in runs[plug] if r["seed"] in base_runs]
-        if not pairs:
-            continue
-        dr = [a["test"]["recall@20"] - b["test"]["recall@20"] for a, b in pairs]
-        dn = [a["test"]["ndcg@20"] - b["test"]["ndcg@20"] for a, b in pairs]
-        plug_lines.append(f"| {base} | {len(pairs)} | {paired_interval(dr)} | {paired_interval(dn)} | "
-                          f"{sum(d > 0 for d in dr)}/{len(pairs)} / {sum(d > 0 for d in dn)}/{len(pairs)} |")
+            if method != "clear" and (row := _paired_row(method, runs["clear"], rs)):
+                lines.append(row)
+    plug_lines = [row for plug, base in PLUG_INS.items() if plug in runs and base in runs
+                  if (row := _paired_row(base, runs[plug], runs[base]))]
     if plug_lines:
         lines += ["", "The CLEAR plug-in: each base + CLEAR minus the base, paired by seed (test):", "",
                   "| base | seeds | ΔR@20 mean [95 % CI] | ΔN@20 mean [95 % CI] | plug-in ahead on R@20 / N@20 |",
