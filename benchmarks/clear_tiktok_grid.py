@@ -44,6 +44,12 @@ def _grid(**axes: list) -> list[dict]:
     return [dict(zip(keys, values, strict=True)) for values in product(*axes.values())]
 
 
+# The CLEAR plug-in (paper Section 4.5.2, Table 3): VBPR and FREEDOM each at their own selected
+# point, plus the projection on their encoded features, k and lambda searched on the selection
+# seeds (``candidates()``).
+PLUG_INS = {"vbpr_clear": "vbpr", "freedom_clear": "freedom"}
+PLUG_GRID = _grid(projection=["fixed"], redundancy_rank=[2, 4, 8], projection_strength=[0.5, 0.9])
+
 # Model parameters not named here are the configs/models/*.yaml defaults.
 GRID: dict[str, list[dict]] = {
     # The paper's k and lambda ranges (thinned), and the L2 weight gamma. lambda = 1 (the full
@@ -58,6 +64,10 @@ GRID: dict[str, list[dict]] = {
     "freedom": _grid(edge_dropout=[0.8, 0.9], reg_weight=[0.0, 1e-5, 1e-4, 1e-3]),
     # reg 0.3, 1.0 and then 3.0 were added each time the selected reg sat on the grid's edge.
     "lightgcn": _grid(n_layers=[2, 3], reg_weight=[1e-4, 1e-3, 1e-2, 1e-1, 0.3, 1.0, 3.0]),
+    # VBPR's L2 range reaches LightGCN's best weight on these files (1.0).
+    "vbpr": _grid(reg_weight=[1e-4, 1e-3, 1e-2, 0.1, 1.0]),
+    # A plug-in has no grid of its own: its points follow from its base's selection.
+    **{plug: [] for plug in PLUG_INS},
 }
 # Stages 2 and on, coordinate descent: each axis in turn is tried around the best point so far,
 # on the same selection seeds, and the best point over all stages is selected. LightGCN searches
@@ -100,16 +110,10 @@ REFINE: dict[str, list[tuple[str, list]]] = {
     # unit scaling is the one axis it gets beyond its L2 range.
     "vbpr": [("feature_scaling", ["unit"])],
 }
-# The CLEAR plug-in (paper Section 4.5.2, Table 3): VBPR and FREEDOM each at their own selected
-# point, plus the projection on their encoded features, k and lambda searched on the selection
-# seeds. VBPR's L2 range reaches LightGCN's best weight on these files (1.0).
-GRID["vbpr"] = _grid(reg_weight=[1e-4, 1e-3, 1e-2, 0.1, 1.0])
-PLUG_INS = {"vbpr_clear": "vbpr", "freedom_clear": "freedom"}
-PLUG_GRID = _grid(projection=["fixed"], redundancy_rank=[2, 4, 8], projection_strength=[0.5, 0.9])
-for _plug in PLUG_INS:
-    GRID[_plug] = []  # its points follow from its base's selection (candidates())
-MODEL_OF = {"clear": "clear", "clear_noproj": "clear", "freedom": "freedom", "lightgcn": "lightgcn",
-            "vbpr": "vbpr", "vbpr_clear": "vbpr", "freedom_clear": "freedom"}
+_BASE_MODEL = {"clear": "clear", "clear_noproj": "clear", "freedom": "freedom", "lightgcn": "lightgcn",
+               "vbpr": "vbpr"}
+# A plug-in trains its base's model with the projection switched on.
+MODEL_OF = {**_BASE_MODEL, **{plug: _BASE_MODEL[base] for plug, base in PLUG_INS.items()}}
 
 
 def shared_dir() -> Path:
