@@ -548,7 +548,7 @@ def run_repro(
     skipped.update(more_skipped)
     tolerance = config.tolerances[kind]
     if update_reason is not None:
-        from pipeline.tracking import git_commit
+        from pipeline.provenance import git_commit
 
         reference = updated_reference(reference, results, device=device, reason=update_reason, commit=git_commit())
         write_reference(reference_path, reference)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -34,6 +33,7 @@ from urllib.parse import urlparse
 
 from clear_core.config import config_dir, load_yaml, validate_fields
 from clear_core.errors import ClearrecError
+from pipeline.provenance import git_commit  # noqa: F401 - re-exported: tracking.git_commit()
 
 log = logging.getLogger(__name__)
 
@@ -185,21 +185,6 @@ def run_name(model: str, params: Mapping[str, Any]) -> str:
     keys = sorted(flat, key=lambda k: (order.index(k) if k in order else len(order), k))
     parts = [f"{SHORT_PARAM_NAMES.get(k, k)}={short_value(flat[k])}" for k in keys]
     return " ".join([model, *parts])
-
-
-def git_commit(repo: str | Path | None = None) -> str:
-    """The checkout's commit (``+dirty`` when tracked files differ), or ``unknown`` outside git."""
-    cwd = Path(repo) if repo else Path(__file__).resolve().parents[1]
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "diff", "--quiet", "HEAD", "--"], cwd=cwd, capture_output=True, timeout=10
-        ).returncode
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return head + ("+dirty" if dirty == 1 else "")
 
 
 def numeric_metrics(values: Mapping[str, Any]) -> dict[str, float]:
