@@ -34,7 +34,7 @@ from torch import nn
 
 from clear_core.data.dataset import Dataset
 from clear_core.models import register
-from clear_core.models.losses import bpr_loss
+from clear_core.models.fused_bpr import fused_bpr_loss
 from clear_core.models.multimodal import (
     GRAPH_PARAMS,
     MULTIMODAL_PARAMS,
@@ -94,9 +94,11 @@ class Clear(GraphMixin, MultimodalRecommender):
             total = total + h
         out = total / (self.n_layers + 1)
         n_channels = len(self.channels)
-        users = out[: self.n_users].view(self.n_users, n_channels, self.embedding_size)
-        items = out[self.n_users :].view(self.n_items, n_channels, self.embedding_size)
-        return users, items
+        # split, not two slices: its backward is one concatenation, not two zero-filled
+        # full-size buffers and their sum.
+        users, items = out.split([self.n_users, self.n_items])
+        return (users.view(self.n_users, n_channels, self.embedding_size),
+                items.view(self.n_items, n_channels, self.embedding_size))
 
     def item_representation(self, items_h: torch.Tensor) -> torch.Tensor:
         summed = items_h.sum(dim=1)
@@ -114,11 +116,11 @@ class Clear(GraphMixin, MultimodalRecommender):
         item_repr = self.item_representation(items_h)
         batch_h = users_h.index_select(0, users)
         logits = self.fusion_logits.index_select(0, users)
-        user_repr = self.fuse(batch_h, logits)
-        pos = (user_repr * item_repr.index_select(0, pos_items)).sum(-1)
-        neg = (user_repr * item_repr.index_select(0, neg_items)).sum(-1)
-        reg = batch_h.square().sum(dim=(1, 2)).mean() + logits.square().sum(dim=1).mean()
-        return bpr_loss(pos, neg) + self.reg_weight * reg
+        # One gather for positives and negatives (one backward scatter instead of two), and the
+        # rest in one autograd node: a GPU step of this size is bound by the number of kernels,
+        # not by their work. fused_bpr.reference_loss spells out the same loss.
+        pos_neg = item_repr.index_select(0, torch.cat([pos_items, neg_items]))
+        return fused_bpr_loss(batch_h, logits, pos_neg.view(2, len(users), -1), self.reg_weight)
 
     # --- scoring ------------------------------------------------------------------------------
     def prepare_scoring(self) -> None:

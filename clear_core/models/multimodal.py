@@ -31,7 +31,8 @@ from torch import nn
 from clear_core.data.dataset import Dataset
 from clear_core.errors import ConfigError
 from clear_core.models.base import Recommender
-from clear_core.projection import MODES, CrossModalProjection, validate_projection
+from clear_core.models.projected_linear import projected_linear
+from clear_core.projection import MODES, CrossModalProjection, soft_project, validate_projection
 
 MULTIMODAL_PARAMS: dict[str, Any] = {
     "embedding_size": int,
@@ -231,17 +232,25 @@ class MultimodalRecommender(Recommender):
         """
         # Centring needs the mean over ALL items, so then a subset costs a full encoding.
         whole = items is None or self.encoded_centering
+        bases = self.projection.current_bases()
+        basis_of = dict(zip(self.projected_pair, bases, strict=True)) if bases is not None else {}
         out = {}
         for m in self.modality_names:
-            x = self.encoders[m](self.raw(m) if whole else self.raw(m).index_select(0, items))
-            if self.encoded_centering:
-                x = x - x.mean(dim=0, keepdim=True)
-                if items is not None:
-                    x = x.index_select(0, items)
+            x = self.raw(m) if whole else self.raw(m).index_select(0, items)
+            enc = self.encoders[m]
+            if isinstance(enc, nn.Linear):
+                # The same numbers as the general path below, in one autograd node.
+                x = projected_linear(x, enc.weight, enc.bias, basis_of.get(m),
+                                     self.projection.projection_strength, center=self.encoded_centering)
+            else:
+                x = enc(x)
+                if self.encoded_centering:
+                    x = x - x.mean(dim=0, keepdim=True)
+                if m in basis_of:
+                    x = soft_project(x, basis_of[m].to(x.dtype), self.projection.projection_strength)
+            if self.encoded_centering and items is not None:
+                x = x.index_select(0, items)
             out[m] = x
-        if self.projection.active:
-            a, b = self.projected_pair
-            out[a], out[b] = self.projection(out[a], out[b])
         return out
 
     def on_epoch_start(self, epoch: int) -> None:
