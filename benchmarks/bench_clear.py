@@ -6,7 +6,7 @@ The shared folder has no Baby features, so the features are RANDOM with the Amaz
 their values. One epoch = ``on_epoch_start`` (projection refresh + edge dropout for CLEAR) and
 every BPR batch of 2,048 triples through forward, backward and Adam, as the trainer does.
 
-Reports median seconds per epoch, the CLEAR/LightGCN ratio, and the share of the CLEAR epoch
+Reports median (and fastest) seconds per epoch, the epochs of the two models alternating, the CLEAR/LightGCN ratio, and the share of the CLEAR epoch
 spent in the projection refresh (encoders over all items + covariance + SVD).
 
     .venv/bin/python benchmarks/bench_clear.py --device cpu --epochs 3
@@ -51,45 +51,96 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_epochs(model, dataset, device, epochs: int, batch_size: int, lr: float) -> dict:
-    model = model.to(device)
-    opt = adam_optimizer(model, lr)  # the trainer's optimizer (fused Adam where possible)
-    train = torch.as_tensor(dataset.train, dtype=torch.long, device=device)
-    epoch_s, start_s, refresh_s = [], [], []
-    for epoch in range(1, epochs + 1):
+class EpochTimer:
+    """One model with its optimizer, timed one epoch at a time (so models can alternate)."""
+
+    def __init__(self, model, dataset, device, batch_size: int, lr: float) -> None:
+        self.model = model.to(device)
+        self.opt = adam_optimizer(self.model, lr)  # the trainer's optimizer (fused Adam where possible)
+        self.train = torch.as_tensor(dataset.train, dtype=torch.long, device=device)
+        self.n_items, self.device, self.batch_size = dataset.n_items, device, batch_size
+        self.epoch = 0
+        self.epoch_s: list[float] = []
+        self.start_s: list[float] = []
+        self.refresh_s: list[float] = []
+
+    def run_epoch(self) -> None:
+        model, device, train, bs = self.model, self.device, self.train, self.batch_size
+        self.epoch += 1
         model.train()
         sync(device)
         t0 = time.perf_counter()
         proj = getattr(model, "projection", None)
-        if proj is not None and proj.needs_refresh(epoch):
+        if proj is not None and proj.needs_refresh(self.epoch):
             # Timed on its own: the refresh is what CLEAR adds once per tau epochs.
             with torch.no_grad():
                 a, b = model.projected_pair
-                proj.refresh(model.encoders[a](model.raw(a)), model.encoders[b](model.raw(b)), epoch)
+                proj.refresh(model.encoders[a](model.raw(a)), model.encoders[b](model.raw(b)), self.epoch)
             sync(device)
-            refresh_s.append(time.perf_counter() - t0)
-        model.on_epoch_start(epoch)  # the refresh is then not due again: edge dropout only
+            self.refresh_s.append(time.perf_counter() - t0)
+        model.on_epoch_start(self.epoch)  # the refresh is then not due again: edge dropout only
         sync(device)
-        t1 = time.perf_counter()
-        start_s.append(t1 - t0)
+        self.start_s.append(time.perf_counter() - t0)
         order = torch.randperm(len(train), device=device)
-        neg = torch.randint(0, dataset.n_items, (len(train),), device=device)
-        for s in range(0, len(train), batch_size):
-            rows = train[order[s : s + batch_size]]
-            loss = model.loss(rows[:, 0], rows[:, 1], neg[order[s : s + batch_size]])
-            opt.zero_grad(set_to_none=True)
+        neg = torch.randint(0, self.n_items, (len(train),), device=device)
+        for s in range(0, len(train), bs):
+            rows = train[order[s : s + bs]]
+            loss = model.loss(rows[:, 0], rows[:, 1], neg[order[s : s + bs]])
+            self.opt.zero_grad(set_to_none=True)
             loss.backward()
-            opt.step()
+            self.opt.step()
         sync(device)
-        epoch_s.append(time.perf_counter() - t0)
-    # The first epoch includes one-off warm-up (allocator, kernels): drop it when we can.
-    keep = slice(1, None) if epochs > 1 else slice(None)
-    return {
-        "epoch_seconds": epoch_s,
-        "median_epoch_seconds": statistics.median(epoch_s[keep]),
-        "median_epoch_start_seconds": statistics.median(start_s[keep]),
-        "median_refresh_seconds": statistics.median(refresh_s[keep] or refresh_s) if refresh_s else 0.0,
-    }
+        self.epoch_s.append(time.perf_counter() - t0)
+
+    def summary(self) -> dict:
+        # The first epoch includes one-off warm-up (allocator, kernels): drop it when we can.
+        keep = slice(1, None) if len(self.epoch_s) > 1 else slice(None)
+        return {
+            "epoch_seconds": self.epoch_s,
+            "median_epoch_seconds": statistics.median(self.epoch_s[keep]),
+            "min_epoch_seconds": min(self.epoch_s[keep]),
+            "median_epoch_start_seconds": statistics.median(self.start_s[keep]),
+            "median_refresh_seconds": statistics.median(self.refresh_s[keep] or self.refresh_s) if self.refresh_s else 0.0,
+        }
+
+
+def profile_steps(model, dataset, device, batch_size: int, lr: float, steps: int = 10) -> str:
+    """Torch-profiler table of ``steps`` BPR steps (after warm-up), heaviest kernels first."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    model = model.to(device)
+    opt = adam_optimizer(model, lr)
+    train = torch.as_tensor(dataset.train, dtype=torch.long, device=device)
+    model.train()
+    model.on_epoch_start(1)
+
+    def step(i: int) -> None:
+        rows = train[i * batch_size : (i + 1) * batch_size]
+        neg = torch.randint(0, dataset.n_items, (len(rows),), device=device)
+        with record_function("forward"):
+            loss = model.loss(rows[:, 0], rows[:, 1], neg)
+        with record_function("zero_grad"):
+            opt.zero_grad(set_to_none=True)
+        with record_function("backward"):
+            loss.backward()
+        with record_function("adam"):
+            opt.step()
+
+    for i in range(3):
+        step(i)
+    sync(device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for i in range(steps):
+            step(3 + i)
+        sync(device)
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    averages = prof.key_averages()
+    # A step of these models is bound by how many operations it launches: count them.
+    ops = sum(e.count for e in averages if e.key.startswith("aten::")) / steps
+    kernels = sum(e.count for e in averages if e.device_type == torch.autograd.DeviceType.CUDA) / steps
+    head = f"per step: {ops:.0f} aten operations, {kernels:.0f} GPU kernels and copies\n"
+    return head + averages.table(sort_by=key, row_limit=30)
 
 
 def main() -> int:
@@ -102,18 +153,32 @@ def main() -> int:
     ap.add_argument("--out", help="also write the figures as JSON here")
     ap.add_argument("--clear-set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a CLEAR parameter, e.g. trainable_features=false (YAML value)")
+    ap.add_argument("--profile", metavar="PATH",
+                    help="also write a torch-profiler table of 10 steps of each model here")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     dataset = amazon_sized(load_dataset(args.data), seed=0)
-    results = {}
     clear_params = parse_overrides(args.clear_set)
+    tables: list[str] = []
+    timers = {}
     for name, params in (("lightgcn", {}), ("clear", clear_params)):
         torch.manual_seed(0)
-        model = build_model(name, dataset, params)
-        results[name] = time_epochs(model, dataset, device, args.epochs, args.batch_size, 1e-3)
-        print(f"{name}: {results[name]['median_epoch_seconds']:.3f} s/epoch", flush=True)
+        timers[name] = EpochTimer(build_model(name, dataset, params), dataset, device, args.batch_size, 1e-3)
+    # Epochs alternate between the models, so that drift in the machine's speed (a shared or
+    # virtual machine) lands on both alike.
+    for _ in range(args.epochs):
+        for timer in timers.values():
+            timer.run_epoch()
+    results = {name: timer.summary() for name, timer in timers.items()}
+    for name, res in results.items():
+        print(f"{name}: median {res['median_epoch_seconds']:.3f} s/epoch, fastest {res['min_epoch_seconds']:.3f}", flush=True)
+        if args.profile:
+            params = clear_params if name == "clear" else {}
+            torch.manual_seed(0)
+            model = build_model(name, dataset, params)
+            tables.append(f"== {name} {params} ==\n" + profile_steps(model, dataset, device, args.batch_size, 1e-3))
     clear, lgcn = results["clear"], results["lightgcn"]
     summary = {
         "device": str(device),
@@ -128,9 +193,12 @@ def main() -> int:
         "clear": clear,
         "clear_overrides": clear_params,
         "clear_over_lightgcn": clear["median_epoch_seconds"] / lgcn["median_epoch_seconds"],
+        "clear_over_lightgcn_fastest_epochs": clear["min_epoch_seconds"] / lgcn["min_epoch_seconds"],
         "refresh_share_of_clear_epoch": clear["median_refresh_seconds"] / clear["median_epoch_seconds"],
     }
     print(json.dumps(summary, indent=2))
+    if args.profile:
+        Path(args.profile).write_text("\n".join(tables), encoding="utf-8")
     if args.out:
         Path(args.out).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return 0

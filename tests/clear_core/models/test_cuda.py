@@ -1,0 +1,140 @@
+"""Every model runs on CUDA with the same code as on CPU, and computes the same thing there.
+
+These tests skip where no CUDA device exists (CI); `benchmarks/gpu_suite.sh` runs them on a GPU
+machine. Edge dropout is switched off for the cross-device comparisons only because the CPU
+and CUDA random streams differ; with dropout on, the trainer test below covers CUDA.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from multimodal_support import all_scores, tiny_dataset, train_epochs
+
+from clear_core.models import build_model
+from clear_core.trainer import CHECKPOINT_NAME, TrainConfig, fit
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
+
+NO_DROPOUT = {"edge_dropout": 0.0}
+CASES = {
+    "mf": ("mf", {}),
+    "lightgcn": ("lightgcn", {}),
+    "vbpr": ("vbpr", {}),
+    "vbpr+clear": ("vbpr", {"projection": "fixed"}),
+    "freedom": ("freedom", NO_DROPOUT),
+    "freedom+clear": ("freedom", {**NO_DROPOUT, "projection": "fixed"}),
+    "clear": ("clear", NO_DROPOUT),
+    "clear-dynamic": ("clear", {**NO_DROPOUT, "projection": "dynamic"}),
+    "clear-noproj": ("clear", {**NO_DROPOUT, "projection": "none"}),
+}
+
+
+def _scores(model, ds, device) -> torch.Tensor:
+    model.eval()
+    with torch.no_grad():
+        model.prepare_scoring()
+        scores = model.score(torch.arange(ds.n_users, device=device))
+        model.finish_scoring()
+    return scores.cpu()
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_loss_gradients_and_scores_match_the_cpu_ones(case):
+    name, params = CASES[case]
+    ds = tiny_dataset()
+    torch.manual_seed(0)
+    cpu = build_model(name, ds, params)
+    gpu = build_model(name, ds, params)
+    gpu.load_state_dict(cpu.state_dict())
+    gpu.to("cuda")
+    train = torch.as_tensor(ds.train)
+    rows = train[torch.randint(0, len(train), (512,))]
+    neg = torch.randint(0, ds.n_items, (512,))
+    losses = {}
+    for model, device in ((cpu, "cpu"), (gpu, "cuda")):
+        model.train()
+        model.on_epoch_start(1)
+        loss = model.loss(rows[:, 0].to(device), rows[:, 1].to(device), neg.to(device))
+        loss.backward()
+        losses[device] = float(loss.detach())
+    assert losses["cuda"] == pytest.approx(losses["cpu"], rel=1e-4, abs=1e-5)
+    # Tolerances relative to the largest gradient of the model: some gradients are exactly zero
+    # in theory (FREEDOM's encoder bias cancels between positive and negative items) and hold
+    # only rounding noise, which differs between devices.
+    scale = max(float(p.grad.abs().max()) for p in cpu.parameters() if p.grad is not None)
+    for (pname, p_cpu), (_, p_gpu) in zip(cpu.named_parameters(), gpu.named_parameters(), strict=True):
+        assert (p_cpu.grad is None) == (p_gpu.grad is None), pname
+        if p_cpu.grad is not None:
+            torch.testing.assert_close(p_gpu.grad.cpu(), p_cpu.grad, rtol=1e-3, atol=1e-5 * scale,
+                                       msg=lambda m, pname=pname: f"{pname}: {m}")
+    torch.testing.assert_close(_scores(gpu, ds, "cuda"), _scores(cpu, ds, "cpu"), rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_training_on_cuda_lowers_the_loss_with_the_model_defaults(case):
+    name, params = CASES[case]
+    params = {k: v for k, v in params.items() if k != "edge_dropout"}  # dropout back on
+    ds = tiny_dataset()
+    torch.manual_seed(0)
+    model = build_model(name, ds, params).to("cuda")
+    losses = _train_on_cuda(model, ds, epochs=6)
+    assert losses[-1] < losses[0] * 0.97, losses
+    scores = all_scores_on(model, ds)
+    assert scores.device.type == "cuda" and torch.isfinite(scores).all()
+
+
+def _train_on_cuda(model, ds, epochs):
+    # train_epochs draws its batches on CPU; move them as the trainer would.
+    class OnCuda(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def on_epoch_start(self, epoch):
+            self.inner.on_epoch_start(epoch)
+
+        def loss(self, u, p, n):
+            return self.inner.loss(u.cuda(), p.cuda(), n.cuda())
+
+    return train_epochs(OnCuda(model), ds, epochs)
+
+
+def all_scores_on(model, ds):
+    model.eval()
+    with torch.no_grad():
+        model.prepare_scoring()
+        scores = model.score(torch.arange(ds.n_users, device="cuda"))
+        model.finish_scoring()
+    return scores
+
+
+def test_a_cuda_checkpoint_scores_the_same_on_cpu():
+    ds = tiny_dataset()
+    torch.manual_seed(0)
+    gpu = build_model("clear", ds, {"redundancy_rank": 2}).to("cuda")
+    _train_on_cuda(gpu, ds, epochs=2)
+    state = {"model": gpu.state_dict(), "extra": gpu.extra_state_for_checkpoint()}
+    cpu = build_model("clear", ds, {"redundancy_rank": 2})
+    cpu.load_state_dict({k: v.cpu() for k, v in state["model"].items()})
+    cpu.load_extra_state(state["extra"])
+    torch.testing.assert_close(all_scores(cpu, ds), _scores(gpu, ds, "cuda"), rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["lightgcn", "clear"])
+def test_the_trainer_fits_and_resumes_on_cuda(name, tmp_path):
+    ds = tiny_dataset()
+    config = TrainConfig.resolve({"batch_size": 256, "max_epochs": 3, "device": "cuda", "seed": 3})
+    whole = fit(ds, name, None, config)
+    assert whole.device.startswith("cuda") and whole.epochs_run == 3
+    first = fit(ds, name, None, config, checkpoint_dir=tmp_path, on_epoch_end=lambda r: r.epoch == 2)
+    assert first.epochs_run == 2
+    state = torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True)
+    state["stop_reason"] = ""  # the stop request is part of the checkpoint: resume a run still going
+    torch.save(state, tmp_path / CHECKPOINT_NAME)
+    resumed = fit(ds, name, None, config, checkpoint_dir=tmp_path)
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
+    # CUDA sums in a different order from run to run: the same run, within the repro tolerance.
+    for a, b in zip(resumed.history, whole.history, strict=True):
+        assert a["valid"]["recall@20"] == pytest.approx(b["valid"]["recall@20"], abs=5e-3)
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-3)
