@@ -184,3 +184,25 @@ def test_same_code_runs_on_cuda():
     loss = model.loss(users, users % ds.n_items, (users + 1) % ds.n_items)
     loss.backward()
     assert all_scores(model, ds).device.type == "cuda"
+
+
+@pytest.mark.parametrize("encoder_layers", [1, 2])  # 1: the fused node; 2: the MLP, op by op
+@pytest.mark.parametrize("centering", [False, True])
+def test_encode_is_encoder_then_centring_then_projection_of_the_pair(encoder_layers, centering):
+    from clear_core.projection import soft_project
+
+    ds = tiny_dataset()
+    torch.manual_seed(0)
+    model = build_model("clear", ds, {"encoder_layers": encoder_layers, "encoded_centering": centering,
+                                      "redundancy_rank": 2, "projection_strength": 0.7})
+    model.on_epoch_start(1)
+    bases = dict(zip(model.projected_pair, model.projection.bases(), strict=True))
+    got = model.encode()
+    for m in model.modality_names:
+        want = model.encoders[m](model.raw(m))
+        if centering:
+            want = want - want.mean(dim=0, keepdim=True)
+        want = soft_project(want, bases[m], 0.7)
+        torch.testing.assert_close(got[m], want, msg=lambda msg, m=m: f"{m}: {msg}")
+    losses = train_epochs(model, ds, 4)
+    assert losses[-1] < losses[0], losses
