@@ -8,9 +8,25 @@ CSR layout, whose CPU and CUDA matrix products are row-parallel and therefore de
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
+
+
+@contextmanager
+def quiet_sparse_notices() -> Iterator[None]:
+    """Silence torch's notices about sparse tensors that this project handles on purpose.
+
+    "Sparse CSR tensor support is in beta": CSR products are exactly what we rely on, and they
+    are tested. "Sparse invariant checks are implicitly disabled" (torch 2.11, at the first
+    sparse constructor of a process): our graphs are built from validated, sorted indices.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
+        yield
 
 
 def normalized_adjacency(
@@ -32,15 +48,13 @@ def normalized_adjacency(
     inv_sqrt[nonzero] = degree[nonzero] ** -0.5
     values = inv_sqrt[rows] * inv_sqrt[cols]
     order = np.lexsort((cols, rows))
-    coo = torch.sparse_coo_tensor(
-        torch.from_numpy(np.stack([rows[order], cols[order]])),
-        torch.from_numpy(values[order]).to(dtype),
-        (n_nodes, n_nodes),
-        check_invariants=False,  # built from validated, sorted indices just above
-    ).coalesce()
-    with warnings.catch_warnings():
-        # "Sparse CSR support is in beta": CSR mm is exactly what we rely on, and tested.
-        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+    with quiet_sparse_notices():
+        coo = torch.sparse_coo_tensor(
+            torch.from_numpy(np.stack([rows[order], cols[order]])),
+            torch.from_numpy(values[order]).to(dtype),
+            (n_nodes, n_nodes),
+            check_invariants=False,  # built from validated, sorted indices just above
+        ).coalesce()
         return coo.to_sparse_csr()
 
 

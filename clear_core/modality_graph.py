@@ -6,11 +6,12 @@ All graphs are torch sparse COO tensors, symmetric-normalised, on the device of 
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping
 
 import torch
 from torch.nn import functional as F
+
+from clear_core.graph import quiet_sparse_notices
 
 #: Rows of the similarity matrix computed at once: keeps the kNN graph of a catalogue of
 #: ``n`` items at O(chunk * n) memory instead of O(n²) (a complaint about MMRec, protocol.md).
@@ -30,9 +31,10 @@ def normalise_sparse(rows: torch.Tensor, cols: torch.Tensor, size: tuple[int, in
     inv_r = (row_deg + 1e-7).pow(-0.5)
     inv_c = (col_deg + 1e-7).pow(-0.5)
     norm = values * inv_r[rows] * inv_c[cols]
-    return torch.sparse_coo_tensor(
-        torch.stack([rows, cols]), norm, size, check_invariants=False
-    ).coalesce()
+    with quiet_sparse_notices():
+        return torch.sparse_coo_tensor(
+            torch.stack([rows, cols]), norm, size, check_invariants=False
+        ).coalesce()
 
 
 def bipartite_edges(
@@ -52,8 +54,7 @@ def bipartite_adjacency(
     n = n_users + n_items
     rows, cols = bipartite_edges(users, items, n_users)
     coo = normalise_sparse(rows, cols, (n, n))
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+    with quiet_sparse_notices():
         return coo.to_sparse_csr()
 
 
@@ -123,9 +124,10 @@ def knn_item_graph(features: torch.Tensor, k: int, chunk_size: int = DEFAULT_CHU
     values = torch.ones(len(rows), dtype=torch.float32, device=features.device)
     deg = torch.zeros(n, device=features.device).index_add_(0, rows, values)
     inv = (deg + 1e-7).pow(-0.5)
-    return torch.sparse_coo_tensor(
-        torch.stack([rows, cols]), values * inv[rows] * inv[cols], (n, n), check_invariants=False
-    ).coalesce()
+    with quiet_sparse_notices():
+        return torch.sparse_coo_tensor(
+            torch.stack([rows, cols]), values * inv[rows] * inv[cols], (n, n), check_invariants=False
+        ).coalesce()
 
 
 def mixed_item_graph(
@@ -163,8 +165,7 @@ class _SparseMMWithTranspose(torch.autograd.Function):
 def to_csr_pair(adj: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """A sparse matrix and its transpose, both CSR (for :func:`propagate_with_transpose`)."""
     coo = adj.coalesce()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+    with quiet_sparse_notices():
         return coo.to_sparse_csr(), coo.t().coalesce().to_sparse_csr()
 
 
