@@ -6,8 +6,10 @@ The shared folder has no Baby features, so the features are RANDOM with the Amaz
 their values. One epoch = ``on_epoch_start`` (projection refresh + edge dropout for CLEAR) and
 every BPR batch of 2,048 triples through forward, backward and Adam, as the trainer does.
 
-Reports median (and fastest) seconds per epoch, the epochs of the two models alternating, the CLEAR/LightGCN ratio, and the share of the CLEAR epoch
-spent in the projection refresh (encoders over all items + covariance + SVD).
+The two models' epochs alternate, so that a machine's drifting speed lands on both alike.
+Reports median (and fastest) seconds per epoch, the CLEAR/LightGCN ratio, and the share of the
+CLEAR epoch spent in the projection refresh (encoders over all items + covariance + SVD);
+``--profile`` adds a torch-profiler table with the operations and kernels per step.
 
     .venv/bin/python benchmarks/bench_clear.py --device cpu --epochs 3
     .venv/bin/python benchmarks/bench_clear.py --device cuda --epochs 10   # on a GPU machine

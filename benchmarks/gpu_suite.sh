@@ -17,9 +17,11 @@ shift
 steps=("$@")
 [ ${#steps[@]} -gt 0 ] || steps=(env tests baby-lightgcn clear epoch repro tiktok)
 py=${PYTHON:-python3}
-shared=${CLEARREC_SHARED:-$(dirname "$0")/../../shared}
-mkdir -p "$out"
-cd "$(dirname "$0")/.." || exit 2
+# Absolute paths first: the steps run from the repository root.
+mkdir -p "$out" && out=$(cd "$out" && pwd) || exit 2
+repo=$(cd "$(dirname "$0")/.." && pwd) || exit 2
+shared=$(cd "${CLEARREC_SHARED:-$repo/../shared}" 2>/dev/null && pwd) || shared=${CLEARREC_SHARED:-$repo/../shared}
+cd "$repo" || exit 2
 export PYTHONUNBUFFERED=1
 
 run() {  # run NAME CMD...: log, exit code and seconds of one command
@@ -49,9 +51,9 @@ for step in "${steps[@]}"; do
       run baby_lightgcn env CLEARREC_SHARED="$shared" "$py" -m pytest -m slow -q -p no:cacheprovider -rs \
         tests/clear_core/test_trainer.py::test_lightgcn_reaches_published_level_on_baby ;;
     clear)
-      run bench_clear "$py" benchmarks/bench_clear.py --device cuda --epochs 10 --data "$shared/data/baby" \
+      run bench_clear "$py" benchmarks/bench_clear.py --device cuda --epochs 20 --data "$shared/data/baby" \
         --out "$out/bench_clear.json" --profile "$out/bench_clear_profile.txt"
-      run bench_clear_frozen "$py" benchmarks/bench_clear.py --device cuda --epochs 10 --data "$shared/data/baby" \
+      run bench_clear_frozen "$py" benchmarks/bench_clear.py --device cuda --epochs 20 --data "$shared/data/baby" \
         --clear-set trainable_features=false --out "$out/bench_clear_frozen.json" ;;
     epoch)
       run bench_epoch "$py" benchmarks/bench_epoch.py --device cuda --data "$shared/data/baby" --eval-batch-size 4096 --json
