@@ -475,7 +475,8 @@ def log_to_mlflow(
     report_path: Path, table_path: Path, update_reason: str | None,
 ) -> str:
     """One run in experiment ``clearrec-repro``, tagged ``clearrec.repro=true``; returns its id."""
-    from pipeline.tracking import Tracker, git_commit
+    from pipeline.provenance import git_commit
+    from pipeline.tracking import Tracker
 
     tracker = Tracker(tracking_uri, EXPERIMENT)
     status = "update" if update_reason else ("drift" if comparison.drifted else "pass")

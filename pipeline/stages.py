@@ -464,6 +464,7 @@ def run_pipeline(
     from clear_core.trainer import TrainConfig
     from pipeline import reporting, tracking
     from pipeline.optuna_search import rdb_storage
+    from pipeline.provenance import git_commit
     from pipeline.ray_runtime import init_ray
     from pipeline.storage import check_reachable, resolve_storage
     from pipeline.sweep import run_sweep, sweep_id_for
@@ -496,7 +497,7 @@ def run_pipeline(
         sweep_id = sweep_id_for(config, dataset)
         experiment = config.tracking.experiment or tracking.experiment_name(dataset.name, pcfg)
         tracker = tracking.Tracker(uri, experiment, artifact_root=pcfg["artifact_root"])
-        commit = tracking.git_commit()
+        commit = git_commit()
         common_tags = {
             "clearrec.git_commit": commit, "mlflow.source.git.commit": commit,
             "clearrec.dataset": dataset.name, "clearrec.dataset_fingerprint": dataset.fingerprint,

@@ -33,7 +33,6 @@ from urllib.parse import urlparse
 
 from clear_core.config import config_dir, load_yaml, validate_fields
 from clear_core.errors import ClearrecError
-from pipeline.provenance import git_commit  # noqa: F401 - re-exported: tracking.git_commit()
 
 log = logging.getLogger(__name__)
 

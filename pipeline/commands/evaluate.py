@@ -73,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
     from clear_core.atomic_io import write_text_atomic
     from clear_core.config import parse_overrides
     from pipeline import tracking
+    from pipeline.provenance import git_commit
     from pipeline.stages import evaluate_checkpoint, path_fingerprint
 
     params = parse_overrides(args.set)
@@ -108,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
                 "clearrec.checkpoint_sha256": path_fingerprint(result["checkpoint"]),
                 "clearrec.dataset": result["dataset"],
                 "clearrec.dataset_fingerprint": result["dataset_fingerprint"],
-                "clearrec.git_commit": tracking.git_commit(),
+                "clearrec.git_commit": git_commit(),
             },
             params={"model": result["model_params"]},
         )
