@@ -51,6 +51,6 @@ def all_scores(model, dataset) -> torch.Tensor:
     model.eval()
     with torch.no_grad():
         model.prepare_scoring()
-        scores = model.score(torch.arange(dataset.n_users))
+        scores = model.score(torch.arange(dataset.n_users, device=model.device))
         model.finish_scoring()
     return scores

@@ -30,15 +30,6 @@ CASES = {
 }
 
 
-def _scores(model, ds, device) -> torch.Tensor:
-    model.eval()
-    with torch.no_grad():
-        model.prepare_scoring()
-        scores = model.score(torch.arange(ds.n_users, device=device))
-        model.finish_scoring()
-    return scores
-
-
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_loss_gradients_and_scores_match_the_cpu_ones(case):
     name, params = CASES[case]
@@ -68,7 +59,7 @@ def test_loss_gradients_and_scores_match_the_cpu_ones(case):
         if p_cpu.grad is not None:
             torch.testing.assert_close(p_gpu.grad.cpu(), p_cpu.grad, rtol=1e-3, atol=1e-5 * scale,
                                        msg=lambda m, pname=pname: f"{pname}: {m}")
-    torch.testing.assert_close(_scores(gpu, ds, "cuda").cpu(), _scores(cpu, ds, "cpu"), rtol=1e-3, atol=1e-4)
+    torch.testing.assert_close(all_scores(gpu, ds).cpu(), all_scores(cpu, ds), rtol=1e-3, atol=1e-4)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -80,7 +71,7 @@ def test_training_on_cuda_lowers_the_loss_with_the_model_defaults(case):
     model = build_model(name, ds, params).to("cuda")
     losses = _train_on_cuda(model, ds, epochs=6)
     assert losses[-1] < losses[0] * 0.97, losses
-    scores = _scores(model, ds, "cuda")
+    scores = all_scores(model, ds)
     assert scores.device.type == "cuda" and torch.isfinite(scores).all()
 
 
@@ -109,7 +100,7 @@ def test_a_cuda_checkpoint_scores_the_same_on_cpu():
     cpu = build_model("clear", ds, {"redundancy_rank": 2})
     cpu.load_state_dict({k: v.cpu() for k, v in state["model"].items()})
     cpu.load_extra_state(state["extra"])
-    torch.testing.assert_close(all_scores(cpu, ds), _scores(gpu, ds, "cuda").cpu(), rtol=1e-3, atol=1e-4)
+    torch.testing.assert_close(all_scores(cpu, ds), all_scores(gpu, ds).cpu(), rtol=1e-3, atol=1e-4)
 
 
 @pytest.mark.parametrize("name", ["lightgcn", "clear"])
