@@ -32,7 +32,7 @@ from clear_core.data.dataset import Dataset
 from clear_core.errors import ConfigError
 from clear_core.models.base import Recommender
 from clear_core.models.projected_linear import projected_linear
-from clear_core.projection import MODES, CrossModalProjection, soft_project, validate_projection
+from clear_core.projection import MODES, CrossModalProjection, validate_projection
 
 MULTIMODAL_PARAMS: dict[str, Any] = {
     "embedding_size": int,
@@ -232,35 +232,42 @@ class MultimodalRecommender(Recommender):
         """
         # Centring needs the mean over ALL items, so then a subset costs a full encoding.
         whole = items is None or self.encoded_centering
-        bases = self.projection.current_bases()
-        basis_of = dict(zip(self.projected_pair, bases, strict=True)) if bases is not None else {}
-        out = {}
-        for m in self.modality_names:
-            x = self.raw(m) if whole else self.raw(m).index_select(0, items)
-            enc = self.encoders[m]
-            if isinstance(enc, nn.Linear):
-                # The same numbers as the general path below, in one autograd node.
-                x = projected_linear(x, enc.weight, enc.bias, basis_of.get(m),
-                                     self.projection.projection_strength, center=self.encoded_centering)
-            else:
-                x = enc(x)
-                if self.encoded_centering:
-                    x = x - x.mean(dim=0, keepdim=True)
-                if m in basis_of:
-                    x = soft_project(x, basis_of[m].to(x.dtype), self.projection.projection_strength)
-            if self.encoded_centering and items is not None:
-                x = x.index_select(0, items)
-            out[m] = x
+        rows = {m: self.raw(m) if whole else self.raw(m).index_select(0, items) for m in self.modality_names}
+        if isinstance(self.encoders[self.modality_names[0]], nn.Linear):
+            # Every encoder is linear (encoder_layers is one setting for all): encoder,
+            # centring and projection in one autograd node per modality, the same numbers as
+            # the general path below.
+            bases = self.projection.current_bases()
+            basis_of = dict(zip(self.projected_pair, bases, strict=True)) if bases is not None else {}
+            out = {
+                m: projected_linear(x, self.encoders[m].weight, self.encoders[m].bias, basis_of.get(m),
+                                    self.projection.projection_strength, center=self.encoded_centering)
+                for m, x in rows.items()
+            }
+        else:
+            out = {m: self.encoders[m](x) for m, x in rows.items()}
+            if self.encoded_centering:
+                out = {m: x - x.mean(dim=0, keepdim=True) for m, x in out.items()}
+            if self.projected_pair:
+                a, b = self.projected_pair
+                out[a], out[b] = self.projection(out[a], out[b])
+        if self.encoded_centering and items is not None:
+            out = {m: x.index_select(0, items) for m, x in out.items()}
         return out
 
     def on_epoch_start(self, epoch: int) -> None:
-        """Refresh the projector at epochs 1, 1+τ, 1+2τ, ... from the current encoder outputs."""
-        if self.projection.needs_refresh(epoch):
-            with torch.no_grad():
-                a, b = self.projected_pair
-                self.projection.refresh(
-                    self.encoders[a](self.raw(a)), self.encoders[b](self.raw(b)), epoch
-                )
+        """Refresh the projector at epochs 1, 1+τ, 1+2τ, ... (see :meth:`refresh_projection`)."""
+        self.refresh_projection(epoch)
+
+    def refresh_projection(self, epoch: int) -> bool:
+        """Rebuild the projector from the current encoder outputs if it is due at ``epoch``
+        (1, 1+τ, 1+2τ, ...); True when it was. Callable on its own so benchmarks can time it."""
+        if not self.projection.needs_refresh(epoch):
+            return False
+        with torch.no_grad():
+            a, b = self.projected_pair
+            self.projection.refresh(self.encoders[a](self.raw(a)), self.encoders[b](self.raw(b)), epoch)
+        return True
 
 
 class GraphMixin:
