@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -32,6 +33,8 @@ from clear_core.models.multimodal import (
     mix_weights,
 )
 
+log = logging.getLogger(__name__)
+
 
 @register
 class Freedom(GraphMixin, MultimodalRecommender):
@@ -45,6 +48,13 @@ class Freedom(GraphMixin, MultimodalRecommender):
 
     def __init__(self, dataset: Dataset, **params: Any) -> None:
         super().__init__(dataset, **params)
+        if self.encoded_centering:
+            # Accepted so that one sweep can set it for every model, but the features enter
+            # only through BPR differences of two items, where the subtracted mean cancels.
+            log.warning(
+                "freedom: encoded_centering has no effect on this model (its features enter "
+                "the loss only as differences between two items); it only costs a full encoding per batch"
+            )
         d = self.embedding_size
         self.n_layers = params["n_layers"]
         self.item_graph_layers = params["item_graph_layers"]

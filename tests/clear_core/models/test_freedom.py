@@ -59,3 +59,19 @@ def test_plugin_is_switched_on_by_configuration():
 def test_knn_is_chunk_size_invariant():
     x = torch.randn(57, 9, generator=torch.Generator().manual_seed(3))
     torch.testing.assert_close(knn_neighbours(x, 5, chunk_size=7), knn_neighbours(x, 5, chunk_size=4096))
+
+
+def test_encoded_centering_cannot_change_freedom_and_says_so(caplog):
+    # The features enter only as BPR differences of two items' scores: a mean subtracted from
+    # every item's encoding cancels there, so the loss is the same and the user is told.
+    ds = tiny_dataset()
+    users, pos, neg = torch.tensor([0, 1, 2]), torch.tensor([1, 2, 3]), torch.tensor([4, 5, 6])
+    losses = {}
+    for centred in (False, True):
+        torch.manual_seed(0)
+        model = build_model("freedom", ds, {"encoded_centering": centred, "reg_weight": 0.5})
+        model.train()
+        model.on_epoch_start(1)
+        losses[centred] = model.loss(users, pos, neg)
+    torch.testing.assert_close(losses[True], losses[False])
+    assert "encoded_centering has no effect" in caplog.text
