@@ -18,6 +18,7 @@ CLEAR epoch spent in the projection refresh (encoders over all items + covarianc
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -53,6 +54,18 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def train_step(model, opt, users, pos, neg, phase=lambda name: contextlib.nullcontext()) -> None:
+    """One BPR step as the trainer takes it; ``phase`` names its parts (for the profiler)."""
+    with phase("forward"):
+        loss = model.loss(users, pos, neg)
+    with phase("zero_grad"):
+        opt.zero_grad(set_to_none=True)
+    with phase("backward"):
+        loss.backward()
+    with phase("adam"):
+        opt.step()
+
+
 class EpochTimer:
     """One model with its optimizer, timed one epoch at a time (so models can alternate)."""
 
@@ -72,12 +85,9 @@ class EpochTimer:
         model.train()
         sync(device)
         t0 = time.perf_counter()
-        proj = getattr(model, "projection", None)
-        if proj is not None and proj.needs_refresh(self.epoch):
+        refresh = getattr(model, "refresh_projection", None)
+        if refresh is not None and refresh(self.epoch):
             # Timed on its own: the refresh is what CLEAR adds once per tau epochs.
-            with torch.no_grad():
-                a, b = model.projected_pair
-                proj.refresh(model.encoders[a](model.raw(a)), model.encoders[b](model.raw(b)), self.epoch)
             sync(device)
             self.refresh_s.append(time.perf_counter() - t0)
         model.on_epoch_start(self.epoch)  # the refresh is then not due again: edge dropout only
@@ -87,10 +97,7 @@ class EpochTimer:
         neg = torch.randint(0, self.n_items, (len(train),), device=device)
         for s in range(0, len(train), bs):
             rows = train[order[s : s + bs]]
-            loss = model.loss(rows[:, 0], rows[:, 1], neg[order[s : s + bs]])
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            self.opt.step()
+            train_step(model, self.opt, rows[:, 0], rows[:, 1], neg[order[s : s + bs]])
         sync(device)
         self.epoch_s.append(time.perf_counter() - t0)
 
@@ -119,14 +126,7 @@ def profile_steps(model, dataset, device, batch_size: int, lr: float, steps: int
     def step(i: int) -> None:
         rows = train[i * batch_size : (i + 1) * batch_size]
         neg = torch.randint(0, dataset.n_items, (len(rows),), device=device)
-        with record_function("forward"):
-            loss = model.loss(rows[:, 0], rows[:, 1], neg)
-        with record_function("zero_grad"):
-            opt.zero_grad(set_to_none=True)
-        with record_function("backward"):
-            loss.backward()
-        with record_function("adam"):
-            opt.step()
+        train_step(model, opt, rows[:, 0], rows[:, 1], neg, phase=record_function)
 
     for i in range(3):
         step(i)
