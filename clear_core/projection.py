@@ -193,9 +193,13 @@ class CrossModalProjection(nn.Module):
         return self.mode != "none"
 
     def needs_refresh(self, epoch: int) -> bool:
+        """Due at epochs 1, 1+τ, 1+2τ, ... unless already refreshed at ``epoch`` (once per due
+        epoch, however often it is asked), and always before the first refresh."""
         if not self.active:
             return False
-        return refresh_due(epoch, self.refresh_every) or self._refreshed_at == 0
+        if self._refreshed_at == 0:
+            return True
+        return refresh_due(epoch, self.refresh_every) and self._refreshed_at != epoch
 
     @torch.no_grad()
     def refresh(self, a: torch.Tensor, b: torch.Tensor, epoch: int) -> None:

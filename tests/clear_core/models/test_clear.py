@@ -45,6 +45,16 @@ def test_projector_refreshes_at_epochs_1_and_every_tau_after():
     assert seen == [1, 1, 3, 3, 5]
 
 
+def test_refresh_projection_says_whether_it_refreshed_and_on_epoch_start_does_not_repeat_it():
+    ds = tiny_dataset()
+    model = build_model("clear", ds, {"refresh_every": 2, "redundancy_rank": 2})
+    assert [model.refresh_projection(e) for e in (1, 1, 2, 3)] == [True, False, False, True]
+    before = model.projection.bases()[0].clone()
+    model.on_epoch_start(3)  # already refreshed at epoch 3: only the edge dropout is new
+    assert int(model.projection.refreshed_at) == 3
+    torch.testing.assert_close(model.projection.bases()[0], before)
+
+
 def test_projection_actually_reduces_cross_covariance_of_the_encoded_pair():
     ds = tiny_dataset()
     model = build_model("clear", ds, {"redundancy_rank": 3, "projection_strength": 1.0})
