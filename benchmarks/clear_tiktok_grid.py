@@ -99,11 +99,16 @@ _STRENGTH_AGAIN = ("projection_strength", [0.5, 0.7, 0.9, 1.0])
 # neighbours): the default is the point itself, and naming it would re-run the same model.
 _ITEM_GRAPH_STEPS = ("item_graph_layers", [0, 2])
 _NEIGHBOURS = ("knn_k", [5, 20])
+# Encoder-output centring moved CLEAR by more than any stage before it, so the axes last
+# searched before it (k, lambda, the item graph) are searched once more around the moved point;
+# the ablation gets the item-graph axes again too. The points name knn_k 20 (CLEAR) and 2 item
+# graph steps (the ablation), so those lists hold the other values, the YAML default included.
 REFINE: dict[str, list[tuple[str, list]]] = {
     "clear": [_DEPTH, _CENTRING, _DEPTH_AGAIN, _GAMMA_AGAIN, _RANK_AGAIN, _STRENGTH_AGAIN,
-              _ITEM_GRAPH_STEPS, _NEIGHBOURS, _ENCODED_CENTRING, _DEPTH, _GAMMA_AGAIN],
+              _ITEM_GRAPH_STEPS, _NEIGHBOURS, _ENCODED_CENTRING, _DEPTH, _GAMMA_AGAIN,
+              _RANK_AGAIN, _STRENGTH_AGAIN, ("knn_k", [5, 10]), _ITEM_GRAPH_STEPS],
     "clear_noproj": [_DEPTH, _CENTRING, _DEPTH_AGAIN, _GAMMA_AGAIN, _ITEM_GRAPH_STEPS, _NEIGHBOURS,
-                     _ENCODED_CENTRING, _DEPTH, _GAMMA_AGAIN],
+                     _ENCODED_CENTRING, _DEPTH, _GAMMA_AGAIN, _NEIGHBOURS, ("item_graph_layers", [0, 1])],
     "freedom": [_DEPTH, _CENTRING, _ENCODED_CENTRING],
     # MMRec's VBPR scores the raw features: TikTok's image rows have norms near 30, and its
     # first runs collapsed within 5-7 epochs on some seeds (Recall@20 near 0.01). CLEAR's
