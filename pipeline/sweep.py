@@ -48,7 +48,8 @@ FAULT_MARKER = "fault_injection_crashed_once"
 # Tune deletes a trial's oldest checkpoint the moment a new one is registered, but writes the
 # experiment snapshot (what a resumed run restores from) only later. Keeping three and
 # snapshotting at least every second means a killed driver's last snapshot still names a
-# checkpoint that exists, unless a trial checkpoints three times within about a second.
+# checkpoint that exists, unless a trial checkpoints three times within about a second (CI
+# hit that with toy data); restore_missing_checkpoints mends that case before a resume.
 KEEP_CHECKPOINTS = 3
 SNAPSHOT_EVERY_S = "1"
 
@@ -321,6 +322,64 @@ def _unfinished_trials(restore_path: str, filesystem) -> list[str]:
     return [t.trial_id for t in analysis.trials if str(t.status) not in ("TERMINATED", "ERROR")]
 
 
+def restore_missing_checkpoints(restore_path: str, filesystem) -> list[str]:
+    """Before a resume: where the last saved snapshot names a checkpoint of an unfinished trial
+    that no longer exists, put the newest checkpoint the trial still has under that name.
+    Returns the ids of the trials repaired.
+
+    Why: Tune deletes a trial's oldest kept checkpoint as soon as a new one registers, and the
+    snapshot naming the new one reaches storage only later. A driver killed in between leaves
+    a snapshot naming a deleted checkpoint, and Tune then fails that trial on restore ("does not
+    exist on storage anymore"). With epochs of well under a second (toy data, or a GPU) the
+    window is hit (see KEEP_CHECKPOINTS). Every checkpoint holds the trial's whole state (the
+    trainer's checkpoint and progress.json), and ``run_trial`` resumes from what a checkpoint
+    holds, not from its name; a checkpoint newer than the snapshot's loses no epoch.
+    """
+    import posixpath
+
+    import pyarrow.fs as pafs
+    from ray.tune import ExperimentAnalysis
+
+    fs = filesystem or pafs.LocalFileSystem()
+    try:
+        analysis = ExperimentAnalysis(restore_path, storage_filesystem=filesystem)
+    except Exception as exc:  # no snapshot at all: nothing to resume either
+        log.debug("no experiment snapshot at %s (%s)", restore_path, exc)
+        return []
+    repaired = []
+    for trial in analysis.trials:
+        named = trial.checkpoint
+        if str(trial.status) in ("TERMINATED", "ERROR") or named is None:
+            continue
+        if fs.get_file_info(named.path).type != pafs.FileType.NotFound:
+            continue
+        folder = posixpath.dirname(named.path)
+        kept = [
+            info.path for info in fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
+            if info.type == pafs.FileType.Directory and info.base_name.startswith("checkpoint_")
+        ]
+        if not kept:
+            log.warning("trial %s: checkpoint %s is gone and none other is left; it cannot resume",
+                        trial.trial_id, named.path)
+            continue
+        # Newest by the epoch it holds: after a repair, Tune reuses checkpoint names.
+        newest = max(kept, key=lambda path: (_checkpoint_epoch(fs, path), path))
+        pafs.copy_files(newest, named.path, source_filesystem=fs, destination_filesystem=fs)
+        log.warning("trial %s: the snapshot names checkpoint %s, deleted before the snapshot was "
+                    "saved; resuming from %s instead", trial.trial_id, named.path, newest)
+        repaired.append(trial.trial_id)
+    return repaired
+
+
+def _checkpoint_epoch(fs, checkpoint_path: str) -> int:
+    """The epoch a trial checkpoint holds (its progress file), -1 when unreadable."""
+    try:
+        with fs.open_input_stream(f"{checkpoint_path}/{PROGRESS_FILE}") as stream:
+            return int(json.loads(stream.read().decode("utf-8"))["epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return -1
+
+
 def select_best(trials: list[TrialSummary], metric: str, mode: str) -> TrialSummary | None:
     """The best trial on validation: COMPLETE trials first, PRUNED ones only if none completed."""
     key = metric.split("/", 1)[1]
@@ -375,6 +434,7 @@ def run_sweep(
         resumed = tune.Tuner.can_restore(restore_path, storage_filesystem=storage.filesystem)
         if resumed:
             log.info("resuming sweep %s from %s", sweep_id, exp_path)
+            restore_missing_checkpoints(restore_path, storage.filesystem)
             tuner = tune.Tuner.restore(
                 restore_path, trainable,
                 resume_unfinished=True, resume_errored=False, restart_errored=False,

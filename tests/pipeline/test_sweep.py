@@ -166,6 +166,18 @@ run_sweep(config, sys.argv[2], study_storage=sys.argv[4], progress=False)
 """
 
 
+def named_checkpoints_of_unfinished(experiment: Path) -> list[Path]:
+    """The checkpoints the experiment's saved snapshot names for its unfinished trials."""
+    from ray.tune import ExperimentAnalysis
+
+    try:
+        trials = ExperimentAnalysis(str(experiment)).trials
+    except Exception:  # no snapshot yet, or caught mid-write
+        return []
+    return [Path(t.checkpoint.path) for t in trials
+            if str(t.status) not in ("TERMINATED", "ERROR") and t.checkpoint is not None]
+
+
 def snapshot_statuses(experiment: Path) -> dict[str, str]:
     files = sorted(experiment.glob("experiment_state-*.json"))
     if not files:
@@ -181,10 +193,13 @@ def snapshot_statuses(experiment: Path) -> dict[str, str]:
     return out
 
 
-@pytest.mark.parametrize("how", ["killed", "interrupted"])
+@pytest.mark.parametrize("how", ["killed", "interrupted", "killed_as_a_checkpoint_was_dropped"])
 def test_a_stopped_driver_is_resumed_without_redoing_finished_trials(local_ray, dataset_dir, tmp_path, how):
     """``killed``: SIGKILL to the driver and its Ray instance (a lost machine or shell);
-    ``interrupted``: SIGINT to the driver (Ctrl-C), which saves state and exits non-zero."""
+    ``interrupted``: SIGINT to the driver (Ctrl-C), which saves state and exits non-zero;
+    ``killed_as_a_checkpoint_was_dropped``: killed just after Tune deleted the checkpoint that
+    its last saved snapshot names (Tune drops the oldest kept checkpoint before the snapshot
+    naming a newer one is saved): the checkpoint is deleted by hand here."""
     results, study = tmp_path / "results", f"sqlite:///{tmp_path}/optuna.db"
     overrides = {
         "storage.path": str(results), "model_params": dict(TINY_MODEL), "train.batch_size": 256,
@@ -202,7 +217,11 @@ def test_a_stopped_driver_is_resumed_without_redoing_finished_trials(local_ray, 
             dirs = [Path(p) for p in glob.glob(str(results / "*")) if Path(p).is_dir()]
             statuses = snapshot_statuses(dirs[0]) if dirs else {}
             done = [t for t, s in statuses.items() if s == "TERMINATED"]
-            if 1 <= len(done) < config.num_samples:
+            caught = 1 <= len(done) < config.num_samples
+            if how == "killed_as_a_checkpoint_was_dropped":
+                # ... and the saved snapshot names a checkpoint of a running trial.
+                caught = caught and bool(named_checkpoints_of_unfinished(dirs[0]))
+            if caught:
                 finished_before = {t: s for t, s in statuses.items() if s == "TERMINATED"}
                 break
             time.sleep(0.2)
@@ -225,6 +244,15 @@ def test_a_stopped_driver_is_resumed_without_redoing_finished_trials(local_ray, 
         (name,) = optuna.get_all_study_names(study)
         assert TrialState.RUNNING in study_states(study, name)
     experiment = next(p for p in results.iterdir() if p.is_dir())
+    if how == "killed_as_a_checkpoint_was_dropped":
+        # What the race leaves: a newer checkpoint registered (here: the named one, renamed to
+        # the next free index) and the one the snapshot names deleted.
+        named = named_checkpoints_of_unfinished(experiment)
+        if not named:
+            pytest.fail("no unfinished trial had a checkpoint when the driver was killed")
+        for path in named:
+            last = max(int(p.name.split("_")[1]) for p in path.parent.glob("checkpoint_*"))
+            path.rename(path.parent / f"checkpoint_{last + 1:06d}")
     rows_before = {
         t: len(rows_of(glob.glob(str(experiment / f"run_trial_{t}_*"))[0])) for t in finished_before
     }
