@@ -312,14 +312,19 @@ def _unfinished_trials(restore_path: str, filesystem) -> list[str]:
     Tune marks every trial TERMINATED in memory when it is interrupted, but its last snapshot
     keeps them RUNNING/PENDING, and that snapshot is what a re-run resumes from.
     """
+    return [t.trial_id for t in _saved_trials(restore_path, filesystem)
+            if str(t.status) not in ("TERMINATED", "ERROR")]
+
+
+def _saved_trials(restore_path: str, filesystem) -> list:
+    """The trials of the experiment's last saved snapshot (none when there is no snapshot)."""
     from ray.tune import ExperimentAnalysis
 
     try:
-        analysis = ExperimentAnalysis(restore_path, storage_filesystem=filesystem)
+        return ExperimentAnalysis(restore_path, storage_filesystem=filesystem).trials
     except Exception as exc:  # no snapshot at all: nothing to resume either
         log.debug("no experiment snapshot at %s (%s)", restore_path, exc)
         return []
-    return [t.trial_id for t in analysis.trials if str(t.status) not in ("TERMINATED", "ERROR")]
 
 
 def restore_missing_checkpoints(restore_path: str, filesystem) -> list[str]:
@@ -338,16 +343,10 @@ def restore_missing_checkpoints(restore_path: str, filesystem) -> list[str]:
     import posixpath
 
     import pyarrow.fs as pafs
-    from ray.tune import ExperimentAnalysis
 
     fs = filesystem or pafs.LocalFileSystem()
-    try:
-        analysis = ExperimentAnalysis(restore_path, storage_filesystem=filesystem)
-    except Exception as exc:  # no snapshot at all: nothing to resume either
-        log.debug("no experiment snapshot at %s (%s)", restore_path, exc)
-        return []
     repaired = []
-    for trial in analysis.trials:
+    for trial in _saved_trials(restore_path, filesystem):
         named = trial.checkpoint
         if str(trial.status) in ("TERMINATED", "ERROR") or named is None:
             continue

@@ -199,7 +199,7 @@ def test_a_stopped_driver_is_resumed_without_redoing_finished_trials(local_ray, 
     ``interrupted``: SIGINT to the driver (Ctrl-C), which saves state and exits non-zero;
     ``killed_as_a_checkpoint_was_dropped``: killed just after Tune deleted the checkpoint that
     its last saved snapshot names (Tune drops the oldest kept checkpoint before the snapshot
-    naming a newer one is saved): the checkpoint is deleted by hand here."""
+    naming a newer one is saved); here the named checkpoint is moved to a newer name by hand."""
     results, study = tmp_path / "results", f"sqlite:///{tmp_path}/optuna.db"
     overrides = {
         "storage.path": str(results), "model_params": dict(TINY_MODEL), "train.batch_size": 256,
