@@ -113,19 +113,18 @@ class EpochTimer:
         }
 
 
-def profile_steps(model, dataset, device, batch_size: int, lr: float, steps: int = 10) -> str:
-    """Torch-profiler table of ``steps`` BPR steps (after warm-up), heaviest kernels first."""
+def profile_steps(fresh: EpochTimer, steps: int = 10) -> str:
+    """Torch-profiler table of ``steps`` BPR steps (after warm-up) of a ``fresh`` timer's model,
+    heaviest kernels first."""
     from torch.profiler import ProfilerActivity, profile, record_function
 
-    model = model.to(device)
-    opt = adam_optimizer(model, lr)
-    train = torch.as_tensor(dataset.train, dtype=torch.long, device=device)
+    model, opt, train, device, batch_size = fresh.model, fresh.opt, fresh.train, fresh.device, fresh.batch_size
     model.train()
     model.on_epoch_start(1)
 
     def step(i: int) -> None:
         rows = train[i * batch_size : (i + 1) * batch_size]
-        neg = torch.randint(0, dataset.n_items, (len(rows),), device=device)
+        neg = torch.randint(0, fresh.n_items, (len(rows),), device=device)
         train_step(model, opt, rows[:, 0], rows[:, 1], neg, phase=record_function)
 
     for i in range(3):
@@ -164,10 +163,13 @@ def main() -> int:
     dataset = amazon_sized(load_dataset(args.data), seed=0)
     clear_params = parse_overrides(args.clear_set)
     tables: list[str] = []
-    timers = {}
-    for name, params in (("lightgcn", {}), ("clear", clear_params)):
+    models = {"lightgcn": {}, "clear": clear_params}
+
+    def timer_of(name: str) -> EpochTimer:
         torch.manual_seed(0)
-        timers[name] = EpochTimer(build_model(name, dataset, params), dataset, device, args.batch_size, 1e-3)
+        return EpochTimer(build_model(name, dataset, models[name]), dataset, device, args.batch_size, 1e-3)
+
+    timers = {name: timer_of(name) for name in models}
     # Epochs alternate between the models, so that drift in the machine's speed (a shared or
     # virtual machine) lands on both alike.
     for _ in range(args.epochs):
@@ -177,10 +179,7 @@ def main() -> int:
     for name, res in results.items():
         print(f"{name}: median {res['median_epoch_seconds']:.3f} s/epoch, fastest {res['min_epoch_seconds']:.3f}", flush=True)
         if args.profile:
-            params = clear_params if name == "clear" else {}
-            torch.manual_seed(0)
-            model = build_model(name, dataset, params)
-            tables.append(f"== {name} {params} ==\n" + profile_steps(model, dataset, device, args.batch_size, 1e-3))
+            tables.append(f"== {name} {models[name]} ==\n" + profile_steps(timer_of(name)))
     clear, lgcn = results["clear"], results["lightgcn"]
     summary = {
         "device": str(device),
