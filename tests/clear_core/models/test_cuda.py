@@ -69,33 +69,17 @@ def test_training_on_cuda_lowers_the_loss_with_the_model_defaults(case):
     ds = tiny_dataset()
     torch.manual_seed(0)
     model = build_model(name, ds, params).to("cuda")
-    losses = _train_on_cuda(model, ds, epochs=6)
+    losses = train_epochs(model, ds, 6)
     assert losses[-1] < losses[0] * 0.97, losses
     scores = all_scores(model, ds)
     assert scores.device.type == "cuda" and torch.isfinite(scores).all()
-
-
-def _train_on_cuda(model, ds, epochs):
-    # train_epochs draws its batches on CPU; move them as the trainer would.
-    class OnCuda(torch.nn.Module):
-        def __init__(self, inner):
-            super().__init__()
-            self.inner = inner
-
-        def on_epoch_start(self, epoch):
-            self.inner.on_epoch_start(epoch)
-
-        def loss(self, u, p, n):
-            return self.inner.loss(u.cuda(), p.cuda(), n.cuda())
-
-    return train_epochs(OnCuda(model), ds, epochs)
 
 
 def test_a_cuda_checkpoint_scores_the_same_on_cpu():
     ds = tiny_dataset()
     torch.manual_seed(0)
     gpu = build_model("clear", ds, {"redundancy_rank": 2}).to("cuda")
-    _train_on_cuda(gpu, ds, epochs=2)
+    train_epochs(gpu, ds, 2)
     state = {"model": gpu.state_dict(), "extra": gpu.extra_state_for_checkpoint()}
     cpu = build_model("clear", ds, {"redundancy_rank": 2})
     cpu.load_state_dict({k: v.cpu() for k, v in state["model"].items()})
