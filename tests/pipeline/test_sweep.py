@@ -6,9 +6,9 @@ that must fail before a trial starts."""
 from __future__ import annotations
 
 import contextlib
-import glob
 import json
 import os
+import posixpath
 import signal
 import socket
 import subprocess
@@ -17,11 +17,13 @@ import time
 from pathlib import Path
 
 import optuna
+import pyarrow.fs as pafs
 import pytest
 from optuna.trial import TrialState
 
 from clear_core.data.synthetic import write_synthetic
 from clear_core.errors import ConfigError, DataError
+from pipeline.storage import resolve_storage
 from pipeline.sweep import SweepFailedError, run_sweep
 from pipeline.sweep_config import load_sweep_config
 
@@ -74,8 +76,13 @@ def config_for(tmp_path: Path, **overrides):
     return load_sweep_config(SMOKE, {**base, **overrides})
 
 
-def rows_of(trial_path: str) -> list[dict]:
-    lines = Path(trial_path, "result.json").read_text(encoding="utf-8").splitlines()
+def read_text(path: str, fs: pafs.FileSystem | None = None) -> str:
+    with (fs or pafs.LocalFileSystem()).open_input_stream(path) as stream:
+        return stream.read().decode("utf-8")
+
+
+def rows_of(trial_path: str, fs: pafs.FileSystem | None = None) -> list[dict]:
+    lines = read_text(f"{trial_path}/result.json", fs).splitlines()
     return [json.loads(line) for line in lines if line.strip()]
 
 
@@ -159,31 +166,36 @@ def test_a_sweep_whose_trials_all_fail_says_why_and_records_fail(local_ray, data
 
 DRIVER = """
 import json, sys
-from pipeline.sweep import SweepFailedError, run_sweep
+from pipeline.sweep import run_sweep
 from pipeline.sweep_config import load_sweep_config
-config = load_sweep_config(sys.argv[1], json.loads(sys.argv[5]))
-run_sweep(config, sys.argv[2], study_storage=sys.argv[4], progress=False)
+config = load_sweep_config(sys.argv[1], json.loads(sys.argv[4]))
+run_sweep(config, sys.argv[2], study_storage=sys.argv[3], progress=False)
 """
 
 
-def named_checkpoints_of_unfinished(experiment: Path) -> list[Path]:
+def listing(fs: pafs.FileSystem, folder: str) -> list[pafs.FileInfo]:
+    return fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
+
+
+def named_checkpoints_of_unfinished(fs: pafs.FileSystem, experiment: str) -> list[str]:
     """The checkpoints the experiment's saved snapshot names for its unfinished trials."""
     from ray.tune import ExperimentAnalysis
 
     try:
-        trials = ExperimentAnalysis(str(experiment)).trials
+        trials = ExperimentAnalysis(experiment, storage_filesystem=fs).trials
     except Exception:  # no snapshot yet, or caught mid-write
         return []
-    return [Path(t.checkpoint.path) for t in trials
+    return [t.checkpoint.path for t in trials
             if str(t.status) not in ("TERMINATED", "ERROR") and t.checkpoint is not None]
 
 
-def snapshot_statuses(experiment: Path) -> dict[str, str]:
-    files = sorted(experiment.glob("experiment_state-*.json"))
+def snapshot_statuses(fs: pafs.FileSystem, experiment: str) -> dict[str, str]:
+    files = sorted(i.path for i in listing(fs, experiment)
+                   if i.base_name.startswith("experiment_state-") and i.base_name.endswith(".json"))
     if not files:
         return {}
     try:
-        state = json.loads(files[-1].read_text(encoding="utf-8"))
+        state = json.loads(read_text(files[-1], fs))
     except (json.JSONDecodeError, OSError):  # caught mid-write
         return {}
     out = {}
@@ -193,34 +205,63 @@ def snapshot_statuses(experiment: Path) -> dict[str, str]:
     return out
 
 
-@pytest.mark.parametrize("how", ["killed", "interrupted", "killed_as_a_checkpoint_was_dropped"])
-def test_a_stopped_driver_is_resumed_without_redoing_finished_trials(local_ray, dataset_dir, tmp_path, how):
+def drop_named_checkpoint(fs: pafs.FileSystem, named: str) -> None:
+    """What Tune's race leaves: a newer checkpoint registered (here: the named one, moved to the
+    next free index) and the one the snapshot names deleted. On S3, where the snapshot is
+    uploaded less often than checkpoints, the race has often happened by itself: then there is
+    nothing to do."""
+    if fs.get_file_info(named).type == pafs.FileType.NotFound:
+        return
+    folder = posixpath.dirname(named)
+    last = max(int(i.base_name.split("_")[1]) for i in listing(fs, folder)
+               if i.base_name.startswith("checkpoint_"))
+    newer = posixpath.join(folder, f"checkpoint_{last + 1:06d}")
+    # Copy and delete: S3 has no directory rename.
+    pafs.copy_files(named, newer, source_filesystem=fs, destination_filesystem=fs)
+    fs.delete_dir(named)
+
+
+@pytest.mark.parametrize("how, where", [
+    ("killed", "local"), ("interrupted", "local"),
+    ("killed_as_a_checkpoint_was_dropped", "local"), ("killed_as_a_checkpoint_was_dropped", "s3"),
+])
+def test_a_stopped_driver_is_resumed_without_redoing_finished_trials(
+    local_ray, dataset_dir, tmp_path, request, how, where
+):
     """``killed``: SIGKILL to the driver and its Ray instance (a lost machine or shell);
     ``interrupted``: SIGINT to the driver (Ctrl-C), which saves state and exits non-zero;
     ``killed_as_a_checkpoint_was_dropped``: killed just after Tune deleted the checkpoint that
     its last saved snapshot names (Tune drops the oldest kept checkpoint before the snapshot
-    naming a newer one is saved); here the named checkpoint is moved to a newer name by hand."""
-    results, study = tmp_path / "results", f"sqlite:///{tmp_path}/optuna.db"
+    naming a newer one is saved); here the named checkpoint is moved to a newer name by hand.
+    ``where``: the results storage, a local folder or S3 (moto on 127.0.0.1)."""
+    study = f"sqlite:///{tmp_path}/optuna.db"
+    storage = {"storage.path": str(tmp_path / "results")}
+    if where == "s3":
+        endpoint, _ = request.getfixturevalue("s3_endpoint")
+        storage = {"storage.path": "s3://results/sweeps", "storage.endpoint_url": endpoint}
     overrides = {
-        "storage.path": str(results), "model_params": dict(TINY_MODEL), "train.batch_size": 256,
+        **storage, "model_params": dict(TINY_MODEL), "train.batch_size": 256,
         "train.max_epochs": 6, "scheduler.type": "none",
     }
     config = load_sweep_config(SMOKE, overrides)
+    fs, results = resolve_storage(config.storage.path, config.storage.endpoint_url).filesystem_and_path()
     proc = subprocess.Popen(
-        [sys.executable, "-c", DRIVER, str(SMOKE), dataset_dir, str(results), study, json.dumps(overrides)],
+        [sys.executable, "-c", DRIVER, str(SMOKE), dataset_dir, study, json.dumps(overrides)],
         cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     finished_before: dict[str, str] = {}
+    experiment = ""
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and proc.poll() is None:
-            dirs = [Path(p) for p in glob.glob(str(results / "*")) if Path(p).is_dir()]
-            statuses = snapshot_statuses(dirs[0]) if dirs else {}
+            dirs = [i.path for i in listing(fs, results) if i.type == pafs.FileType.Directory]
+            experiment = dirs[0] if dirs else ""
+            statuses = snapshot_statuses(fs, experiment) if experiment else {}
             done = [t for t, s in statuses.items() if s == "TERMINATED"]
             caught = 1 <= len(done) < config.num_samples
             if how == "killed_as_a_checkpoint_was_dropped":
                 # ... and the saved snapshot names a checkpoint of a running trial.
-                caught = caught and bool(named_checkpoints_of_unfinished(dirs[0]))
+                caught = caught and bool(named_checkpoints_of_unfinished(fs, experiment))
             if caught:
                 finished_before = {t: s for t, s in statuses.items() if s == "TERMINATED"}
                 break
@@ -243,18 +284,16 @@ def test_a_stopped_driver_is_resumed_without_redoing_finished_trials(local_ray, 
         # Trials still running when interrupted stay RUNNING in the study, for the resume.
         (name,) = optuna.get_all_study_names(study)
         assert TrialState.RUNNING in study_states(study, name)
-    experiment = next(p for p in results.iterdir() if p.is_dir())
     if how == "killed_as_a_checkpoint_was_dropped":
-        # What the race leaves: a newer checkpoint registered (here: the named one, renamed to
-        # the next free index) and the one the snapshot names deleted.
-        named = named_checkpoints_of_unfinished(experiment)
+        named = named_checkpoints_of_unfinished(fs, experiment)
         if not named:
             pytest.fail("no unfinished trial had a checkpoint when the driver was killed")
         for path in named:
-            last = max(int(p.name.split("_")[1]) for p in path.parent.glob("checkpoint_*"))
-            path.rename(path.parent / f"checkpoint_{last + 1:06d}")
+            drop_named_checkpoint(fs, path)
+    trial_dirs = [i.path for i in listing(fs, experiment) if i.type == pafs.FileType.Directory]
     rows_before = {
-        t: len(rows_of(glob.glob(str(experiment / f"run_trial_{t}_*"))[0])) for t in finished_before
+        t: len(rows_of(next(d for d in trial_dirs if posixpath.basename(d).startswith(f"run_trial_{t}_")), fs))
+        for t in finished_before
     }
 
     outcome = run_sweep(config, dataset_dir, study_storage=study, progress=False)
@@ -265,7 +304,7 @@ def test_a_stopped_driver_is_resumed_without_redoing_finished_trials(local_ray, 
     after = {t.trial_id: t for t in outcome.trials}
     for trial_id, n_rows in rows_before.items():
         assert trial_id in after
-        assert len(rows_of(after[trial_id].path)) == n_rows  # not run again
+        assert len(rows_of(after[trial_id].path, fs)) == n_rows  # not run again
     states = study_states(study, outcome.study_name)
     assert TrialState.RUNNING not in states
     assert states.count(TrialState.COMPLETE) == config.num_samples
