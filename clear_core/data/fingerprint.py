@@ -13,7 +13,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from clear_core.data.dataset import SPLITS
+from clear_core.data.dataset import SPLITS, Dataset
 
 FINGERPRINT_VERSION = b"clearrec-dataset-v1"
 
@@ -53,4 +53,26 @@ def fingerprint_dataset(dataset) -> str:
         dataset.n_items,
         {s: dataset.split(s) for s in SPLITS},
         dataset.features,
+    )
+
+
+def fingerprinted(
+    name: str,
+    n_users: int,
+    n_items: int,
+    splits: Mapping[str, np.ndarray],
+    features: Mapping[str, np.ndarray],
+    dropped: Mapping[str, int] | None = None,
+) -> Dataset:
+    """The :class:`~clear_core.data.Dataset` of these splits and features, fingerprinted."""
+    return Dataset(
+        name=name,
+        n_users=n_users,
+        n_items=n_items,
+        train=splits["train"],
+        valid=splits["valid"],
+        test=splits["test"],
+        features=features,
+        fingerprint=fingerprint_content(n_users, n_items, splits, features),
+        dropped=dict(dropped or {}),
     )

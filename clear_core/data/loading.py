@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from clear_core.data.dataset import SPLITS, Dataset
-from clear_core.data.fingerprint import fingerprint_content
+from clear_core.data.fingerprint import fingerprinted
 from clear_core.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -320,20 +320,9 @@ def load_mmrec(folder: str | Path, *, name: str | None = None) -> Dataset:
     n_items = check_contiguous(inter, table.item, ITEM_COL)
     rows, dropped = split_rows(inter, table.user, table.item, table.label)
     features = load_features(folder, n_items)
-    fp = fingerprint_content(n_users, n_items, rows, features)
     if any(dropped.values()):
         log.info("%s: dropped valid/test rows of users with no training row: %s", inter, dropped)
-    return Dataset(
-        name=name or inter.stem,
-        n_users=n_users,
-        n_items=n_items,
-        train=rows["train"],
-        valid=rows["valid"],
-        test=rows["test"],
-        features=features,
-        fingerprint=fp,
-        dropped=dropped,
-    )
+    return fingerprinted(name or inter.stem, n_users, n_items, rows, features, dropped)
 
 
 def resolve_dataset_path(path_or_name: str | Path) -> Path:
@@ -374,17 +363,5 @@ def load_dataset(path: str | Path, *, name: str | None = None) -> Dataset:
 def with_fingerprint(dataset: Dataset, features: Mapping[str, np.ndarray] | None = None) -> Dataset:
     """A copy of ``dataset`` (optionally with other features) with its fingerprint recomputed."""
     feats = dict(dataset.features if features is None else features)
-    fp = fingerprint_content(
-        dataset.n_users, dataset.n_items, {s: dataset.split(s) for s in SPLITS}, feats
-    )
-    return Dataset(
-        name=dataset.name,
-        n_users=dataset.n_users,
-        n_items=dataset.n_items,
-        train=dataset.train,
-        valid=dataset.valid,
-        test=dataset.test,
-        features=feats,
-        fingerprint=fp,
-        dropped=dict(dataset.dropped),
-    )
+    splits = {s: dataset.split(s) for s in SPLITS}
+    return fingerprinted(dataset.name, dataset.n_users, dataset.n_items, splits, feats, dataset.dropped)

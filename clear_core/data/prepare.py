@@ -18,8 +18,8 @@ import numpy as np
 
 from clear_core.data.amazon import read_reviews
 from clear_core.data.canonical import atomic_output_dir, write_canonical_into
-from clear_core.data.dataset import SPLITS, Dataset
-from clear_core.data.fingerprint import fingerprint_content
+from clear_core.data.dataset import SPLITS
+from clear_core.data.fingerprint import fingerprinted
 from clear_core.data.five_core import k_core
 from clear_core.data.loading import feature_files, load_feature
 from clear_core.data.splitting import SPLIT_METHODS, split_labels
@@ -138,17 +138,7 @@ def prepare_dataset(
         features, missing, sidecar = align_features(features_dir, kept.item_ids)
     n_users, n_items = len(kept.user_ids), len(kept.item_ids)
     name = name or reviews_path.name.split(".")[0]
-    dataset = Dataset(
-        name=name,
-        n_users=n_users,
-        n_items=n_items,
-        train=rows["train"],
-        valid=rows["valid"],
-        test=rows["test"],
-        features=features,
-        fingerprint=fingerprint_content(n_users, n_items, rows, features),
-        dropped={"valid": 0, "test": 0},
-    )
+    dataset = fingerprinted(name, n_users, n_items, rows, features, dropped={"valid": 0, "test": 0})
     provenance = {
         "reviews": str(reviews_path),
         "reviews_sha256": file_sha256(reviews_path),

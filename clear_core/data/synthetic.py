@@ -31,7 +31,7 @@ import numpy as np
 
 from clear_core.config import load_defaults, validate_fields
 from clear_core.data.dataset import SPLITS, Dataset
-from clear_core.data.fingerprint import fingerprint_content
+from clear_core.data.fingerprint import fingerprinted
 from clear_core.data.five_core import k_core
 from clear_core.data.splitting import SPLIT_METHODS, split_labels
 from clear_core.errors import ConfigError
@@ -214,17 +214,7 @@ def generate_synthetic(**overrides: Any) -> SyntheticData:
     }
     features = {m: np.ascontiguousarray(f[kept.item_ids]) for m, f in features_raw.items()}
     n_u, n_i = len(kept.user_ids), len(kept.item_ids)
-    dataset = Dataset(
-        name=cfg["name"],
-        n_users=n_u,
-        n_items=n_i,
-        train=rows["train"],
-        valid=rows["valid"],
-        test=rows["test"],
-        features=features,
-        fingerprint=fingerprint_content(n_u, n_i, rows, features),
-        dropped={"valid": 0, "test": 0},
-    )
+    dataset = fingerprinted(cfg["name"], n_u, n_i, rows, features, dropped={"valid": 0, "test": 0})
     log.info(
         "synthetic: %d raw interactions -> %d after %d-core (%d users, %d items)",
         len(raw), dataset.n_interactions, cfg["k_core"], n_u, n_i,
