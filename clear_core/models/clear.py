@@ -58,8 +58,6 @@ class Clear(GraphMixin, MultimodalRecommender):
     def __init__(self, dataset: Dataset, **params: Any) -> None:
         super().__init__(dataset, **params)
         d = self.embedding_size
-        self.n_layers = params["n_layers"]
-        self.item_graph_layers = params["item_graph_layers"]
         self.reg_weight = params["reg_weight"]
         self.channels = self.modality_names + (["id"] if params["id_channel"] else [])
         n_channels = len(self.channels)
@@ -71,13 +69,7 @@ class Clear(GraphMixin, MultimodalRecommender):
         )
         # Zero logits = equal weights at the start; γ‖w_u‖² pulls them back towards equal.
         self.fusion_logits = nn.Parameter(torch.zeros(self.n_users, n_channels))
-        self.setup_graphs(
-            dataset,
-            edge_dropout=params["edge_dropout"],
-            knn_k=params["knn_k"],
-            knn_chunk_size=params["knn_chunk_size"],
-            modality_weights=self._weights,
-        )
+        self.setup_graphs(dataset, params, self._weights)
         self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
 
     # --- forward ------------------------------------------------------------------------------
@@ -88,11 +80,7 @@ class Clear(GraphMixin, MultimodalRecommender):
         if self.item_id_embedding is not None:
             item_in.append(self.item_id_embedding)
         ego = torch.cat([self.user_embedding, torch.cat(item_in, dim=1)], dim=0)
-        total, h = ego, ego
-        for _ in range(self.n_layers):
-            h = self.propagate_users_items(adjacency, h)
-            total = total + h
-        out = total / (self.n_layers + 1)
+        out = self.layer_mean(adjacency, ego)
         n_channels = len(self.channels)
         # split, not two slices: its backward is one concatenation, not two zero-filled
         # full-size buffers and their sum.

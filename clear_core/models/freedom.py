@@ -56,18 +56,10 @@ class Freedom(GraphMixin, MultimodalRecommender):
                 "the loss only as differences between two items); it only costs a full encoding per batch"
             )
         d = self.embedding_size
-        self.n_layers = params["n_layers"]
-        self.item_graph_layers = params["item_graph_layers"]
         self.reg_weight = params["reg_weight"]
         self.user_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, d)))
         self.item_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, d)))
-        self.setup_graphs(
-            dataset,
-            edge_dropout=params["edge_dropout"],
-            knn_k=params["knn_k"],
-            knn_chunk_size=params["knn_chunk_size"],
-            modality_weights=self._weights,
-        )
+        self.setup_graphs(dataset, params, self._weights)
         self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def propagate(self, adjacency: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,11 +67,7 @@ class Freedom(GraphMixin, MultimodalRecommender):
         for _ in range(self.item_graph_layers):
             h_items = self.propagate_items(h_items)
         ego = torch.cat([self.user_embedding, self.item_embedding], dim=0)
-        total, h = ego, ego
-        for _ in range(self.n_layers):
-            h = self.propagate_users_items(adjacency, h)
-            total = total + h
-        out = total / (self.n_layers + 1)
+        out = self.layer_mean(adjacency, ego)
         return out[: self.n_users], out[self.n_users :] + h_items
 
     def loss(self, users: torch.Tensor, pos_items: torch.Tensor, neg_items: torch.Tensor) -> torch.Tensor:

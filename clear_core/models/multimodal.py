@@ -275,21 +275,17 @@ class GraphMixin:
     item-item graph, shared by FREEDOM and CLEAR. Graphs are non-persistent buffers: they are
     rebuilt from the dataset, move with ``.to(device)`` and stay out of checkpoints."""
 
-    def setup_graphs(
-        self,
-        dataset: Dataset,
-        *,
-        edge_dropout: float,
-        knn_k: int,
-        knn_chunk_size: int,
-        modality_weights: Mapping[str, float],
-    ) -> None:
+    def setup_graphs(self, dataset: Dataset, params: Mapping[str, Any], modality_weights: Mapping[str, float]) -> None:
+        """The graphs and the settings that shape them, from the model's ``GRAPH_PARAMS``:
+        ``n_layers``, ``item_graph_layers``, ``edge_dropout``, ``knn_k`` and ``knn_chunk_size``."""
         from clear_core.graph import normalized_adjacency
         from clear_core.modality_graph import edge_weights, mixed_item_graph, to_csr_pair
 
         train = torch.as_tensor(dataset.train, dtype=torch.long)
         users, items = train[:, 0].contiguous(), train[:, 1].contiguous()
-        self.edge_dropout = edge_dropout
+        self.n_layers = params["n_layers"]
+        self.item_graph_layers = params["item_graph_layers"]
+        self.edge_dropout = params["edge_dropout"]
         self.register_buffer("train_users", users, persistent=False)
         self.register_buffer("train_items", items, persistent=False)
         self.register_buffer(
@@ -299,7 +295,8 @@ class GraphMixin:
             "adjacency", normalized_adjacency(dataset.train, self.n_users, self.n_items), persistent=False
         )
         raw = {m: self.input_features(dataset, m) for m in modality_weights}
-        item_graph, item_graph_t = to_csr_pair(mixed_item_graph(raw, modality_weights, knn_k, knn_chunk_size))
+        knn = mixed_item_graph(raw, modality_weights, params["knn_k"], params["knn_chunk_size"])
+        item_graph, item_graph_t = to_csr_pair(knn)
         self.register_buffer("item_graph", item_graph, persistent=False)
         self.register_buffer("item_graph_t", item_graph_t, persistent=False)
         self._epoch_adjacency: torch.Tensor | None = None
@@ -327,6 +324,14 @@ class GraphMixin:
         from clear_core.graph import symmetric_propagate
 
         return symmetric_propagate(adjacency, x)
+
+    def layer_mean(self, adjacency: torch.Tensor, ego: torch.Tensor) -> torch.Tensor:
+        """LightGCN's output: the mean of ``ego`` propagated 0..``n_layers`` times over ``adjacency``."""
+        total, h = ego, ego
+        for _ in range(self.n_layers):
+            h = self.propagate_users_items(adjacency, h)
+            total = total + h
+        return total / (self.n_layers + 1)
 
     def propagate_items(self, x: torch.Tensor) -> torch.Tensor:
         """``item_graph @ x`` (the kNN graph is not symmetric: backward uses its transpose)."""
