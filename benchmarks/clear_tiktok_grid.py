@@ -1,4 +1,4 @@
-"""CLEAR vs FREEDOM, its no-projection ablation and LightGCN on TikTok; CLEAR as a plug-in too.
+"""CLEAR vs FREEDOM, its two ablations and LightGCN on TikTok; CLEAR as a plug-in too.
 
 Protocol (../shared/docs/protocol.md, MMRec's defaults): Adam lr 1e-3, batch 2,048, up to 1,000
 epochs, early stopping on validation Recall@20 with patience 20, full ranking, test metrics at the
@@ -11,6 +11,7 @@ best-validation epoch. Every method gets its own grid:
   time around the best point so far, on the same seeds; the best point of all stages is selected;
 * the CLEAR plug-in (``PLUG_INS``): VBPR and FREEDOM at their own selected points, plus the
   projection, k and lambda searched on the same seeds once the base's selection is complete;
+  the dynamic-rank ablation likewise from CLEAR's selected point (``DERIVED``);
 * phase 2: the selected point of each method on the remaining ``--seeds``.
 
 The report gives mean and std over all seeds of the selected points, and for CLEAR the per-seed
@@ -49,6 +50,16 @@ def _grid(**axes: list) -> list[dict]:
 # seeds (``candidates()``).
 PLUG_INS = {"vbpr_clear": "vbpr", "freedom_clear": "freedom"}
 PLUG_GRID = _grid(projection=["fixed"], redundancy_rank=[2, 4, 8], projection_strength=[0.5, 0.9])
+# The paper's third ablation bar (Section 4.3, Figure 3): k chosen at each refresh as the
+# smallest rank reaching a share of the singular-value energy, at CLEAR's selected point. The
+# paper names no ratio, so three are searched on the selection seeds.
+DYNAMIC_GRID = _grid(projection=["dynamic"], energy_ratio=[0.5, 0.7, 0.9])
+# Methods whose points are another method's selected point with each of a few settings added:
+# they run once every candidate of their base has run on the selection seeds.
+DERIVED: dict[str, tuple[str, list[dict]]] = {
+    **{plug: (base, PLUG_GRID) for plug, base in PLUG_INS.items()},
+    "clear_dynamic": ("clear", DYNAMIC_GRID),
+}
 
 # Model parameters not named here are the configs/models/*.yaml defaults.
 GRID: dict[str, list[dict]] = {
@@ -66,8 +77,8 @@ GRID: dict[str, list[dict]] = {
     "lightgcn": _grid(n_layers=[2, 3], reg_weight=[1e-4, 1e-3, 1e-2, 1e-1, 0.3, 1.0, 3.0]),
     # VBPR's L2 range reaches LightGCN's best weight on these files (1.0).
     "vbpr": _grid(reg_weight=[1e-4, 1e-3, 1e-2, 0.1, 1.0]),
-    # A plug-in has no grid of its own: its points follow from its base's selection.
-    **{plug: [] for plug in PLUG_INS},
+    # A derived method has no grid of its own: its points follow from its base's selection.
+    **{derived: [] for derived in DERIVED},
 }
 # Stages 2 and on, coordinate descent: each axis in turn is tried around the best point so far,
 # on the same selection seeds, and the best point over all stages is selected. LightGCN searches
@@ -118,7 +129,7 @@ REFINE: dict[str, list[tuple[str, list]]] = {
 _BASE_MODEL = {"clear": "clear", "clear_noproj": "clear", "freedom": "freedom", "lightgcn": "lightgcn",
                "vbpr": "vbpr"}
 # A plug-in trains its base's model with the projection switched on.
-MODEL_OF = {**_BASE_MODEL, **{plug: _BASE_MODEL[base] for plug, base in PLUG_INS.items()}}
+MODEL_OF = {**_BASE_MODEL, **{derived: _BASE_MODEL[base] for derived, (base, _) in DERIVED.items()}}
 
 
 def shared_dir() -> Path:
@@ -192,16 +203,16 @@ def candidates(rows: list[dict], method: str, select_seeds: list[int]) -> list[d
     """The method's grid, plus the points of every ``REFINE`` stage whose predecessors have all
     run on ``select_seeds`` (each stage varies one axis around the best point so far).
 
-    A plug-in's points are its base's selected point with each ``PLUG_GRID`` projection; there
-    are none until every candidate of the base has run.
+    A ``DERIVED`` method's points are its base's selected point with each of its settings;
+    there are none until every candidate of the base has run.
     """
-    if method in PLUG_INS:
-        base = PLUG_INS[method]
+    if method in DERIVED:
+        base, settings = DERIVED[method]
         base_points = candidates(rows, base, select_seeds)
         if any(_mean_valid(rows, base, p, select_seeds) is None for p in base_points):
             return []
         best = _best(rows, base, base_points, select_seeds)
-        return [{**best, **projection} for projection in PLUG_GRID]
+        return [{**best, **setting} for setting in settings]
     points = list(GRID[method])
     for axis, values in REFINE.get(method, []):
         if any(_mean_valid(rows, method, p, select_seeds) is None for p in points):
