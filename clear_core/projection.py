@@ -250,6 +250,21 @@ class CrossModalProjection(nn.Module):
             soft_project(b, w_k.to(b.dtype), self.projection_strength),
         )
 
+    def diagnostics(self) -> dict[str, float]:
+        """What the last refresh found (empty before the first, and in mode ``none``):
+        ``rank`` (the k in use), ``leading_singular_value`` (σ_1 of C) and
+        ``suppressed_energy_share`` (Σ_{i<=k} σ_i² / Σ σ_i², the share of C's energy in the
+        suppressed directions). Read from buffers: no recomputation."""
+        if not self.active or self._refreshed_at == 0:
+            return {}
+        energy = self.spectrum.double() ** 2
+        total = float(energy.sum())
+        return {
+            "rank": float(self._rank),
+            "leading_singular_value": float(self.spectrum[0]),
+            "suppressed_energy_share": float(energy[: self._rank].sum()) / total if total > 0 else 0.0,
+        }
+
     def extra_repr(self) -> str:
         return (
             f"mode={self.mode}, redundancy_rank={self.redundancy_rank}, "

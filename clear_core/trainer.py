@@ -121,6 +121,8 @@ class EpochReport:
     checkpoint_path: Path | None = None
     #: True when training ends after this epoch by itself (patience or max_epochs).
     final: bool = False
+    #: The model's :meth:`~clear_core.models.base.Recommender.epoch_diagnostics`.
+    diagnostics: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -384,6 +386,7 @@ def _fit(
         c2, t2 = time.process_time(), time.perf_counter()
         valid, test = metrics["valid"], metrics.get("test", {})
         is_best = stop.update(epoch, valid[config.valid_metric])
+        diagnostics = model.epoch_diagnostics()
         history.append({
             "epoch": epoch,
             "train_loss": train_loss,
@@ -393,6 +396,7 @@ def _fit(
             "eval_seconds": t2 - t1,
             "train_cpu_seconds": c1 - c0,
             "eval_cpu_seconds": c2 - c1,
+            "diagnostics": diagnostics,
         })
         if stop.exhausted(config.patience):
             stop_reason = "patience"
@@ -405,7 +409,7 @@ def _fit(
             epoch=epoch, train_loss=train_loss, valid=valid, test=test,
             train_seconds=t1 - t0, eval_seconds=t2 - t1, is_best=is_best,
             best_epoch=stop.best_epoch, best_valid=stop.best_valid,
-            final=bool(stop_reason) or epoch >= config.max_epochs,
+            final=bool(stop_reason) or epoch >= config.max_epochs, diagnostics=diagnostics,
         )
         if ckpt_dir is not None:
             # Written before the callback, so that what the callback reports (a Tune result)

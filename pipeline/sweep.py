@@ -196,6 +196,7 @@ def run_trial(trial_config: dict[str, Any], *, dataset: Dataset, sweep: SweepCon
                 "train_seconds": report.train_seconds,
                 "eval_seconds": report.eval_seconds,
                 "finished": report.final,
+                **report.diagnostics,
             }
             # The trainer wrote this epoch's checkpoint before calling back: report them together.
             (work / PROGRESS_FILE).write_text(

@@ -55,6 +55,11 @@ class Recommender(nn.Module):
         """Scalar loss for a batch of BPR triples (all 1-D int64 tensors on the model's device)."""
         raise NotImplementedError
 
+    def epoch_diagnostics(self) -> dict[str, float]:
+        """Figures about the model's own state, read by the trainer after every epoch and
+        logged with that epoch's metrics (``name/figure`` keys). Default: none."""
+        return {}
+
     # --- scoring ------------------------------------------------------------------------
     def prepare_scoring(self) -> None:
         """Called once under ``torch.no_grad()`` and ``eval()`` before a round of :meth:`score`

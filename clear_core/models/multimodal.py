@@ -259,6 +259,11 @@ class MultimodalRecommender(Recommender):
         """Refresh the projector at epochs 1, 1+τ, 1+2τ, ... (see :meth:`refresh_projection`)."""
         self.refresh_projection(epoch)
 
+    def epoch_diagnostics(self) -> dict[str, float]:
+        """The projector's last refresh (:meth:`CrossModalProjection.diagnostics`) as
+        ``projection/<figure>``: how k and the cross-covariance spectrum move over training."""
+        return {f"projection/{k}": v for k, v in self.projection.diagnostics().items()}
+
     def refresh_projection(self, epoch: int) -> bool:
         """Rebuild the projector from the current encoder outputs if it is due at ``epoch``
         (1, 1+τ, 1+2τ, ...); True when it was. Callable on its own so benchmarks can time it."""

@@ -146,6 +146,22 @@ def test_dynamic_mode_picks_k_from_the_energy_ratio():
     assert proj.basis_a.shape == (6, 6)
 
 
+def test_diagnostics_report_the_rank_and_spectrum_of_the_last_refresh():
+    a, b = _features(8, 60, 6, 5, 2)
+    proj = CrossModalProjection(6, 5, redundancy_rank=2).double()
+    assert proj.diagnostics() == {}  # nothing to report before the first refresh
+    proj.refresh(a, b, epoch=1)
+    _, s, _ = singular_decomposition(cross_covariance(a, b))
+    found = proj.diagnostics()
+    assert found["rank"] == 2
+    assert found["leading_singular_value"] == pytest.approx(float(s[0]))
+    assert found["suppressed_energy_share"] == pytest.approx(float((s[:2] ** 2).sum() / (s**2).sum()))
+    dynamic = CrossModalProjection(6, 5, mode="dynamic", energy_ratio=0.999).double()
+    dynamic.refresh(a, b, epoch=1)
+    assert dynamic.diagnostics()["rank"] == energy_rank(s, 0.999)
+    assert CrossModalProjection(6, 5, mode="none").diagnostics() == {}
+
+
 def test_mode_none_is_the_identity_and_never_refreshes():
     a, b = _features(7, 20, 4, 4, 2)
     proj = CrossModalProjection(4, 4, mode="none")

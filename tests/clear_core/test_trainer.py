@@ -120,6 +120,22 @@ def test_a_stop_requested_by_the_callback_is_kept_in_the_checkpoint(tiny, tmp_pa
     assert again.epochs_run == 2 and again.stop_reason == "callback"
 
 
+def test_every_epoch_records_the_models_own_diagnostics(tiny):
+    """CLEAR's: the k, sigma_1 and suppressed energy share of the refresh the epoch trained
+    with; with tau = 2 they change only at epochs 1 and 3. Models without any record none."""
+    seen = []
+    params = {"embedding_size": 16, "redundancy_rank": 2, "refresh_every": 2}
+    result = fit(tiny, "clear", params, config(max_epochs=4), on_epoch_end=lambda r: seen.append(r.diagnostics))
+    recorded = [h["diagnostics"] for h in result.history]
+    assert recorded == seen
+    assert all(d["projection/rank"] == 2 for d in recorded)
+    assert all(0.0 < d["projection/suppressed_energy_share"] <= 1.0 for d in recorded)
+    sigma = [d["projection/leading_singular_value"] for d in recorded]
+    assert sigma[0] == sigma[1] != sigma[2] == sigma[3]
+    plain = fit(tiny, "lightgcn", {"embedding_size": 8}, config(max_epochs=1))
+    assert plain.history[0]["diagnostics"] == {}
+
+
 def test_on_epoch_start_is_called_with_one_based_epochs(tiny, monkeypatch):
     from clear_core.models.mf import MatrixFactorization
 

@@ -34,6 +34,8 @@ TINY_MODEL = {"embedding_size": 16, "knn_k": 5}
 EXPECTED_KEYS = {
     "epoch", "train_loss", "valid/recall@20", "valid/ndcg@20", "test/recall@20", "test/map@50",
     "best_epoch", "best_valid", "finished", "resumed_from", "node_id",
+    # CLEAR's projector, each epoch (its rank, sigma_1, suppressed energy share)
+    "projection/rank", "projection/leading_singular_value", "projection/suppressed_energy_share",
 }
 
 

@@ -97,6 +97,9 @@ def test_one_parent_run_with_a_child_per_trial_and_no_run_left_running(finished_
         assert child.data.params["train.learning_rate"] == "0.001"
         history = tracker.client.get_metric_history(child.info.run_id, "valid_recall_at_20")
         assert [m.step for m in history] == list(range(1, trial["epochs"] + 1))
+        # The projector's state each epoch, beside the metrics: here the trial's fixed k.
+        ranks = tracker.client.get_metric_history(child.info.run_id, "projection_rank")
+        assert [(m.step, m.value) for m in ranks] == [(e, p["redundancy_rank"]) for e in range(1, trial["epochs"] + 1)]
     running = tracker.client.search_runs([tracker.experiment_id], "attributes.status = 'RUNNING'")
     assert running == []
 
