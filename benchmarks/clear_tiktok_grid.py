@@ -128,7 +128,7 @@ REFINE: dict[str, list[tuple[str, list]]] = {
 }
 _BASE_MODEL = {"clear": "clear", "clear_noproj": "clear", "freedom": "freedom", "lightgcn": "lightgcn",
                "vbpr": "vbpr"}
-# A plug-in trains its base's model with the projection switched on.
+# A derived method trains its base's model, with its own settings added.
 MODEL_OF = {**_BASE_MODEL, **{derived: _BASE_MODEL[base] for derived, (base, _) in DERIVED.items()}}
 
 
