@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from clear_core.atomic_io import write_json_atomic
 from clear_core.data.dataset import SPLITS, Dataset
-from clear_core.data.fingerprint import fingerprint_content, sorted_pairs
+from clear_core.data.fingerprint import fingerprint_content, fingerprinted, sorted_pairs
 from clear_core.data.five_core import write_id_maps
 from clear_core.data.loading import CANONICAL_INTERACTIONS, FEATURE_SUFFIX, load_feature
 from clear_core.errors import DataError
@@ -179,21 +179,13 @@ def read_canonical(path: str | Path, *, name: str | None = None, verify: bool = 
     features = {}
     for m, info in sorted(manifest["modalities"].items()):
         features[m] = load_feature(folder / info["file"], n_items)
-    fp = fingerprint_content(n_users, n_items, rows, features)
+    dropped = {k: int(v) for k, v in (manifest.get("dropped") or {}).items()}
+    dataset = fingerprinted(name or str(manifest.get("name") or folder.name), n_users, n_items, rows, features, dropped)
+    fp = dataset.fingerprint
     if verify and fp != manifest["fingerprint"]:
         raise DataError(
             folder,
             f"content fingerprint {fp[:12]}... differs from the manifest's "
             f"{str(manifest['fingerprint'])[:12]}...: files were changed after writing",
         )
-    return Dataset(
-        name=name or str(manifest.get("name") or folder.name),
-        n_users=n_users,
-        n_items=n_items,
-        train=rows["train"],
-        valid=rows["valid"],
-        test=rows["test"],
-        features=features,
-        fingerprint=fp,
-        dropped={k: int(v) for k, v in (manifest.get("dropped") or {}).items()},
-    )
+    return dataset
