@@ -313,19 +313,20 @@ def _unfinished_trials(restore_path: str, filesystem) -> list[str]:
     Tune marks every trial TERMINATED in memory when it is interrupted, but its last snapshot
     keeps them RUNNING/PENDING, and that snapshot is what a re-run resumes from.
     """
-    return [t.trial_id for t in _saved_trials(restore_path, filesystem)
-            if str(t.status) not in ("TERMINATED", "ERROR")]
+    return [t.trial_id for t in unfinished_saved_trials(restore_path, filesystem)]
 
 
-def _saved_trials(restore_path: str, filesystem) -> list:
-    """The trials of the experiment's last saved snapshot (none when there is no snapshot)."""
+def unfinished_saved_trials(restore_path: str, filesystem) -> list:
+    """The trials that the experiment's last saved snapshot holds as not done (none when there
+    is no snapshot, or it cannot be read yet)."""
     from ray.tune import ExperimentAnalysis
 
     try:
-        return ExperimentAnalysis(restore_path, storage_filesystem=filesystem).trials
+        trials = ExperimentAnalysis(restore_path, storage_filesystem=filesystem).trials
     except Exception as exc:  # no snapshot at all: nothing to resume either
         log.debug("no experiment snapshot at %s (%s)", restore_path, exc)
         return []
+    return [t for t in trials if str(t.status) not in ("TERMINATED", "ERROR")]
 
 
 def restore_missing_checkpoints(restore_path: str, filesystem) -> list[str]:
@@ -347,9 +348,9 @@ def restore_missing_checkpoints(restore_path: str, filesystem) -> list[str]:
 
     fs = filesystem or pafs.LocalFileSystem()
     repaired = []
-    for trial in _saved_trials(restore_path, filesystem):
+    for trial in unfinished_saved_trials(restore_path, filesystem):
         named = trial.checkpoint
-        if str(trial.status) in ("TERMINATED", "ERROR") or named is None:
+        if named is None:
             continue
         if fs.get_file_info(named.path).type != pafs.FileType.NotFound:
             continue

@@ -24,7 +24,7 @@ from optuna.trial import TrialState
 from clear_core.data.synthetic import write_synthetic
 from clear_core.errors import ConfigError, DataError
 from pipeline.storage import resolve_storage
-from pipeline.sweep import SweepFailedError, run_sweep
+from pipeline.sweep import SweepFailedError, run_sweep, unfinished_saved_trials
 from pipeline.sweep_config import load_sweep_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -180,15 +180,9 @@ def listing(fs: pafs.FileSystem, folder: str) -> list[pafs.FileInfo]:
 
 
 def named_checkpoints_of_unfinished(fs: pafs.FileSystem, experiment: str) -> list[str]:
-    """The checkpoints the experiment's saved snapshot names for its unfinished trials."""
-    from ray.tune import ExperimentAnalysis
-
-    try:
-        trials = ExperimentAnalysis(experiment, storage_filesystem=fs).trials
-    except Exception:  # no snapshot yet, or caught mid-write
-        return []
-    return [t.checkpoint.path for t in trials
-            if str(t.status) not in ("TERMINATED", "ERROR") and t.checkpoint is not None]
+    """The checkpoints the experiment's saved snapshot names for its unfinished trials (none
+    before the first snapshot, or while it is caught mid-write)."""
+    return [t.checkpoint.path for t in unfinished_saved_trials(experiment, fs) if t.checkpoint is not None]
 
 
 def snapshot_statuses(fs: pafs.FileSystem, experiment: str) -> dict[str, str]:
