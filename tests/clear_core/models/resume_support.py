@@ -13,7 +13,7 @@ def _history(result):
     return [(h["epoch"], h["train_loss"], h["valid"], h["test"]) for h in result.history]
 
 
-def assert_resume_matches_uninterrupted(dataset, model: str, params: dict, tmp_path, epochs: int = 4) -> None:
+def assert_resume_matches_uninterrupted(dataset, model: str, params: dict, tmp_path, epochs: int = 3) -> None:
     config = TrainConfig.resolve({"batch_size": 256, "max_epochs": epochs, "device": "cpu", "seed": 3})
     whole = fit(dataset, model, params, config)
     ckpt = tmp_path / "ckpt"
