@@ -95,10 +95,14 @@ class LayerGCN(Recommender):
     def propagate(self, adjacency: torch.Tensor) -> torch.Tensor:
         """Sum of the refined layers 1..L for every node (users first, then items)."""
         ego = self.embedding
+        # cos(x, e) = <x, e> / (max(|x|, eps) max(|e|, eps)), F.cosine_similarity's formula with
+        # the ego norms computed once for all layers (fewer element-wise passes per layer).
+        ego_norm = torch.linalg.vector_norm(ego, dim=-1).clamp_min(1e-8)
         x, total = ego, None
         for _ in range(self.n_layers):
             x = symmetric_propagate(adjacency, x)
-            x = F.cosine_similarity(x, ego, dim=-1).unsqueeze(-1) * x
+            cosine = (x * ego).sum(-1) / (torch.linalg.vector_norm(x, dim=-1).clamp_min(1e-8) * ego_norm)
+            x = cosine.unsqueeze(-1) * x
             total = x if total is None else total + x
         return total
 
