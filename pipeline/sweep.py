@@ -97,9 +97,9 @@ def _disk_epoch(trainer_dir: Path) -> int:
     """
     import torch
 
-    from clear_core.trainer import CHECKPOINT_NAME
+    from clear_core.checkpoints import LAST_NAME
 
-    path = trainer_dir / CHECKPOINT_NAME
+    path = trainer_dir / LAST_NAME
     if not path.exists():
         return 0
     state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
