@@ -72,7 +72,7 @@ def sweep_overrides(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.stages import run_pipeline
+    from pipeline.run import run_pipeline
     from pipeline.sweep_config import load_sweep_config
 
     config = load_sweep_config(args.config, sweep_overrides(args))
