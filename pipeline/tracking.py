@@ -33,6 +33,7 @@ from urllib.parse import urlparse
 
 from clear_core.config import config_dir, load_yaml, validate_fields
 from clear_core.errors import ClearrecError
+from pipeline.tags import MLFLOW_PARENT_RUN, OUTCOME, RETRIES, ROLE, SWEEP_ID, TRIAL_ID
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +48,11 @@ PIPELINE_SCHEMA: dict[str, Any] = {
     "experiment_prefix": str,
 }
 
-# Tags under this namespace are ours; mlflow.* tags are MLflow's own (runName, parentRunId).
-TAG_SWEEP_ID = "clearrec.sweep_id"
-TAG_TRIAL_ID = "clearrec.trial_id"
-TAG_ROLE = "clearrec.role"
-PARENT_TAG = "mlflow.parentRunId"
+# Tag names live in pipeline.tags; these aliases keep tracking.TAG_* working for its callers.
+TAG_SWEEP_ID = SWEEP_ID
+TAG_TRIAL_ID = TRIAL_ID
+TAG_ROLE = ROLE
+PARENT_TAG = MLFLOW_PARENT_RUN
 
 # Short names for run names; the paper's symbols (k, lambda, tau) are what people scan for.
 SHORT_PARAM_NAMES = {
@@ -451,7 +452,7 @@ class MLflowTrialCallback(_tune_callback_base()):  # type: ignore[misc]
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         # A retry (FailureConfig) continues the same child run from its checkpoint.
         self.retries[trial.trial_id] = self.retries.get(trial.trial_id, 0) + 1
-        self.tracker.set_tags(self._run_for(trial), {"clearrec.retries": self.retries[trial.trial_id]})
+        self.tracker.set_tags(self._run_for(trial), {RETRIES: self.retries[trial.trial_id]})
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         finished = bool((trial.last_result or {}).get(self.finished_key))
@@ -468,6 +469,6 @@ class MLflowTrialCallback(_tune_callback_base()):  # type: ignore[misc]
 
     def _close(self, trial: Any, status: str) -> None:
         run_id = self._run_for(trial)
-        self.tracker.set_tags(run_id, {"clearrec.outcome": "PRUNED" if status == "KILLED" else status})
+        self.tracker.set_tags(run_id, {OUTCOME: "PRUNED" if status == "KILLED" else status})
         self.tracker.end_run(run_id, status)
         self.run_ids.pop(trial.trial_id, None)
