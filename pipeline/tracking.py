@@ -34,6 +34,7 @@ from urllib.parse import urlparse
 from clear_core.config import config_dir, load_yaml, validate_fields
 from clear_core.errors import ClearrecError
 from pipeline.tags import MLFLOW_PARENT_RUN, OUTCOME, RETRIES, ROLE, SWEEP_ID, TRIAL_ID
+from pipeline.trial_report import BOOKKEEPING_FIELDS, EPOCH, FINISHED
 
 log = logging.getLogger(__name__)
 
@@ -390,7 +391,7 @@ class MLflowTrialCallback(_tune_callback_base()):  # type: ignore[misc]
         base_params: Mapping[str, Any] | None = None,
         resolve: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None,
         tags: Mapping[str, Any] | None = None,
-        finished_key: str = "finished",
+        finished_key: str = FINISHED,
         search_keys: list[str] | None = None,
     ) -> None:
         self.tracker = tracker
@@ -408,8 +409,8 @@ class MLflowTrialCallback(_tune_callback_base()):  # type: ignore[misc]
     # Tune keys that are bookkeeping, not metrics of the model.
     _SKIP = {
         "time_this_iter_s", "time_total_s", "timestamp", "training_iteration", "pid", "time_since_restore",
-        "iterations_since_restore", "timesteps_total", "episodes_total", "epoch", "done", "finished",
-        "checkpoint_dir_name", "should_checkpoint",
+        "iterations_since_restore", "timesteps_total", "episodes_total", "done",
+        "checkpoint_dir_name", "should_checkpoint", *BOOKKEEPING_FIELDS,
     }
 
     def _trial_params(self, trial: Any) -> dict[str, Any]:
@@ -445,7 +446,7 @@ class MLflowTrialCallback(_tune_callback_base()):  # type: ignore[misc]
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         run_id = self._run_for(trial)
-        step = result.get("epoch", result.get("training_iteration", 0))
+        step = result.get(EPOCH, result.get("training_iteration", 0))
         metrics = {k: v for k, v in result.items() if k not in self._SKIP and k != "config"}
         self.tracker.log_metrics(run_id, metrics, step=int(step))
 
