@@ -48,8 +48,9 @@ sweep: setup ## the main job: extract -> filter/split -> Tune+Optuna sweep -> fi
 
 UI_PORT ?= 5000
 ui: setup ## the MLflow UI over the default tracking store (a tracking server has its own UI)
-	@if [[ "$${MLFLOW_TRACKING_URI:-}" == http* ]]; then echo "MLflow UI: $$MLFLOW_TRACKING_URI"; \
-	else $(BIN)/mlflow ui --backend-store-uri $${MLFLOW_TRACKING_URI:-sqlite:///mlruns.db} --host 127.0.0.1 --port $(UI_PORT); fi
+	@uri=$$($(BIN)/python -c 'from pipeline.tracking import resolve_tracking_uri; print(resolve_tracking_uri())'); \
+	if [[ "$$uri" == http* ]]; then echo "MLflow UI: $$uri"; \
+	else $(BIN)/mlflow ui --backend-store-uri "$$uri" --host 127.0.0.1 --port $(UI_PORT); fi
 
 REPRO_ARGS ?=
 repro: setup ## re-run the pinned configs/repro.yaml and compare with repro/reference.json (exit 1 on drift)

@@ -44,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="train.yaml: device")
     parser.add_argument("--out", metavar="FILE", help="also write the metrics JSON here (atomically)")
     parser.add_argument("--tracking-uri", metavar="URI",
-                        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns.db)")
+                        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else tracking_uri in configs/pipeline.yaml)")
     parser.add_argument("--experiment", help="MLflow experiment (default: one per dataset)")
     parser.add_argument("--no-track", action="store_true", help="do not log to MLflow")
     parser.set_defaults(func=run)
