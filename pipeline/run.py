@@ -164,9 +164,9 @@ def sweep_stage(work: Path, *, plan: SweepPlan) -> dict[str, Any]:
     stage is not recorded as finished."""
     import yaml
 
-    from pipeline import tracking
     from pipeline.ray_runtime import ray_address
     from pipeline.sweep import run_sweep
+    from pipeline.trial_tracking import MLflowTrialCallback
 
     config, tracker = plan.config, plan.tracker
     resolved = config.to_dict()
@@ -178,7 +178,7 @@ def sweep_stage(work: Path, *, plan: SweepPlan) -> dict[str, Any]:
     with tracker.parent_run(f"{config.model} sweep {config.name}", sweep_id=plan.sweep_id,
                             tags=parent_tags, params=parent_params) as parent:
         tracker.log_artifact(parent, config_file)
-        callback = tracking.MLflowTrialCallback(
+        callback = MLflowTrialCallback(
             tracker, parent, model=config.model, resolve=partial(resolve_trial, config),
             tags=dict(plan.common_tags), search_keys=list(config.search),
         )
