@@ -62,7 +62,7 @@ SHORT_PARAM_NAMES = {
     "projection_strength": "lam",
     "refresh_every": "tau",
     "learning_rate": "lr",
-    "embedding_dim": "d",
+    "embedding_size": "d",
     "n_layers": "L",
     "reg_weight": "reg",
 }
