@@ -43,7 +43,6 @@ from pipeline.trial_report import BEST_VALID, EPOCH, FINISHED
 log = logging.getLogger(__name__)
 
 
-
 def optuna_space(search: Mapping[str, SearchSpec]) -> dict[str, BaseDistribution]:
     """Optuna distributions for the sweep's search specs (names kept as written)."""
     space: dict[str, BaseDistribution] = {}
