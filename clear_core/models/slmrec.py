@@ -29,8 +29,8 @@ Departures, and why:
 * MMRec scores with the embeddings of the last training batch (before its optimiser step) and
   passes them through a sigmoid; here scoring recomputes them with the current weights, and
   the sigmoid, monotone, does not change a ranking.
-* Only FAC is implemented (MMRec's default; its FD / FM branches read a config key that does
-  not exist and cannot run there).
+* Only FAC is implemented: it is MMRec's default, and MMRec's FD / FM branches use an audio
+  branch (``a_dense_emb``) that its version never builds, so they cannot run there.
 """
 
 from __future__ import annotations
