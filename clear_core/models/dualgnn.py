@@ -40,7 +40,7 @@ from torch import nn
 
 from clear_core.data.dataset import Dataset
 from clear_core.graph import normalized_adjacency, quiet_sparse_notices, symmetric_propagate
-from clear_core.modality_graph import propagate_with_transpose, to_csr_pair
+from clear_core.item_graph import propagate_with_transpose, to_csr_pair
 from clear_core.models import register
 from clear_core.models.losses import bpr_loss
 from clear_core.models.multimodal import MULTIMODAL_PARAMS, MultimodalRecommender

@@ -16,7 +16,7 @@ Recommendation") as MMRec implements it (enoche/MMRec ``src/models/layergcn.py``
 
 Departures: MMRec keeps the sampling toggle as state that flips every epoch; here the epoch's
 parity decides, which is the same sequence and survives a checkpoint resume. Sampling
-without replacement uses Gumbel top-k (:func:`clear_core.modality_graph.degree_sensitive_keep`)
+without replacement uses Gumbel top-k (:func:`clear_core.graph.degree_sensitive_keep`)
 instead of ``torch.multinomial`` / ``random.sample``: the same distribution, other draws.
 """
 
@@ -34,7 +34,7 @@ from clear_core.graph import normalized_adjacency, symmetric_propagate
 from clear_core.models import register
 from clear_core.models.base import Recommender
 from clear_core.models.mf import xavier_table
-from clear_core.modality_graph import dropped_adjacency, edge_weights
+from clear_core.graph import dropped_adjacency, edge_weights
 
 
 @register
