@@ -33,6 +33,7 @@ from urllib.parse import urlparse
 
 from clear_core.config import config_dir, load_yaml, validate_fields
 from clear_core.errors import ClearrecError
+from pipeline.sqlite_store import sqlite_file_problem
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +144,8 @@ def check_reachable(uri: str, timeout_s: float = 10.0) -> None:
     db = sqlite_path(uri)
     if db is not None and not db.resolve().parent.is_dir():
         raise TrackingError(f"MLflow tracking database {uri}: folder {db.resolve().parent} does not exist")
+    if db is not None and (problem := sqlite_file_problem(db)):
+        raise TrackingError(f"MLflow tracking database {uri}: {problem}")
     if parsed.scheme not in ("", "file", "sqlite", "postgresql", "mysql", "databricks"):
         raise TrackingError(f"MLflow tracking URI {uri!r}: unsupported scheme {parsed.scheme!r}")
 
