@@ -46,8 +46,13 @@ def write_atomic(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
     :class:`~clear_core.errors.DiskFullError` naming ``path``, whatever the writer wrapped it in.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        if disk_full_cause(exc) is not None:
+            raise DiskFullError(path) from None
+        raise
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
