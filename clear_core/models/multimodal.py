@@ -164,10 +164,15 @@ class MultimodalRecommender(Recommender):
             if params["feature_scaling"] == "unit":
                 # One scalar per modality: geometry, covariance directions and cosine kNN are
                 # unchanged, but a modality with row norms ~30 (TikTok image) no longer starts
-                # training with saturated BPR scores. The norms are taken in float64: squares of
-                # large float32 values overflow float32 and would zero every row.
-                scale = feat.double().norm(dim=1).mean().clamp_min(1e-12)
-                feat = (feat.double() / scale).float()
+                # training with saturated BPR scores. Where float32 norms overflow (squares of
+                # values near 1e19 and above), float64 ones are used: an inf scale would zero
+                # every row. Ordinary features keep the float32 arithmetic and its bits.
+                scale = feat.norm(dim=1).mean()
+                if torch.isfinite(scale):
+                    feat = feat / scale.clamp_min(1e-12)
+                else:
+                    wide = feat.double()
+                    feat = (wide / wide.norm(dim=1).mean()).float()
             if self.raw_features is not None:
                 self.raw_features[m] = nn.Parameter(feat)
             else:
