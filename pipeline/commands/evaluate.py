@@ -73,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
     from clear_core.atomic_io import write_text_atomic
     from clear_core.config import parse_overrides
     from pipeline import tracking
+    from pipeline.output_paths import output_file_problems
     from pipeline.provenance import git_commit
     from pipeline.stages import evaluate_checkpoint, path_fingerprint
 
@@ -88,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
         train = {**sweep["best_train"], **train}
     missing = [f"--{name}: required (or give a sweep output folder)" for name, value in
                (("dataset", dataset), ("model", model)) if not value]
+    missing += output_file_problems("--out", args.out)
     if missing:
         raise ConfigError(missing)
     uri = None
@@ -123,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
         tracker.end_run(run_id, "FINISHED")
         result["mlflow"] = {"tracking_uri": uri, "experiment": experiment, "run_id": run_id}
     text = json.dumps(result, indent=2, sort_keys=True)
+    print(text, flush=True)  # before --out: a full disk then loses the file, not the metrics
     if args.out:
         write_text_atomic(args.out, text + "\n")
-    print(text)
     return 0

@@ -172,6 +172,18 @@ def analyze_checkpoint_of_another_dataset(ctx: Ctx) -> list[str]:
     return ["analyze", str(ctx.base), "--checkpoint", str(ckpt), "--out", str(ctx.tmp / "an")]
 
 
+def evaluate_out_is_an_existing_folder(ctx: Ctx) -> list[str]:
+    (ctx.tmp / "metrics").mkdir()
+    return ["evaluate", str(ctx.tmp / "best.pt"), "--dataset", str(ctx.base), "--model", "mf", "--no-track",
+            "--out", str(ctx.tmp / "metrics")]
+
+
+def extract_out_is_a_file(ctx: Ctx) -> list[str]:
+    (ctx.tmp / "meta.json").write_text(json.dumps({"asin": "B1", "title": "a toy"}) + "\n")
+    (ctx.tmp / "features").write_text("a file")
+    return ["extract", str(ctx.tmp / "meta.json"), "--out", str(ctx.tmp / "features"), "--no-progress"]
+
+
 def sweep(ctx: Ctx, *extra: str) -> list[str]:
     return ["sweep", "--dataset", str(ctx.base), "--model", "mf", "--in-process", "--no-progress",
             "--tracking-uri", f"sqlite:///{ctx.tmp / 'mlruns.db'}", *extra]
@@ -258,6 +270,12 @@ CASES = [
     Case("analyze-out-is-a-file", analyze_out_is_a_file, 2,
          ("--out", "an: is an existing file; expected a folder"),
          not_reached=("clear_core.data.loading.load_dataset",)),
+    Case("evaluate-out-is-an-existing-folder", evaluate_out_is_an_existing_folder, 2,
+         ("--out", "metrics: is an existing folder; expected a file name"),
+         not_reached=("pipeline.stages.evaluate_checkpoint",)),
+    Case("extract-out-is-a-file", extract_out_is_a_file, 2,
+         ("--out", "features: is an existing file; expected a folder"),
+         not_reached=("clear_core.extraction.extract_features",)),
     Case("sweep-runs-dir-is-a-file", sweep_runs_dir_is_a_file, 2,
          ("--runs-dir", "runs: is an existing file; expected a folder"),
          not_reached=("pipeline.stages.run_pipeline",)),
