@@ -85,6 +85,8 @@ def _int_column(path: Path, table: pa.Table, column: str, header: list[str]) -> 
     except pa.ArrowInvalid:
         # Digits only, yet not an int64: the value overflows. Find it (error path only).
         big = [i for i, v in enumerate(stripped.to_pylist()) if int(v) > INT64_MAX]
+        if not big:
+            raise
         raise DataError(
             path,
             f"column {column!r} (column {header.index(column) + 1}): id {stripped[big[0]].as_py()} is "
