@@ -117,13 +117,7 @@ class DualGNN(MultimodalRecommender):
         problems = []
         if params["encoder_layers"] != 1:
             problems.append("encoder_layers: DualGNN's encoder is the first layer of its own MLP; expected 1")
-        if params["n_layers"] < 0:
-            problems.append(f"n_layers: expected >= 0, got {params['n_layers']}")
-        if params["user_graph_k"] < 1:
-            problems.append(f"user_graph_k: expected >= 1, got {params['user_graph_k']}")
-        if params["reg_weight"] < 0:
-            problems.append(f"reg_weight: expected >= 0, got {params['reg_weight']}")
-        return problems
+        return problems  # value ranges (n_layers, user_graph_k, reg_weight): param_rules
 
     def __init__(self, dataset: Dataset, **params: Any) -> None:
         super().__init__(dataset, **params)

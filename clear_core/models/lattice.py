@@ -43,6 +43,7 @@ from clear_core.item_graph import DEFAULT_CHUNK, propagate_with_transpose, to_cs
 from clear_core.models import register
 from clear_core.models.losses import bpr_loss
 from clear_core.models.multimodal import MULTIMODAL_PARAMS, MultimodalRecommender
+from clear_core.param_rules import knn_problem
 
 
 def knn_edges(features: torch.Tensor, k: int, chunk_size: int = DEFAULT_CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
@@ -114,18 +115,10 @@ class Lattice(MultimodalRecommender):
     }
 
     def check_params(self, dataset: Dataset, params) -> list[str]:
-        problems = []
-        for key in ("n_layers", "item_graph_layers"):
-            if params[key] < 0:
-                problems.append(f"{key}: expected >= 0, got {params[key]}")
-        for key in ("knn_k", "knn_chunk_size"):
-            if params[key] < 1:
-                problems.append(f"{key}: expected >= 1, got {params[key]}")
-        if not 0.0 <= params["original_graph_weight"] <= 1.0:
-            problems.append(f"original_graph_weight: expected a number in [0, 1], got {params['original_graph_weight']}")
-        if params["reg_weight"] < 0:
-            problems.append(f"reg_weight: expected >= 0, got {params['reg_weight']}")
-        return problems
+        # Value ranges (knn_k, layers, original_graph_weight, ...) live in param_rules; only
+        # what needs the data is checked here.
+        problem = knn_problem(params["knn_k"], dataset.n_items, dataset.name)
+        return [problem] if problem else []
 
     def __init__(self, dataset: Dataset, **params: Any) -> None:
         super().__init__(dataset, **params)

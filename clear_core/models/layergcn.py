@@ -34,6 +34,7 @@ from clear_core.graph import normalized_adjacency, symmetric_propagate
 from clear_core.models import register
 from clear_core.models.base import Recommender
 from clear_core.models.mf import xavier_table
+from clear_core.param_rules import range_problems
 from clear_core.graph import dropped_adjacency, edge_weights
 
 
@@ -49,15 +50,9 @@ class LayerGCN(Recommender):
 
     def __init__(self, dataset: Dataset, **params: Any) -> None:
         super().__init__(dataset, **params)
-        problems = []
-        if params["embedding_size"] < 1:
-            problems.append(f"embedding_size: expected >= 1, got {params['embedding_size']}")
-        if params["n_layers"] < 1:
-            problems.append(f"n_layers: expected >= 1 (the output sums layers 1..L), got {params['n_layers']}")
-        if params["reg_weight"] < 0:
-            problems.append(f"reg_weight: expected >= 0, got {params['reg_weight']}")
-        if not 0.0 <= params["edge_dropout"] < 1.0:
-            problems.append(f"edge_dropout: expected a number in [0, 1), got {params['edge_dropout']}")
+        problems = range_problems(params)
+        if params["n_layers"] == 0:
+            problems.append("n_layers: expected >= 1 for LayerGCN (its output sums layers 1..L), got 0")
         if problems:
             raise ConfigError(problems, source=f"model {self.name!r}")
         d = params["embedding_size"]

@@ -104,14 +104,10 @@ class MMGCN(MultimodalRecommender):
         return params["latent_size"]
 
     def check_params(self, dataset: Dataset, params) -> list[str]:
-        problems = []
-        if params["latent_size"] < 1:
-            problems.append(f"latent_size: expected >= 1, got {params['latent_size']}")
-        if params["n_layers"] < 1:
-            problems.append(f"n_layers: expected >= 1, got {params['n_layers']}")
-        if params["reg_weight"] < 0:
-            problems.append(f"reg_weight: expected >= 0, got {params['reg_weight']}")
-        return problems
+        # Value ranges (latent_size, reg_weight, ...) live in param_rules; MMGCN needs a layer.
+        if params["n_layers"] == 0:
+            return ["n_layers: expected >= 1 for MMGCN (its output is the last layer), got 0"]
+        return []
 
     def __init__(self, dataset: Dataset, **params: Any) -> None:
         super().__init__(dataset, **params)

@@ -80,15 +80,8 @@ class SLMRec(MultimodalRecommender):
     }
 
     def check_params(self, dataset: Dataset, params) -> list[str]:
+        # Ranges of the shared names and of temperature, ssl_* and weight_decay: param_rules.
         problems = []
-        if params["n_layers"] < 0:
-            problems.append(f"n_layers: expected >= 0, got {params['n_layers']}")
-        for key in ("temperature", "ssl_temperature"):
-            if not params[key] > 0:
-                problems.append(f"{key}: expected > 0, got {params[key]}")
-        for key in ("ssl_weight", "weight_decay"):
-            if params[key] < 0:
-                problems.append(f"{key}: expected >= 0, got {params[key]}")
         if "text" in dataset.features and params["embedding_size"] < 2:
             problems.append("embedding_size: expected >= 2 (the text stage of FAC is half as wide)")
         return problems

@@ -72,10 +72,12 @@ def test_pruning_alternates_degree_sensitive_and_uniform_and_keeps_the_full_grap
     assert model.training_adjacency() is model.adjacency
 
 
-def test_bad_parameters_are_listed_together():
+def test_bad_parameters_are_listed_together_and_layergcn_needs_a_layer():
     with pytest.raises(ConfigError) as err:
-        build_model("layergcn", tiny_dataset(), {"n_layers": 0, "edge_dropout": 1.0})
-    assert "n_layers" in str(err.value) and "edge_dropout" in str(err.value)
+        build_model("layergcn", tiny_dataset(), {"reg_weight": -1.0, "edge_dropout": 1.0})
+    assert "reg_weight" in str(err.value) and "edge_dropout" in str(err.value)
+    with pytest.raises(ConfigError, match="n_layers: expected >= 1"):
+        build_model("layergcn", tiny_dataset(), {"n_layers": 0})
 
 
 def test_scores_are_finite_and_cover_every_item():
