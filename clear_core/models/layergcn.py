@@ -30,12 +30,16 @@ from torch import nn
 
 from clear_core.data.dataset import Dataset
 from clear_core.errors import ConfigError
-from clear_core.graph import normalized_adjacency, symmetric_propagate
+from clear_core.graph import (
+    dropped_adjacency,
+    edge_weights,
+    normalized_adjacency,
+    symmetric_propagate,
+)
 from clear_core.models import register
 from clear_core.models.base import Recommender
 from clear_core.models.mf import xavier_table
 from clear_core.param_rules import range_problems
-from clear_core.graph import dropped_adjacency, edge_weights
 
 
 @register
