@@ -24,6 +24,11 @@ _MODEL_MODULES = (
     "clear_core.models.vbpr",
     "clear_core.models.freedom",
     "clear_core.models.clear",
+    "clear_core.models.bm3",
+    "clear_core.models.mgcn",
+    "clear_core.models.lgmrec",
+    "clear_core.models.mentor",
+    "clear_core.models.mmssl",
 )
 
 
