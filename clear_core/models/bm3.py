@@ -48,12 +48,10 @@ class BM3(MultimodalRecommender):
     params = {**MULTIMODAL_PARAMS, "n_layers": int, "reg_weight": float, "cl_weight": float, "dropout": float}
 
     def check_params(self, dataset: Dataset, params) -> list[str]:
+        # n_layers and reg_weight: clear_core.param_rules, checked by the shared base.
         problems = []
-        if params["n_layers"] < 0:
-            problems.append(f"n_layers: expected >= 0, got {params['n_layers']}")
-        for field in ("reg_weight", "cl_weight"):
-            if params[field] < 0:
-                problems.append(f"{field}: expected >= 0, got {params[field]}")
+        if params["cl_weight"] < 0:
+            problems.append(f"cl_weight: expected >= 0, got {params['cl_weight']}")
         if not 0.0 <= params["dropout"] < 1.0:
             problems.append(f"dropout: expected a number in [0, 1), got {params['dropout']}")
         return problems

@@ -42,8 +42,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from clear_core.data.dataset import Dataset
-from clear_core.graph import normalized_adjacency, symmetric_propagate
-from clear_core.modality_graph import propagate_with_transpose, user_item_matrix
+from clear_core.graph import normalized_adjacency, symmetric_propagate, user_item_matrix
+from clear_core.item_graph import propagate_with_transpose
 from clear_core.models import register
 from clear_core.models.losses import bpr_loss, embedding_penalty
 from clear_core.models.multimodal import MULTIMODAL_PARAMS, MultimodalRecommender
@@ -80,7 +80,7 @@ class LGMRec(MultimodalRecommender):
             problems.append(f"hyper_num: expected >= 1, got {params['hyper_num']}")
         if not 0.0 < params["keep_rate"] <= 1.0:
             problems.append(f"keep_rate: expected a number in (0, 1], got {params['keep_rate']}")
-        for field in ("alpha", "cl_weight", "reg_weight"):
+        for field in ("alpha", "cl_weight"):  # reg_weight: clear_core.param_rules
             if params[field] < 0:
                 problems.append(f"{field}: expected >= 0, got {params[field]}")
         if params["encoder_layers"] != 1:

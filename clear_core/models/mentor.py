@@ -55,11 +55,12 @@ from torch import nn
 
 from clear_core.data.dataset import Dataset
 from clear_core.graph import normalized_adjacency, symmetric_propagate
-from clear_core.modality_graph import mixed_item_graph, propagate_with_transpose, to_csr_pair
+from clear_core.item_graph import mixed_item_graph, propagate_with_transpose, to_csr_pair
 from clear_core.models import register
 from clear_core.models.losses import bpr_loss
 from clear_core.models.multimodal import MULTIMODAL_PARAMS, MultimodalRecommender, mix_weights
 from clear_core.models.self_supervised import cosine_alignment, info_nce
+from clear_core.param_rules import knn_problem
 
 
 def _mlp(d_in: int, d_out: int) -> nn.Module:
@@ -126,13 +127,13 @@ class MENTOR(MultimodalRecommender):
         return _mlp(d_in, d_out)
 
     def check_params(self, dataset: Dataset, params) -> list[str]:
+        # knn_k, knn_chunk_size, reg_weight: clear_core.param_rules, checked by the shared base.
         problems = []
         if params["n_mm_layers"] < 0:
             problems.append(f"n_mm_layers: expected >= 0, got {params['n_mm_layers']}")
-        for field in ("knn_k", "knn_chunk_size"):
-            if params[field] < 1:
-                problems.append(f"{field}: expected >= 1, got {params[field]}")
-        for field in ("reg_weight", "align_weight", "mask_weight_f", "mask_weight_g", "perturbation_eps"):
+        if (p := knn_problem(params["knn_k"], dataset.n_items, dataset.name)):
+            problems.append(p)
+        for field in ("align_weight", "mask_weight_f", "mask_weight_g", "perturbation_eps"):
             if params[field] < 0:
                 problems.append(f"{field}: expected >= 0, got {params[field]}")
         if not 0.0 <= params["dropout"] < 1.0:

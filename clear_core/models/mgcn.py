@@ -8,7 +8,7 @@ demonph10/MGCN), and MGCN + CLEAR by configuration.
   modality).
 * Item-item view, per modality: ``n_layers`` propagations of ``ē_m`` over a kNN graph of the raw
   features, weighted by the cosine similarities and normalised ``D^{-1/2} S D^{-1/2}`` (built
-  once, frozen; :func:`~clear_core.modality_graph.similarity_knn_graph`); users get
+  once, frozen; :func:`~clear_core.item_graph.similarity_knn_graph`); users get
   ``R ē_m`` with ``R`` the user-item block of the symmetric-normalised interaction graph.
 * User-item view: LightGCN over ``n_ui_layers`` (mean of layers 0..L) of the ID embeddings.
 * Behaviour-aware fuser: attention ``α = softmax_m(q(e_m))`` with ``q = W2 tanh(W1 ·)``, common
@@ -34,18 +34,18 @@ import torch
 from torch import nn
 
 from clear_core.data.dataset import Dataset
-from clear_core.graph import normalized_adjacency, symmetric_propagate
-from clear_core.modality_graph import (
+from clear_core.graph import (
     edge_weights,
-    propagate_with_transpose,
-    similarity_knn_graph,
-    to_csr_pair,
+    normalized_adjacency,
+    symmetric_propagate,
     user_item_matrix,
 )
+from clear_core.item_graph import propagate_with_transpose, similarity_knn_graph, to_csr_pair
 from clear_core.models import register
 from clear_core.models.losses import bpr_loss
 from clear_core.models.multimodal import MULTIMODAL_PARAMS, MultimodalRecommender
 from clear_core.models.self_supervised import info_nce
+from clear_core.param_rules import knn_problem
 
 
 def _gate(d: int) -> nn.Module:
@@ -67,16 +67,14 @@ class MGCN(MultimodalRecommender):
     }
 
     def check_params(self, dataset: Dataset, params) -> list[str]:
+        # n_layers, knn_k, knn_chunk_size, reg_weight: clear_core.param_rules, checked by the base.
         problems = []
-        for field in ("n_ui_layers", "n_layers"):
-            if params[field] < 0:
-                problems.append(f"{field}: expected >= 0, got {params[field]}")
-        for field in ("knn_k", "knn_chunk_size"):
-            if params[field] < 1:
-                problems.append(f"{field}: expected >= 1, got {params[field]}")
-        for field in ("reg_weight", "cl_weight"):
-            if params[field] < 0:
-                problems.append(f"{field}: expected >= 0, got {params[field]}")
+        if params["n_ui_layers"] < 0:
+            problems.append(f"n_ui_layers: expected >= 0, got {params['n_ui_layers']}")
+        if (p := knn_problem(params["knn_k"], dataset.n_items, dataset.name)):
+            problems.append(p)
+        if params["cl_weight"] < 0:
+            problems.append(f"cl_weight: expected >= 0, got {params['cl_weight']}")
         if not params["temperature"] > 0:
             problems.append(f"temperature: expected > 0, got {params['temperature']}")
         return problems

@@ -62,8 +62,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from clear_core.data.dataset import Dataset
-from clear_core.graph import quiet_sparse_notices
-from clear_core.modality_graph import propagate_with_transpose, user_item_matrix
+from clear_core.graph import quiet_sparse_notices, user_item_matrix
+from clear_core.item_graph import propagate_with_transpose
 from clear_core.models import register
 from clear_core.models.losses import bpr_loss
 from clear_core.models.multimodal import MULTIMODAL_PARAMS, MultimodalRecommender
@@ -153,7 +153,7 @@ class MMSSL(MultimodalRecommender):
         for field in ("head_num", "graph_refresh_batches"):
             if params[field] < 1:
                 problems.append(f"{field}: expected >= 1, got {params[field]}")
-        for field in ("model_cat_rate", "id_cat_rate", "reg_weight", "feat_reg_weight", "adversarial_weight",
+        for field in ("model_cat_rate", "id_cat_rate", "feat_reg_weight", "adversarial_weight",
                       "cl_weight", "gradient_penalty_weight", "ui_pre_scale", "log_log_scale"):
             if params[field] < 0:
                 problems.append(f"{field}: expected >= 0, got {params[field]}")

@@ -10,7 +10,7 @@ import torch
 from multimodal_support import all_scores, tiny_dataset, train_epochs
 from resume_support import assert_resume_matches
 
-from clear_core.modality_graph import similarity_knn_graph
+from clear_core.item_graph import similarity_knn_graph
 from clear_core.models import build_model, resolve_params
 from clear_core.models.self_supervised import info_nce
 
