@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from clear_core.trainer import CHECKPOINT_NAME, TrainConfig, fit
+from clear_core.checkpoints import LAST_NAME
+from clear_core.trainer import TrainConfig, fit
 
 
 def history(result):
@@ -22,9 +23,9 @@ def assert_resume_matches(dataset, model: str, params: dict, tmp_path, epochs: i
     # A new process: another global RNG state, and the stop request cleared from the checkpoint.
     torch.manual_seed(987)
     np.random.seed(987)
-    state = torch.load(ckpt / CHECKPOINT_NAME, weights_only=True)
+    state = torch.load(ckpt / LAST_NAME, weights_only=True)
     state["stop_reason"] = ""
-    torch.save(state, ckpt / CHECKPOINT_NAME)
+    torch.save(state, ckpt / LAST_NAME)
     resumed = fit(dataset, model, params, config, checkpoint_dir=ckpt)
     assert history(resumed) == history(whole)
     assert resumed.test == whole.test
