@@ -30,6 +30,11 @@ _MODEL_MODULES = (
     "clear_core.models.dualgnn",
     "clear_core.models.lattice",
     "clear_core.models.slmrec",
+    "clear_core.models.bm3",
+    "clear_core.models.mgcn",
+    "clear_core.models.lgmrec",
+    "clear_core.models.mentor",
+    "clear_core.models.mmssl",
 )
 
 

@@ -81,6 +81,19 @@ class Recommender(nn.Module):
             return b.device
         return torch.device("cpu")
 
+    def trained_parameters(self) -> list[nn.Parameter]:
+        """What the trainer's optimiser steps: every parameter that needs a gradient, less
+        :meth:`self_stepped_parameters`."""
+        own = {id(p) for p in self.self_stepped_parameters()}
+        return [p for p in self.parameters() if p.requires_grad and id(p) not in own]
+
+    def self_stepped_parameters(self) -> list[nn.Parameter]:
+        """Parameters the model updates itself, inside :meth:`loss`, with an optimiser of its own
+        (an adversarial discriminator: MMSSL). The trainer leaves them alone, so a model with a
+        second player needs no trainer of its own; the model keeps that optimiser's state in
+        :meth:`extra_state_for_checkpoint`. Default: none."""
+        return []
+
     def extra_state_for_checkpoint(self) -> dict[str, Any]:
         """State outside parameters and buffers that a resumed run needs (default none)."""
         return {}

@@ -27,7 +27,7 @@ def train_epochs(model, dataset, epochs: int, *, lr: float = 0.01, batch: int = 
     """Mean BPR-triple loss per epoch, with uniform negatives (drawn on CPU, so the same on any
     device, and moved to the model's device as the trainer does)."""
     torch.manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    opt = torch.optim.Adam(model.trained_parameters(), lr=lr)
     train = torch.as_tensor(dataset.train)
     losses = []
     for epoch in range(1, epochs + 1):

@@ -39,6 +39,18 @@ CASES = {
     "lattice+clear": ("lattice", {"projection": "fixed"}),
     "slmrec": ("slmrec", {}),
     "slmrec+clear": ("slmrec", {"projection": "fixed"}),
+    # Table-2 baselines with auxiliary objectives; their random parts (target dropout, Gumbel
+    # noise, SimGCL noise, the discriminator) off for the cross-device comparison only.
+    "bm3": ("bm3", {"dropout": 0.0}),
+    "bm3+clear": ("bm3", {"dropout": 0.0, "projection": "fixed"}),
+    "mgcn": ("mgcn", {}),
+    "mgcn+clear": ("mgcn", {"projection": "fixed"}),
+    "lgmrec": ("lgmrec", {"keep_rate": 1.0, "hyperedge_noise": False}),
+    "lgmrec+clear": ("lgmrec", {"keep_rate": 1.0, "hyperedge_noise": False, "projection": "fixed"}),
+    "mentor": ("mentor", {"dropout": 0.0, "perturbation_eps": 0.0}),
+    "mentor+clear": ("mentor", {"dropout": 0.0, "perturbation_eps": 0.0, "projection": "fixed"}),
+    "mmssl": ("mmssl", {"dropout": 0.0, "adversarial_weight": 0.0}),
+    "mmssl+clear": ("mmssl", {"dropout": 0.0, "adversarial_weight": 0.0, "projection": "fixed"}),
 }
 
 
@@ -99,7 +111,7 @@ def test_a_cuda_checkpoint_scores_the_same_on_cpu():
     torch.testing.assert_close(all_scores(cpu, ds), all_scores(gpu, ds).cpu(), rtol=1e-3, atol=1e-4)
 
 
-@pytest.mark.parametrize("name", ["lightgcn", "clear"])
+@pytest.mark.parametrize("name", ["lightgcn", "clear", "mmssl"])  # mmssl: its own discriminator optimiser
 def test_the_trainer_fits_and_resumes_on_cuda(name, tmp_path):
     ds = tiny_dataset()
     config = TrainConfig.resolve({"batch_size": 256, "max_epochs": 3, "device": "cuda", "seed": 3})
@@ -116,3 +128,15 @@ def test_the_trainer_fits_and_resumes_on_cuda(name, tmp_path):
     for a, b in zip(resumed.history, whole.history, strict=True):
         assert a["valid"]["recall@20"] == pytest.approx(b["valid"]["recall@20"], abs=5e-3)
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-3)
+
+
+def test_mmssl_steps_its_discriminator_on_cuda():
+    ds = tiny_dataset()
+    torch.manual_seed(0)
+    model = build_model("mmssl", ds, {}).to("cuda")
+    before = [q.detach().clone() for q in model.discriminator.parameters()]
+    losses = train_epochs(model, ds, 2)
+    assert all(q.is_cuda for q in model.discriminator.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.discriminator.parameters(), strict=True))
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert torch.isfinite(all_scores(model, ds)).all()

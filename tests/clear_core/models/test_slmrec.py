@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from multimodal_support import all_scores, tiny_dataset, train_epochs
-from resume_support import assert_resume_matches_uninterrupted
+from resume_support import assert_resume_matches
 
 from clear_core.models import build_model, resolve_params
 from clear_core.models.slmrec import chain_order, info_nce
@@ -123,4 +123,4 @@ def test_runs_on_image_and_audio_like_tiktok():
 
 
 def test_checkpoint_resume_gives_the_same_metrics(tmp_path):
-    assert_resume_matches_uninterrupted(tiny_dataset(), "slmrec", {"embedding_size": 16}, tmp_path)
+    assert_resume_matches(tiny_dataset(), "slmrec", {"embedding_size": 16}, tmp_path, epochs=3, batch_size=256)
