@@ -60,9 +60,10 @@ def model_class(name: str) -> type[Recommender]:
 
 
 def resolve_params(name: str, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Defaults from ``configs/models/<name>.yaml`` with ``overrides`` applied, type-checked."""
+    """Defaults from ``configs/models/<name>.yaml`` (over the model family's shared defaults,
+    e.g. the multimodal plug-ins') with ``overrides`` applied, type-checked."""
     cls = model_class(name)
-    merged = {**load_defaults("models", name), **dict(overrides or {})}
+    merged = {**cls.shared_defaults(), **load_defaults("models", name), **dict(overrides or {})}
     return validate_fields(merged, cls.params, source=f"model {name!r}")
 
 
