@@ -37,8 +37,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from clear_core.data.dataset import Dataset
 from clear_core.config import config_dir, load_yaml
+from clear_core.data.dataset import Dataset
 from clear_core.errors import ConfigError
 from clear_core.models.base import Recommender
 from clear_core.models.projected_linear import projected_linear
