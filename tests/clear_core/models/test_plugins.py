@@ -184,3 +184,15 @@ def test_both_plugins_together_train(name):
     losses, _, scores, _ = _trained(name, {"projection": "fixed", "redundancy_rank": 2, "mrdib": True})
     assert all(torch.isfinite(torch.tensor(losses)))
     assert torch.isfinite(scores).all()
+
+
+def test_every_bad_mrdib_weight_is_reported_at_once():
+    from clear_core.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        build_model("vbpr", tiny_dataset(), {"mrdib": True, "mrdib_kl_weight": -1.0, "mrdib_synergy_weight": -0.5,
+                                             "embedding_size": 0})
+    text = str(err.value)
+    assert "mrdib_kl_weight: expected a number >= 0, got -1.0" in text
+    assert "mrdib_synergy_weight: expected a number >= 0, got -0.5" in text
+    assert "embedding_size" in text
