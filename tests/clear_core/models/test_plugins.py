@@ -196,3 +196,22 @@ def test_every_bad_mrdib_weight_is_reported_at_once():
     assert "mrdib_kl_weight: expected a number >= 0, got -1.0" in text
     assert "mrdib_synergy_weight: expected a number >= 0, got -0.5" in text
     assert "embedding_size" in text
+
+
+def test_the_trainer_adds_mrdib_and_a_resumed_run_gives_the_same_numbers(tmp_path):
+    from clear_core.trainer import CHECKPOINT_NAME, TrainConfig, fit
+
+    ds = tiny_dataset()
+    config = TrainConfig.resolve({"batch_size": 512, "max_epochs": 3, "device": "cpu", "seed": 3})
+    plain = fit(ds, "vbpr", {}, config)
+    whole = fit(ds, "vbpr", {"mrdib": True}, config)
+    # The trainer minimises training_loss: the plug-in's terms are in the reported loss.
+    assert [h["train_loss"] for h in whole.history] != [h["train_loss"] for h in plain.history]
+    fit(ds, "vbpr", {"mrdib": True}, config, checkpoint_dir=tmp_path, on_epoch_end=lambda r: r.epoch == 2)
+    state = torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True)
+    state["stop_reason"] = ""  # resume a run still going
+    torch.save(state, tmp_path / CHECKPOINT_NAME)
+    resumed = fit(ds, "vbpr", {"mrdib": True}, config, checkpoint_dir=tmp_path)
+    # The bottleneck's noise comes from the global generator, which the checkpoint carries.
+    assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in whole.history]
+    assert resumed.valid == whole.valid and resumed.test == whole.test
