@@ -76,13 +76,13 @@ def split_method(method: str) -> tuple[str, str | None]:
 def run_one(job: dict) -> dict:
     import torch
 
-    torch.set_num_threads(job.get("threads", 1))
+    torch.set_num_threads(1)  # --workers processes share the cores
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     from clear_core.data.loading import load_dataset
     from clear_core.trainer import TrainConfig, fit
 
     ds = load_dataset(job["data"])
-    cfg = TrainConfig.resolve({**job["train"], "seed": job["seed"], "device": job.get("device", "cpu")})
+    cfg = TrainConfig.resolve({**job["train"], "seed": job["seed"], "device": "cpu"})
     t0 = time.perf_counter()
     result = fit(ds, split_method(job["method"])[0], job["params"], cfg)
     return {
