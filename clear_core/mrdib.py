@@ -2,9 +2,9 @@
 disentangling objectives (Wang et al., "Multimodal Representation-disentangled Information
 Bottleneck for Multimodal Recommendation", arXiv 2509.20225).
 
-What this is based on. The full text and the authors' code were not reachable from here (only the
-abstract, ../shared/papers/mrdib-2509.20225-abstract.txt, and third-party summaries of the paper:
-the emergentmind.com topic page, arxivlens and the edgentiq blog post). Those say: a multimodal
+What this is based on. The full text and the authors' code were not reachable when this was
+written: only the arXiv abstract and third-party summaries of the paper (the emergentmind.com topic
+page, arxivlens and the edgentiq blog post). Those say: a multimodal
 information bottleneck (MIB) first compresses each modality's representation, with a KL
 divergence as the compression term; then unique, redundant and synergistic information about the
 recommendation target (partial information decomposition, PID) is shaped by three objectives, "a

@@ -199,7 +199,8 @@ def test_every_bad_mrdib_weight_is_reported_at_once():
 
 
 def test_the_trainer_adds_mrdib_and_a_resumed_run_gives_the_same_numbers(tmp_path):
-    from clear_core.trainer import CHECKPOINT_NAME, TrainConfig, fit
+    from clear_core.checkpoints import LAST_NAME
+    from clear_core.trainer import TrainConfig, fit
 
     ds = tiny_dataset()
     config = TrainConfig.resolve({"batch_size": 512, "max_epochs": 3, "device": "cpu", "seed": 3})
@@ -208,9 +209,9 @@ def test_the_trainer_adds_mrdib_and_a_resumed_run_gives_the_same_numbers(tmp_pat
     # The trainer minimises training_loss: the plug-in's terms are in the reported loss.
     assert [h["train_loss"] for h in whole.history] != [h["train_loss"] for h in plain.history]
     fit(ds, "vbpr", {"mrdib": True}, config, checkpoint_dir=tmp_path, on_epoch_end=lambda r: r.epoch == 2)
-    state = torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True)
+    state = torch.load(tmp_path / LAST_NAME, weights_only=True)
     state["stop_reason"] = ""  # resume a run still going
-    torch.save(state, tmp_path / CHECKPOINT_NAME)
+    torch.save(state, tmp_path / LAST_NAME)
     resumed = fit(ds, "vbpr", {"mrdib": True}, config, checkpoint_dir=tmp_path)
     # The bottleneck's noise comes from the global generator, which the checkpoint carries.
     assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in whole.history]
