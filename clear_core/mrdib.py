@@ -63,7 +63,8 @@ from torch import nn
 
 from clear_core.models.losses import bpr_loss
 
-#: The plug-in's parameters, shared by every multimodal model (defaults: configs/plugins.yaml).
+#: The plug-in's parameters, shared by every multimodal model (defaults: configs/plugins.yaml;
+#: their ranges: :mod:`clear_core.param_rules`).
 MRDIB_PARAMS: dict[str, Any] = {
     "mrdib": bool,
     "mrdib_kl_weight": float,
@@ -71,18 +72,12 @@ MRDIB_PARAMS: dict[str, Any] = {
     "mrdib_redundancy_weight": float,
     "mrdib_synergy_weight": float,
 }
-_WEIGHTS = ("mrdib_kl_weight", "mrdib_unique_weight", "mrdib_redundancy_weight", "mrdib_synergy_weight")
 
 #: log σ² the bottleneck starts from (σ = 0.1): training starts near the deterministic model and
 #: the KL term, not the initialisation, decides how much noise each modality carries.
 INITIAL_LOG_VARIANCE = math.log(1e-2)
 #: Bounds on log σ², so that exp() can neither overflow nor make the KL's -log σ² term explode.
 LOG_VARIANCE_RANGE = (-12.0, 6.0)
-
-
-def mrdib_problems(params: Mapping[str, Any]) -> list[str]:
-    """Range checks of the plug-in's weights (every one reported)."""
-    return [f"{name}: expected a number >= 0, got {params[name]}" for name in _WEIGHTS if params[name] < 0]
 
 
 def gaussian_kl(mean: torch.Tensor, log_variance: torch.Tensor) -> torch.Tensor:
@@ -221,6 +216,5 @@ __all__ = [
     "MRdIB",
     "cross_correlation",
     "gaussian_kl",
-    "mrdib_problems",
     "redundancy",
 ]

@@ -35,6 +35,7 @@ from urllib.parse import urlparse
 
 from clear_core.config import config_dir, load_yaml, validate_fields
 from clear_core.errors import ClearrecError
+from pipeline.sqlite_store import sqlite_file_problem
 from pipeline.tags import MLFLOW_PARENT_RUN, ROLE, SWEEP_ID, TRIAL_ID
 
 log = logging.getLogger(__name__)
@@ -146,6 +147,8 @@ def check_reachable(uri: str, timeout_s: float = 10.0) -> None:
     db = sqlite_path(uri)
     if db is not None and not db.resolve().parent.is_dir():
         raise TrackingError(f"MLflow tracking database {uri}: folder {db.resolve().parent} does not exist")
+    if db is not None and (problem := sqlite_file_problem(db)):
+        raise TrackingError(f"MLflow tracking database {uri}: {problem}")
     if parsed.scheme not in ("", "file", "sqlite", "postgresql", "mysql", "databricks"):
         raise TrackingError(f"MLflow tracking URI {uri!r}: unsupported scheme {parsed.scheme!r}")
 

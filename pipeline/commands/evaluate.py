@@ -74,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
     from clear_core.config import parse_overrides
     from pipeline import tags, tracking
     from pipeline.checkpoint_evaluation import evaluate_checkpoint
+    from pipeline.output_paths import output_file_problems
     from pipeline.provenance import git_commit
     from pipeline.stages import path_fingerprint
 
@@ -89,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
         train = {**sweep["best_train"], **train}
     missing = [f"--{name}: required (or give a sweep output folder)" for name, value in
                (("dataset", dataset), ("model", model)) if not value]
+    missing += output_file_problems("--out", args.out)
     if missing:
         raise ConfigError(missing)
     uri = None
@@ -124,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
         tracker.end_run(run_id, "FINISHED")
         result["mlflow"] = {"tracking_uri": uri, "experiment": experiment, "run_id": run_id}
     text = json.dumps(result, indent=2, sort_keys=True)
+    print(text, flush=True)  # before --out: a full disk then loses the file, not the metrics
     if args.out:
         write_text_atomic(args.out, text + "\n")
-    print(text)
     return 0

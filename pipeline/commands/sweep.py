@@ -71,11 +71,23 @@ def sweep_overrides(args: argparse.Namespace) -> dict:
     return overrides
 
 
+def check_runs_dir(runs_dir: str | None) -> None:
+    """``--runs-dir`` (or pipeline.yaml's ``runs_dir``) must be a folder we can write into,
+    found before Ray starts rather than as a traceback from the first stage."""
+    from pipeline.output_paths import check_outputs, output_dir_problems
+    from pipeline.tracking import load_pipeline_config
+
+    option = "--runs-dir" if runs_dir else "runs_dir (configs/pipeline.yaml)"
+    check_outputs(output_dir_problems(option, runs_dir or load_pipeline_config()["runs_dir"]),
+                  source="clearrec sweep")
+
+
 def run(args: argparse.Namespace) -> int:
     from pipeline.run import run_pipeline
     from pipeline.sweep_config import load_sweep_config
 
     config = load_sweep_config(args.config, sweep_overrides(args))
+    check_runs_dir(args.runs_dir)
 
     def on_stage(out: dict) -> None:
         state = "reused" if out["reused"] else f"done in {out['seconds']:.1f}s"

@@ -193,8 +193,8 @@ def test_every_bad_mrdib_weight_is_reported_at_once():
         build_model("vbpr", tiny_dataset(), {"mrdib": True, "mrdib_kl_weight": -1.0, "mrdib_synergy_weight": -0.5,
                                              "embedding_size": 0})
     text = str(err.value)
-    assert "mrdib_kl_weight: expected a number >= 0, got -1.0" in text
-    assert "mrdib_synergy_weight: expected a number >= 0, got -0.5" in text
+    assert "mrdib_kl_weight: expected a finite number >= 0, got -1.0" in text
+    assert "mrdib_synergy_weight: expected a finite number >= 0, got -0.5" in text
     assert "embedding_size" in text
 
 
