@@ -200,7 +200,7 @@ class MRdIB(nn.Module):
 
     def diagnostics(self) -> dict[str, float]:
         """Mean bottleneck log σ² bias per modality (how much noise the KL has let in)."""
-        return {f"mean_log_variance_bias/{m}": float(self.log_variance[m].bias.mean()) for m in self.modalities}
+        return {f"mean_log_variance_bias/{m}": float(self.log_variance[m].bias.detach().mean()) for m in self.modalities}
 
     def extra_repr(self) -> str:
         return (
