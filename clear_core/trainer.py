@@ -330,7 +330,7 @@ def _fit(
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         for s in range(0, n_train, config.batch_size):
             e = min(s + config.batch_size, n_train)
-            loss = model.loss(users[s:e], pos[s:e], neg[s:e])
+            loss = model.training_loss(users[s:e], pos[s:e], neg[s:e])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

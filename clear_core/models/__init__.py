@@ -73,10 +73,11 @@ def model_class(name: str) -> type[Recommender]:
 def resolve_params(
     name: str, overrides: Mapping[str, Any] | None = None, *, check_values: bool = True
 ) -> dict[str, Any]:
-    """Defaults from ``configs/models/<name>.yaml`` with ``overrides`` applied, type-checked and,
-    with ``check_values``, range-checked (:mod:`clear_core.param_rules`)."""
+    """Defaults from ``configs/models/<name>.yaml`` (over the model family's shared defaults,
+    e.g. the multimodal plug-ins') with ``overrides`` applied, type-checked and, with
+    ``check_values``, range-checked (:mod:`clear_core.param_rules`)."""
     cls = model_class(name)
-    merged = {**load_defaults("models", name), **dict(overrides or {})}
+    merged = {**cls.shared_defaults(), **load_defaults("models", name), **dict(overrides or {})}
     params = validate_fields(merged, cls.params, source=f"model {name!r}")
     if check_values:
         check_ranges(params, source=f"model {name!r}")

@@ -55,6 +55,19 @@ class Recommender(nn.Module):
         """Scalar loss for a batch of BPR triples (all 1-D int64 tensors on the model's device)."""
         raise NotImplementedError
 
+    def training_loss(
+        self, users: torch.Tensor, pos_items: torch.Tensor, neg_items: torch.Tensor
+    ) -> torch.Tensor:
+        """What the trainer minimises: :meth:`loss`, plus whatever a model family's plug-ins
+        add (the multimodal base adds MRdIB's auxiliary loss), so no model adds it itself."""
+        return self.loss(users, pos_items, neg_items)
+
+    @classmethod
+    def shared_defaults(cls) -> dict[str, Any]:
+        """Defaults of parameters a whole model family takes (the multimodal plug-ins), applied
+        under the model's own ``configs/models/<name>.yaml``. Default: none."""
+        return {}
+
     def epoch_diagnostics(self) -> dict[str, float]:
         """Figures about the model's own state, read by the trainer after every epoch and
         logged with that epoch's metrics (``name/figure`` keys). Default: none."""

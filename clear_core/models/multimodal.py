@@ -14,7 +14,16 @@ Every feature-using model (``clear``, ``vbpr``, ``freedom``) gets from this base
   modalities, switched by the ``projection`` parameter (``none`` | ``fixed`` | ``dynamic``) and
   refreshed in :meth:`on_epoch_start` from the current encoder outputs. Because it lives here,
   ``--model vbpr --set projection=fixed`` turns a baseline into its "+ CLEAR" variant without
-  a line of model-specific code (paper Section 4.5.2).
+  a line of model-specific code (paper Section 4.5.2);
+* MRdIB (:mod:`clear_core.mrdib`), the second redundancy-aware plug-in, switched by ``mrdib``:
+  an information bottleneck on the same encoded features (after the projection when both are
+  on) and its auxiliary loss, added by :meth:`training_loss` (what the trainer calls).
+
+Both plug-ins act on what :meth:`encode` returns, so every model that reads its modality
+features through :meth:`encode` gets them; their defaults (both off) live in
+``configs/plugins.yaml`` and fill in whatever a model's YAML leaves out
+(:meth:`shared_defaults`), so a model's configuration needs no plug-in keys. Switched off, a
+plug-in builds no module and draws no random number: the model is bit-for-bit the one without it.
 
 Subclasses call :meth:`encode` to get the (projected) modality features of all or some items
 and must call ``super().on_epoch_start(epoch)`` if they override it.
@@ -28,10 +37,12 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from clear_core.config import config_dir, load_yaml
 from clear_core.data.dataset import Dataset
 from clear_core.errors import ConfigError
 from clear_core.models.base import Recommender
 from clear_core.models.projected_linear import projected_linear
+from clear_core.mrdib import MRDIB_PARAMS, MRdIB
 from clear_core.param_rules import knn_problem, range_problems
 from clear_core.projection import MODES, CrossModalProjection, validate_projection
 
@@ -48,7 +59,11 @@ MULTIMODAL_PARAMS: dict[str, Any] = {
     "refresh_every": int,
     "energy_ratio": float,
     "projected_pair": (list, type(None)),
+    **MRDIB_PARAMS,
 }
+
+#: Defaults of the plug-in parameters, under every multimodal model's own YAML.
+PLUGIN_DEFAULTS_FILE = "plugins.yaml"
 
 
 #: ``none``: raw features as given (MMRec); ``unit``: each modality divided by its mean row norm.
@@ -189,6 +204,25 @@ class MultimodalRecommender(Recommender):
             refresh_every=params["refresh_every"],
             energy_ratio=params["energy_ratio"],
         )
+        self.mrdib: MRdIB | None = None
+        if params["mrdib"]:
+            # A forked generator: the plug-in's initial weights leave the backbone's draws as
+            # they are, so a base and its + MRdIB variant start from the same backbone weights.
+            with torch.random.fork_rng(devices=[]):
+                self.mrdib = MRdIB(
+                    self.modality_names,
+                    d_enc,
+                    self.n_users,
+                    kl_weight=params["mrdib_kl_weight"],
+                    unique_weight=params["mrdib_unique_weight"],
+                    redundancy_weight=params["mrdib_redundancy_weight"],
+                    synergy_weight=params["mrdib_synergy_weight"],
+                )
+
+    @classmethod
+    def shared_defaults(cls) -> dict[str, Any]:
+        """The plug-ins' defaults (``configs/plugins.yaml``); a model's YAML overrides them."""
+        return load_yaml(config_dir() / PLUGIN_DEFAULTS_FILE)
 
     # --- hooks for subclasses -----------------------------------------------------------------
     def check_params(self, dataset: Dataset, params: Mapping[str, Any]) -> list[str]:
@@ -231,8 +265,10 @@ class MultimodalRecommender(Recommender):
             return self.raw_features[modality]
         return getattr(self, f"features_{modality}")
 
-    def encode(self, items: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Encoded features of ``items`` (all items when None), projected on the configured pair.
+    def encode(self, items: torch.Tensor | None = None, *, bottleneck: bool = True) -> dict[str, torch.Tensor]:
+        """Encoded features of ``items`` (all items when None), projected on the configured pair,
+        then through MRdIB's bottleneck when it is on (a sample in training, the mean in
+        evaluation; ``bottleneck=False`` gives the mean always).
 
         With ``encoded_centering`` each modality's encoder output is centred over all items
         first. Two reasons: the projector is then applied to exactly the centred matrix whose
@@ -266,7 +302,17 @@ class MultimodalRecommender(Recommender):
                 out[a], out[b] = self.projection(out[a], out[b])
         if self.encoded_centering and items is not None:
             out = {m: x.index_select(0, items) for m, x in out.items()}
+        if self.mrdib is not None and bottleneck:
+            out = self.mrdib.compress(out)
         return out
+
+    def training_loss(self, users: torch.Tensor, pos_items: torch.Tensor, neg_items: torch.Tensor) -> torch.Tensor:
+        """The model's :meth:`loss`, plus MRdIB's auxiliary loss on the batch's items when on."""
+        loss = self.loss(users, pos_items, neg_items)
+        if self.mrdib is None:
+            return loss
+        means = self.encode(torch.cat([pos_items, neg_items]), bottleneck=False)
+        return loss + self.mrdib.loss(means, users)
 
     def on_epoch_start(self, epoch: int) -> None:
         """Refresh the projector at epochs 1, 1+τ, 1+2τ, ... (see :meth:`refresh_projection`)."""
@@ -274,8 +320,12 @@ class MultimodalRecommender(Recommender):
 
     def epoch_diagnostics(self) -> dict[str, float]:
         """The projector's last refresh (:meth:`CrossModalProjection.diagnostics`) as
-        ``projection/<figure>``: how k and the cross-covariance spectrum move over training."""
-        return {f"projection/{k}": v for k, v in self.projection.diagnostics().items()}
+        ``projection/<figure>``: how k and the cross-covariance spectrum move over training;
+        with MRdIB on, its bottleneck's noise level as ``mrdib/<figure>``."""
+        out = {f"projection/{k}": v for k, v in self.projection.diagnostics().items()}
+        if self.mrdib is not None:
+            out.update({f"mrdib/{k}": v for k, v in self.mrdib.diagnostics().items()})
+        return out
 
     def refresh_projection(self, epoch: int) -> bool:
         """Rebuild the projector from the current encoder outputs if it is due at ``epoch``

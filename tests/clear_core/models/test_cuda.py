@@ -111,6 +111,30 @@ def test_a_cuda_checkpoint_scores_the_same_on_cpu():
     torch.testing.assert_close(all_scores(cpu, ds), all_scores(gpu, ds).cpu(), rtol=1e-3, atol=1e-4)
 
 
+@pytest.mark.parametrize("name", ["vbpr", "freedom", "clear"])
+def test_mrdib_terms_and_scores_match_the_cpu_ones_and_it_trains_on_cuda(name):
+    """The plug-in's noise comes from each device's own generator, so the comparison gives the
+    means as the samples (no draw) and scores in evaluation (the means)."""
+    ds = tiny_dataset()
+    torch.manual_seed(0)
+    cpu = build_model(name, ds, {**NO_DROPOUT, "mrdib": True} if name != "vbpr" else {"mrdib": True})
+    gpu = build_model(name, ds, {**NO_DROPOUT, "mrdib": True} if name != "vbpr" else {"mrdib": True})
+    gpu.load_state_dict(cpu.state_dict())
+    gpu.to("cuda")
+    train = torch.as_tensor(ds.train)
+    users, items = train[:256, 0], torch.cat([train[:256, 1], torch.randint(0, ds.n_items, (256,))])
+    terms = {}
+    for model, device in ((cpu, "cpu"), (gpu, "cuda")):
+        model.on_epoch_start(1)
+        means = model.encode(items.to(device), bottleneck=False)
+        terms[device] = {k: float(v) for k, v in model.mrdib.terms(means, users.to(device), samples=means).items()}
+    for key, value in terms["cpu"].items():
+        assert terms["cuda"][key] == pytest.approx(value, rel=1e-4, abs=1e-5), key
+    torch.testing.assert_close(all_scores(gpu, ds).cpu(), all_scores(cpu, ds), rtol=1e-3, atol=1e-4)
+    losses = train_epochs(gpu, ds, 3)
+    assert all(torch.isfinite(torch.tensor(losses))) and torch.isfinite(all_scores(gpu, ds)).all()
+
+
 @pytest.mark.parametrize("name", ["lightgcn", "clear", "mmssl"])  # mmssl: its own discriminator optimiser
 def test_the_trainer_fits_and_resumes_on_cuda(name, tmp_path):
     ds = tiny_dataset()
