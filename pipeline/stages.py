@@ -467,8 +467,9 @@ def run_pipeline(
     from pipeline.provenance import git_commit
     from pipeline.ray_runtime import init_ray
     from pipeline.storage import check_reachable, resolve_storage
-    from pipeline.sweep import run_sweep, sweep_id_for
+    from pipeline.sweep import check_trial_resources, run_sweep, sweep_id_for
 
+    check_trial_resources(config)  # a local Ray's limits are known before anything starts
     pcfg = tracking.load_pipeline_config()
     uri = tracking.resolve_tracking_uri(tracking_uri, pcfg)
     # Everything remote is probed before any stage: an unreachable server or bucket is reported
@@ -482,7 +483,8 @@ def run_pipeline(
 
     probe_ray_address(os.environ.get("RAY_ADDRESS"))
     try:
-        ray_started = init_ray() if as_tasks else False
+        # Ray is needed now even for in-process stages: the trials' resources are checked first.
+        ray_started = init_ray()
     except (ConnectionError, RuntimeError) as exc:
         from clear_core.errors import ConfigError
 
@@ -492,6 +494,7 @@ def run_pipeline(
             "(RAY_AUTH_TOKEN or ~/.ray/auth_token)"
         ) from None
     try:
+        check_trial_resources(config)
         dataset_path = dataset_stages(config, runs_dir, as_tasks=as_tasks, on_stage=on_stage)
         dataset = load_dataset(dataset_path)
         sweep_id = sweep_id_for(config, dataset)
@@ -557,6 +560,7 @@ def run_pipeline(
         counts=info["counts"], experiment=experiment, experiment_id=tracker.experiment_id,
         parent_run_id=info["parent_run_id"], tracking_uri=uri, study_storage=info["study_storage"],
         study_name=info["study_name"], outputs=sweep_out.path, resumed=info.get("resumed", False),
+        grid=info.get("grid"), duplicate_proposals=info.get("duplicate_proposals", 0),
     ) + ("\n(reused: inputs unchanged since the last run)" if sweep_out.reused else "")
     return info
 
@@ -596,6 +600,7 @@ def _finish_sweep(config: Any, outcome: Any, dataset_path: str, work: Path, trac
                   uri: str) -> dict[str, Any]:
     """After the trials: final evaluation of the best checkpoint, tables, figures, artifacts."""
     from pipeline import reporting
+    from pipeline.sweep import coverage_report
 
     best = outcome.best
     model_params, train = config.split_params(best.params)
@@ -649,7 +654,9 @@ def _finish_sweep(config: Any, outcome: Any, dataset_path: str, work: Path, trac
         "resumed": outcome.resumed,
         "tracking_uri": uri,
     }
+    coverage, coverage_tags = coverage_report(outcome)
+    outcome_json.update(coverage)
     (work / "outcome.json").write_text(json.dumps(outcome_json, indent=2, default=str) + "\n", encoding="utf-8")
     tracker.log_artifact(parent, work / "outcome.json")
-    tracker.set_tags(parent, {f"clearrec.trials_{k.lower()}": v for k, v in counts.items()})
+    tracker.set_tags(parent, {**{f"clearrec.trials_{k.lower()}": v for k, v in counts.items()}, **coverage_tags})
     return outcome_json

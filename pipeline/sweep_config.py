@@ -79,7 +79,7 @@ SCHEDULER_SCHEMA = {
     "reduction_factor": int,
     "max_t": (int, type(None)),
 }
-RESOURCES_SCHEMA = {"cpu": float, "gpu": float, "custom": (dict, type(None))}
+RESOURCES_SCHEMA = {"cpu": float, "gpu": float, "custom": (dict, type(None)), "scale_up_wait_s": float}
 STORAGE_SCHEMA = {"path": str, "endpoint_url": (str, type(None))}
 STUDY_SCHEMA = {"storage": (str, type(None)), "name": (str, type(None))}
 TRACKING_SCHEMA = {"experiment": (str, type(None))}
@@ -139,6 +139,8 @@ class ResourcesConfig:
     cpu: float
     gpu: float
     custom: dict[str, float] = field(default_factory=dict)
+    # How long to wait for an autoscaler to add a node that can run a trial.
+    scale_up_wait_s: float = 600.0
 
 
 @dataclass(frozen=True)
@@ -239,6 +241,8 @@ class SweepConfig:
         payload = self.to_dict()
         for key in ("storage", "study", "tracking"):
             payload.pop(key)
+        # How long to wait for a node changes nothing the trials compute.
+        payload["resources"].pop("scale_up_wait_s", None)
         # The defaults in configs/models/*.yaml and train.yaml shape the trials as much as the
         # sweep file does: after a default changes, the same command must start a new sweep,
         # not resume (and report) the one computed with the old default.
@@ -395,6 +399,8 @@ def _build(raw: dict[str, Any], *, source: str, explicit: set[str], grid_cap_giv
     if resources:
         if resources.get("cpu", 1) <= 0:
             problems.append(f"resources.cpu: expected > 0, got {resources['cpu']}")
+        if resources.get("scale_up_wait_s", 0) < 0:
+            problems.append(f"resources.scale_up_wait_s: expected >= 0, got {resources['scale_up_wait_s']}")
         if resources.get("gpu", 0) < 0:
             problems.append(f"resources.gpu: expected >= 0 (a fraction such as 0.25 shares a GPU), got {resources['gpu']}")
         for key, amount in (resources.get("custom") or {}).items():
@@ -458,6 +464,7 @@ def _build(raw: dict[str, Any], *, source: str, explicit: set[str], grid_cap_giv
         resources=ResourcesConfig(
             cpu=resources["cpu"], gpu=resources["gpu"],
             custom={k: float(v) for k, v in (resources.get("custom") or {}).items()},
+            scale_up_wait_s=resources["scale_up_wait_s"],
         ),
         max_failures=top["max_failures"],
         storage=StorageConfig(**storage),
