@@ -108,8 +108,13 @@ def sweep_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 
 def rdb_storage(url: str) -> optuna.storages.RDBStorage:
     """Open (creating tables if needed) the study storage; a bad URL names itself."""
+    from pipeline.locks import store_creation_lock
+
     try:
-        return optuna.storages.RDBStorage(url)
+        # Optuna's schema creation is not safe to race: drivers started together on a fresh
+        # SQLite file take turns.
+        with store_creation_lock(url):
+            return optuna.storages.RDBStorage(url)
     except Exception as exc:  # SQLAlchemy raises many kinds; all mean "cannot use this URL"
         raise ConfigError(f"study.storage: cannot open Optuna storage {url!r}: {exc}") from None
 

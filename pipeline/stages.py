@@ -463,6 +463,7 @@ def run_pipeline(
     from clear_core.models import resolve_params
     from clear_core.trainer import TrainConfig
     from pipeline import reporting, tracking
+    from pipeline.locks import SweepLock, ensure_tracking_store
     from pipeline.optuna_search import rdb_storage
     from pipeline.provenance import git_commit
     from pipeline.ray_runtime import init_ray
@@ -480,6 +481,7 @@ def run_pipeline(
     study = (study_storage or config.study.storage
              or tracking.default_study_storage(uri, pcfg["study_storage"]))
     rdb_storage(study)
+    ensure_tracking_store(uri)
 
     probe_ray_address(os.environ.get("RAY_ADDRESS"))
     try:
@@ -493,11 +495,14 @@ def run_pipeline(
             "with token authentication also needs RAY_AUTH_MODE=token and its token "
             "(RAY_AUTH_TOKEN or ~/.ray/auth_token)"
         ) from None
+    sweep_lock = None
     try:
         check_trial_resources(config)
         dataset_path = dataset_stages(config, runs_dir, as_tasks=as_tasks, on_stage=on_stage)
         dataset = load_dataset(dataset_path)
         sweep_id = sweep_id_for(config, dataset)
+        # Held from before the MLflow parent run opens until the end (pipeline.locks).
+        sweep_lock = SweepLock(study, sweep_id, describe=f"clearrec sweep {config.source}").acquire()
         experiment = config.tracking.experiment or tracking.experiment_name(dataset.name, pcfg)
         tracker = tracking.Tracker(uri, experiment, artifact_root=pcfg["artifact_root"])
         commit = git_commit()
@@ -548,6 +553,8 @@ def run_pipeline(
             produce=produce, still_valid=parent_alive,
         )
     finally:
+        if sweep_lock is not None:
+            sweep_lock.release()
         if ray_started:
             import ray
 

@@ -455,6 +455,7 @@ def run_sweep(
     from ray import tune
 
     from clear_core.data.loading import load_dataset
+    from pipeline.locks import SweepLock
     from pipeline.optuna_search import PruningAwareOptunaSearch, fail_orphaned_trials, rdb_storage
     from pipeline.ray_runtime import ray_session
     from pipeline.storage import check_reachable, resolve_storage
@@ -476,7 +477,8 @@ def run_sweep(
         log.warning("grid sweep capped by num_samples=%d: %d of its %d points will not run",
                     config.num_samples, config.grid_size - config.num_samples, config.grid_size)
 
-    with ray_session():
+    # One driver per sweep: a second start is refused, naming the running one (pipeline.locks).
+    with SweepLock(study_storage, sweep_id, describe=f"sweep {config.name}"), ray_session():
         check_trial_resources(config)
         trainable = tune.with_resources(
             tune.with_parameters(run_trial, dataset=dataset, sweep=config), _resources(config)
