@@ -292,6 +292,15 @@ class Tracker:
         if items:
             self.client.log_batch(run_id, metrics=items)
 
+    def last_logged_step(self, run_id: str) -> int:
+        """The highest step a run has logged metrics at (0: none). Each epoch logs all its keys
+        in one batch, so any one key tells."""
+        metrics = self.client.get_run(run_id).data.metrics
+        if not metrics:
+            return 0
+        history = self.client.get_metric_history(run_id, sorted(metrics)[0])
+        return max((m.step for m in history), default=0)
+
     def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
         path = Path(path)
         if path.is_dir():
@@ -402,6 +411,7 @@ class MLflowTrialCallback(_tune_callback_base()):  # type: ignore[misc]
         self.search_keys = search_keys
         self.run_ids: dict[str, str] = {}
         self.retries: dict[str, int] = {}
+        self.logged_up_to: dict[str, int] = {}
         self.interrupted = False
 
     # Tune keys that are bookkeeping, not metrics of the model.
@@ -434,6 +444,8 @@ class MLflowTrialCallback(_tune_callback_base()):  # type: ignore[misc]
                 resume_tags={TAG_TRIAL_ID: trial.trial_id, PARENT_TAG: self.parent_run_id},
             )
             self.run_ids[trial.trial_id] = run_id
+            # A resumed trial re-reports epochs the killed driver may have logged already.
+            self.logged_up_to[trial.trial_id] = self.tracker.last_logged_step(run_id)
         return run_id
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -444,9 +456,12 @@ class MLflowTrialCallback(_tune_callback_base()):  # type: ignore[misc]
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         run_id = self._run_for(trial)
-        step = result.get("epoch", result.get("training_iteration", 0))
+        step = int(result.get("epoch", result.get("training_iteration", 0)))
+        if step <= self.logged_up_to.get(trial.trial_id, 0):
+            return  # logged before a resume: never the same step twice
         metrics = {k: v for k, v in result.items() if k not in self._SKIP and k != "config"}
-        self.tracker.log_metrics(run_id, metrics, step=int(step))
+        self.tracker.log_metrics(run_id, metrics, step=step)
+        self.logged_up_to[trial.trial_id] = step
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         # A retry (FailureConfig) continues the same child run from its checkpoint.
