@@ -37,7 +37,54 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, num_gpu
     else:
         log.info("starting a local Ray instance")
         ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, **kwargs)
+        _watch_agents()
     return True
+
+
+# A driver killed with SIGKILL takes its private Ray down (Ray fate-shares the GCS and the raylet
+# with it), except the raylet's two agents: they try to tell the dead GCS that the raylet died
+# and wait 60 s for it. This watchdog, a tiny process holding a pipe from the driver, ends them
+# as soon as that pipe closes because the driver is gone; they would report to nobody.
+_WATCHDOG = """
+import os, signal, sys
+wanted = {int(p): s for p, s in (item.split(":", 1) for item in sys.argv[1:])}
+if sys.stdin.read() == "":  # EOF without a word: the driver died
+    for pid, start in wanted.items():
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[19] == start:
+                    os.kill(pid, signal.SIGKILL)
+        except (OSError, IndexError):
+            pass
+"""
+
+
+def _watch_agents() -> None:
+    """Start the watchdog above for the raylet's agents of the local Ray just started (Linux)."""
+    import subprocess
+    import sys
+
+    try:
+        import psutil
+        import ray
+
+        raylet = ray._private.worker._global_node.all_processes["raylet"][0].process.pid
+        agents = [
+            f"{child.pid}:{open(f'/proc/{child.pid}/stat').read().rsplit(')', 1)[1].split()[19]}"
+            for child in psutil.Process(raylet).children()
+        ]
+    except Exception as exc:  # noqa: BLE001 - no procfs, or Ray's internals moved: no watchdog
+        log.debug("no agent watchdog (%s)", exc)
+        return
+    if agents:
+        watchdog = subprocess.Popen([sys.executable, "-c", _WATCHDOG, *agents], stdin=subprocess.PIPE,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # Never closed by this process on purpose: only its death closes the pipe (for
+        # an orderly ray.shutdown the agents stop by themselves and the watchdog finds none).
+        _WATCHDOGS.append(watchdog)
+
+
+_WATCHDOGS: list = []
 
 
 @contextmanager

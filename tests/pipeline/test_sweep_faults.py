@@ -11,6 +11,7 @@ coverage) on real SQLite stores and a real local Ray.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -339,3 +340,38 @@ def test_a_grid_sweep_runs_each_point_once_or_names_the_points_its_cap_skipped(
     assert len(fields["grid"]["skipped"]) == skipped == int(tags["clearrec.grid_skipped"])
     for point in fields["grid"]["skipped"]:
         assert tuple(point.values()) not in points
+
+
+# --- a driver killed with SIGKILL ----------------------------------------------------------------
+
+LOCAL_RAY_DRIVER = textwrap.dedent("""
+    import time
+    from pipeline.ray_runtime import init_ray
+    init_ray(num_cpus=1)
+    print("up", flush=True)
+    time.sleep(600)
+""")
+
+
+def test_a_killed_drivers_private_ray_leaves_no_process_behind(tmp_path):
+    """kill -9 of the driver alone (not its process group): Ray's GCS and raylet die with it,
+    and its two agents, which would wait 60 s to report to the dead GCS, go too."""
+    from test_multinode import session_members
+
+    proc = subprocess.Popen([sys.executable, "-c", LOCAL_RAY_DRIVER], cwd=tmp_path, start_new_session=True,
+                            stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        assert proc.stdout.readline().strip() == "up"
+        assert len(session_members({proc.pid})) > 3  # the driver and its Ray
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 20
+        while session_members({proc.pid}) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        left = {pid: Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")[:60]
+                for pid in session_members({proc.pid}) if Path(f"/proc/{pid}").exists()}
+        assert not left, left
+    finally:
+        for pid in session_members({proc.pid}):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
