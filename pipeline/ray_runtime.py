@@ -37,30 +37,46 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, num_gpu
     else:
         log.info("starting a local Ray instance")
         ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, **kwargs)
-        _watch_agents()
+        _watch_session()
     return True
 
 
 # A driver killed with SIGKILL takes its private Ray down (Ray fate-shares the GCS and the raylet
-# with it), except the raylet's two agents: they try to tell the dead GCS that the raylet died
-# and wait 60 s for it. This watchdog, a tiny process holding a pipe from the driver, ends them
-# as soon as that pipe closes because the driver is gone; they would report to nobody.
+# with it), except the raylet's two agents, which try to tell the dead GCS that the raylet died
+# and wait 60 s for it, and any worker still starting up. This watchdog, a tiny process holding a
+# pipe from the driver, ends every process of that Ray session (its session folder is in their
+# command lines) as soon as the pipe closes because the driver is gone: they would serve nobody.
 _WATCHDOG = """
 import os, signal, sys
-wanted = {int(p): s for p, s in (item.split(":", 1) for item in sys.argv[1:])}
+session, known = sys.argv[1], dict(item.split(":", 1) for item in sys.argv[2:])
 if sys.stdin.read() == "":  # EOF without a word: the driver died
-    for pid, start in wanted.items():
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
         try:
-            with open(f"/proc/{pid}/stat") as f:
-                if f.read().rsplit(")", 1)[1].split()[19] == start:
-                    os.kill(pid, signal.SIGKILL)
+            with open(f"/proc/{entry}/stat") as f:
+                start = f.read().rsplit(")", 1)[1].split()[19]
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read()
         except (OSError, IndexError):
-            pass
+            continue
+        # The agents, known by pid and start time (they rename themselves), and any process
+        # whose command line names the session (a worker still starting up).
+        if known.get(entry) == start or session.encode() in cmdline:
+            try:
+                os.kill(int(entry), signal.SIGKILL)
+            except OSError:
+                pass
 """
 
 
-def _watch_agents() -> None:
-    """Start the watchdog above for the raylet's agents of the local Ray just started (Linux)."""
+def _process_start(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[19]
+
+
+def _watch_session() -> None:
+    """Start the watchdog above for the local Ray just started (Linux only)."""
     import subprocess
     import sys
 
@@ -68,20 +84,18 @@ def _watch_agents() -> None:
         import psutil
         import ray
 
-        raylet = ray._private.worker._global_node.all_processes["raylet"][0].process.pid
-        agents = [
-            f"{child.pid}:{open(f'/proc/{child.pid}/stat').read().rsplit(')', 1)[1].split()[19]}"
-            for child in psutil.Process(raylet).children()
-        ]
+        node = ray._private.worker._global_node
+        session = node.get_session_dir_path()
+        raylet = node.all_processes["raylet"][0].process.pid
+        agents = [f"{child.pid}:{_process_start(child.pid)}" for child in psutil.Process(raylet).children()]
     except Exception as exc:  # noqa: BLE001 - no procfs, or Ray's internals moved: no watchdog
-        log.debug("no agent watchdog (%s)", exc)
+        log.debug("no Ray session watchdog (%s)", exc)
         return
-    if agents:
-        watchdog = subprocess.Popen([sys.executable, "-c", _WATCHDOG, *agents], stdin=subprocess.PIPE,
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        # Never closed by this process on purpose: only its death closes the pipe (for
-        # an orderly ray.shutdown the agents stop by themselves and the watchdog finds none).
-        _WATCHDOGS.append(watchdog)
+    watchdog = subprocess.Popen([sys.executable, "-c", _WATCHDOG, session, *agents], stdin=subprocess.PIPE,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Never written to or closed here: only this process's death closes the pipe. After an
+    # orderly ray.shutdown the watchdog finds nothing left when this process exits.
+    _WATCHDOGS.append(watchdog)
 
 
 _WATCHDOGS: list = []

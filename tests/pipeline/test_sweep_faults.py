@@ -375,3 +375,64 @@ def test_a_killed_drivers_private_ray_leaves_no_process_behind(tmp_path):
         for pid in session_members({proc.pid}):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_a_sweep_resumed_after_kill_9_logs_no_step_twice_and_leaves_no_spurious_fail(tmp_path):
+    """kill -9 of the driver alone mid-sweep, then the same command: it resumes (the dead
+    driver's lock is taken over), no child logs a step twice, Optuna is never told twice, the
+    study holds one trial per sweep trial and no FAIL, and the dead driver's Ray is gone."""
+    import optuna
+
+    from pipeline import tracking
+    from pipeline.optuna_search import sweep_trials
+    from test_multinode import session_members
+
+    config = sweep_file(tmp_path, num_samples=4, max_concurrent=1, max_failures=0,
+                        train={"max_epochs": 5, "patience": 5, "batch_size": 256},
+                        scheduler={"type": "none", "grace_period": 1, "reduction_factor": 2, "max_t": None})
+    env = {**{k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")},
+           "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "pipeline", "sweep", "--config", config, "--no-progress", "--in-process"]
+    log_file = (tmp_path / "first.log").open("w")
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, start_new_session=True,
+                            stdout=log_file, stderr=subprocess.STDOUT)
+    uri = f"sqlite:///{tmp_path}/mlruns.db"
+    try:
+        deadline = time.monotonic() + 400
+        while time.monotonic() < deadline:
+            time.sleep(1)
+            assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+            with contextlib.suppress(Exception):
+                tracker = tracking.Tracker(uri, "clearrec-synthetic")
+                done = tracker.client.search_runs([tracker.experiment_id], "attributes.status = 'FINISHED'")
+                if any(r.data.tags.get(tracking.TAG_ROLE) == "trial" for r in done):
+                    break
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 20
+        while session_members({proc.pid}) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        left = {pid: Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")[:200]
+                for pid in session_members({proc.pid}) if Path(f"/proc/{pid}").exists()}
+        assert not left, left
+    finally:
+        for pid in session_members({proc.pid}):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    rerun = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "(resumed)" in rerun.stdout
+    assert "Cannot tell" not in rerun.stderr and "Optuna refused" not in rerun.stderr
+    tracker = tracking.Tracker(uri, "clearrec-synthetic")
+    parent = tracker.find_run(**{tracking.TAG_ROLE: "sweep"})
+    children = tracker.children(parent.info.run_id)
+    assert len(children) == 4
+    for child in children:
+        steps = [m.step for m in tracker.client.get_metric_history(child.info.run_id, "valid_recall_at_20")]
+        assert len(steps) == len(set(steps)), (child.info.run_name, steps)
+    outcome = yaml.safe_load(next((tmp_path / "runs" / "sweep").glob("*/outcome.json")).read_text())
+    study = optuna.load_study(study_name=outcome["study_name"], storage=f"sqlite:///{tmp_path}/optuna.db")
+    states = sorted(t.state.name for t in sweep_trials(study))
+    assert states == sorted(t["status"] for t in outcome["trials"]) and "FAIL" not in states
