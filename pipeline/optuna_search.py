@@ -84,16 +84,16 @@ def optuna_space(search: Mapping[str, SearchSpec]) -> dict[str, BaseDistribution
     return space
 
 
-def finite_points(search: Mapping[str, SearchSpec]) -> set[tuple] | None:
-    """Every point of a search made of choices and int ranges (None: continuous or too large)."""
+def finite_points(space: Mapping[str, BaseDistribution]) -> set[tuple] | None:
+    """Every point of a space of choices and int ranges (None: continuous or too large)."""
     import itertools
 
     axes = []
-    for spec in search.values():
-        if spec.type == "choice":
-            axes.append(list(spec.values))
-        elif spec.type == "int" and int(spec.high) - int(spec.low) < ENUMERABLE_POINTS:
-            axes.append(list(range(int(spec.low), int(spec.high) + 1)))
+    for dist in space.values():
+        if isinstance(dist, CategoricalDistribution):
+            axes.append(list(dist.choices))
+        elif isinstance(dist, IntDistribution) and not dist.log and (dist.high - dist.low) // dist.step < ENUMERABLE_POINTS:
+            axes.append(list(range(dist.low, dist.high + 1, dist.step)))
         else:
             return None
     if math.prod(len(a) for a in axes) > ENUMERABLE_POINTS:
@@ -146,11 +146,6 @@ class PruningAwareOptunaSearch(OptunaSearch):
             storage=rdb_storage(storage_url),
         )
         self.storage_url = storage_url
-        self._names = list(search)
-        self._points = finite_points(search)
-        import random
-
-        self._fallback_rng = random.Random(seed)
 
     @property
     def study(self) -> optuna.Study:
@@ -177,6 +172,16 @@ class PruningAwareOptunaSearch(OptunaSearch):
             del self._ot_trials[trial_id]
             self._close_duplicate(ot_trial, twin)
         return Searcher.FINISHED  # pragma: no cover - the enqueued point is never a twin
+
+    # Derived from the space on use, not stored: a searcher pickled by an earlier version
+    # (a sweep resumed after an upgrade) has no such attributes.
+    @property
+    def _names(self) -> list[str]:
+        return list(self._space)
+
+    @property
+    def _points(self) -> set[tuple] | None:
+        return finite_points(self._space)
 
     def _key(self, params: Mapping[str, Any]) -> tuple:
         return tuple(params.get(name) for name in self._names)
@@ -216,7 +221,10 @@ class PruningAwareOptunaSearch(OptunaSearch):
             return
         left = sorted(self._points - self._visited(), key=repr)
         if left:
-            point = dict(zip(self._names, self._fallback_rng.choice(left)))
+            # Seeded by how far the study has come: the same sweep re-run picks the same point.
+            import random
+
+            point = dict(zip(self._names, random.Random(len(self._study_trials())).choice(left)))
             log.info("the sampler keeps proposing tried points; running the untried %s instead", point)
             self._ot_study.enqueue_trial(point)
 
