@@ -2,9 +2,10 @@
 
 Ray 2.60's ``OptunaSearch`` tells Optuna COMPLETE for any trial whose last result carries the
 metric, so a trial that ASHA stopped after 3 of 30 epochs enters the study as COMPLETE with its
-under-trained value and TPE learns from it (stack-notes.md); it also tells COMPLETE for a trial
-that errored after reporting. Here the trainable marks its last natural result with
-``finished: True`` (training ended by early stopping or the epoch budget), and:
+under-trained value and TPE learns from it as if it were a finished trial's; it also tells
+COMPLETE for a trial that errored after reporting. Here the trainable marks its last natural
+result with ``finished: True`` (training ended by early stopping or the epoch budget; the fields
+of a result are defined in :mod:`pipeline.trial_report`), and:
 
 * finished and not errored -> COMPLETE, valued at the trial's best validation score
   (``best_valid`` when reported: early stopping selects the best epoch, not the last);
@@ -53,19 +54,16 @@ from ray.tune.search.optuna import OptunaSearch
 
 from clear_core.errors import ConfigError
 from pipeline.sweep_config import SearchSpec
+from pipeline.trial_report import BEST_VALID, EPOCH, FINISHED
 
 log = logging.getLogger(__name__)
 
-FINISHED_KEY = "finished"
-BEST_VALUE_KEY = "best_valid"
-EPOCH_KEY = "epoch"
 DUPLICATE_OF = "clearrec.duplicate_of"
 # Duplicate proposals in a row before an unvisited point is enqueued instead.
 MAX_DUPLICATE_ASKS = 8
 # Spaces up to this many points are enumerated to know when every point has been visited.
 ENUMERABLE_POINTS = 100_000
 TWIN_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
-
 
 def optuna_space(search: Mapping[str, SearchSpec]) -> dict[str, BaseDistribution]:
     """Optuna distributions for the sweep's search specs (names kept as written)."""
@@ -201,7 +199,7 @@ class PruningAwareOptunaSearch(OptunaSearch):
         """Tell Optuna what is known of the twin's point on the duplicate's own trial."""
         ot_trial.set_user_attr(DUPLICATE_OF, twin.number)
         log.info("Optuna proposed %s again (trial %d, %s); not run, its result is reused",
-                 dict(zip(self._names, self._key(twin.params))), twin.number, twin.state.name)
+                 dict(zip(self._names, self._key(twin.params), strict=True)), twin.number, twin.state.name)
         if twin.state == TrialState.COMPLETE:
             self._ot_study.tell(ot_trial, twin.value, state=TrialState.COMPLETE)
             return
@@ -224,7 +222,7 @@ class PruningAwareOptunaSearch(OptunaSearch):
             # Seeded by how far the study has come: the same sweep re-run picks the same point.
             import random
 
-            point = dict(zip(self._names, random.Random(len(self._study_trials())).choice(left)))
+            point = dict(zip(self._names, random.Random(len(self._study_trials())).choice(left), strict=True))
             log.info("the sampler keeps proposing tried points; running the untried %s instead", point)
             self._ot_study.enqueue_trial(point)
 
@@ -252,7 +250,7 @@ class PruningAwareOptunaSearch(OptunaSearch):
         value = result.get(self.metric)
         if value is None or not math.isfinite(value):
             return
-        step = int(result.get(EPOCH_KEY, result.get("training_iteration", 0)))
+        step = int(result.get(EPOCH, result.get("training_iteration", 0)))
         ot_trial = self._ot_trials[trial_id]
         try:
             stored = self._stored(ot_trial)
@@ -286,9 +284,9 @@ class PruningAwareOptunaSearch(OptunaSearch):
         if error:
             return TrialState.FAIL, None
         result = result or {}
-        if not result.get(FINISHED_KEY):
+        if not result.get(FINISHED):
             return TrialState.PRUNED, None
-        value = result.get(BEST_VALUE_KEY, result.get(metric))
+        value = result.get(BEST_VALID, result.get(metric))
         if value is None or not math.isfinite(value):
             return TrialState.FAIL, None
         return TrialState.COMPLETE, float(value)

@@ -192,7 +192,7 @@ class SweepConfig:
         import itertools
 
         names = list(self.search)
-        return [dict(zip(names, values)) for values in itertools.product(*(self.search[n].values for n in names))]
+        return [dict(zip(names, values, strict=True)) for values in itertools.product(*(self.search[n].values for n in names))]
 
     @property
     def grid_size(self) -> int:

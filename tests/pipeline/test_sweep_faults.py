@@ -230,7 +230,7 @@ def test_the_same_sweep_started_while_it_runs_is_refused_before_its_mlflow_paren
         holder.wait(timeout=30)
     err = capsys.readouterr().err
     assert code == 2, err
-    assert f"is already running: the holder started" in err and f"pid {holder.pid}" in err
+    assert "is already running: the holder started" in err and f"pid {holder.pid}" in err
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(f"sqlite:///{tmp_path}/mlruns.db")
@@ -383,10 +383,10 @@ def test_a_sweep_resumed_after_kill_9_logs_no_step_twice_and_leaves_no_spurious_
     driver's lock is taken over), no child logs a step twice, Optuna is never told twice, the
     study holds one trial per sweep trial and no FAIL, and the dead driver's Ray is gone."""
     import optuna
+    from test_multinode import session_members
 
     from pipeline import tracking
     from pipeline.optuna_search import sweep_trials
-    from test_multinode import session_members
 
     config = sweep_file(tmp_path, num_samples=4, max_concurrent=1, max_failures=0,
                         train={"max_epochs": 5, "patience": 5, "batch_size": 256},
