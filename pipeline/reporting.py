@@ -173,6 +173,23 @@ def _metrics_line(values: Mapping[str, Any] | None, keys: Sequence[str] = ("reca
     return ", ".join(f"{k} {values[k]:.4f}" for k in keys if isinstance(values.get(k), (int, float))) or "n/a"
 
 
+def coverage_lines(grid: Mapping[str, Any] | None, duplicate_proposals: int = 0) -> list[str]:
+    """How much of its search a sweep covered: a grid's points run and skipped (each named), and
+    proposals of an already-run point that were not run again."""
+    lines = []
+    if grid:
+        size, ran, skipped = grid["size"], grid["ran"], grid.get("skipped") or []
+        if not skipped:
+            lines.append(f"Grid: all {size} points ran, each once")
+        else:
+            names = "; ".join(" ".join(f"{_short(k)}={v}" for k, v in point.items()) for point in skipped)
+            lines.append(f"Grid: {ran} of {size} points ran; {len(skipped)} skipped by the num_samples cap: {names}")
+    if duplicate_proposals:
+        lines.append(f"  {duplicate_proposals} proposal(s) of an already-run point were not run again "
+                     "(their known result was told to Optuna)")
+    return lines
+
+
 def closing_summary(
     *,
     model: str,
@@ -188,6 +205,8 @@ def closing_summary(
     study_name: str,
     outputs: str,
     resumed: bool = False,
+    grid: Mapping[str, Any] | None = None,
+    duplicate_proposals: int = 0,
 ) -> str:
     """The text the CLI prints when a sweep ends: best configuration, its valid and test
     metrics, where to look in MLflow and how to open it."""
@@ -195,6 +214,7 @@ def closing_summary(
     lines = [
         f"Sweep of {model} on {dataset} {'(resumed) ' if resumed else ''}finished: "
         + ", ".join(f"{n} {counts.get(n, 0)}" for n in ("COMPLETE", "PRUNED", "FAIL")),
+        *coverage_lines(grid, duplicate_proposals),
         "Best configuration (selected on validation): "
         + (" ".join(f"{_short(k)}={v}" for k, v in sorted(params.items())) or "(defaults)"),
         f"  best epoch {field(best, 'best_epoch')} of {field(best, 'epochs')}",

@@ -70,15 +70,17 @@ def run_pipeline(
     Returns the sweep stage's summary: best trial, counts, final evaluation, MLflow ids, output
     paths and the closing summary text. A finished sweep with the same inputs and its MLflow
     parent run still present is reused without starting a trial. Ray is started (or joined at
-    ``RAY_ADDRESS``) for the dataset stages when ``as_tasks``, else only when the sweep runs.
+    ``RAY_ADDRESS``) before the dataset stages, so that the trials' resources are checked first.
     """
     from clear_core.data.loading import load_dataset
     from pipeline import reporting, tracking
+    from pipeline.locks import SweepLock, ensure_tracking_store
     from pipeline.optuna_search import rdb_storage
     from pipeline.ray_runtime import join_or_start_ray, probe_ray_address
     from pipeline.storage import check_reachable, resolve_storage
-    from pipeline.sweep import sweep_id_for
+    from pipeline.sweep import check_trial_resources, sweep_id_for
 
+    check_trial_resources(config)  # a local Ray's limits are known before anything starts
     pcfg = tracking.load_pipeline_config()
     uri = tracking.resolve_tracking_uri(tracking_uri, pcfg)
     # Everything remote is probed before any stage: an unreachable server or bucket is reported
@@ -89,13 +91,19 @@ def run_pipeline(
     study = (study_storage or config.study.storage
              or tracking.default_study_storage(uri, pcfg["study_storage"]))
     rdb_storage(study)
+    ensure_tracking_store(uri)
     probe_ray_address(os.environ.get("RAY_ADDRESS"))
 
-    ray_started = join_or_start_ray() if as_tasks else False
+    # Ray is needed now even for in-process stages: the trials' resources are checked first.
+    ray_started = join_or_start_ray()
+    sweep_lock = None
     try:
+        check_trial_resources(config)
         dataset_path = dataset_stages(config, runs_dir, as_tasks=as_tasks, on_stage=on_stage)
         dataset = load_dataset(dataset_path)
         sweep_id = sweep_id_for(config, dataset)
+        # Held from before the MLflow parent run opens until the end (pipeline.locks).
+        sweep_lock = SweepLock(study, sweep_id, describe=f"clearrec sweep {config.source}").acquire()
         experiment = config.tracking.experiment or tracking.experiment_name(dataset.name, pcfg)
         tracker = tracking.Tracker(uri, experiment, artifact_root=pcfg["artifact_root"])
         plan = SweepPlan(
@@ -111,6 +119,8 @@ def run_pipeline(
             still_valid=partial(parent_run_alive, tracker, sweep_id),
         )
     finally:
+        if sweep_lock is not None:
+            sweep_lock.release()
         if ray_started:
             import ray
 
@@ -123,6 +133,7 @@ def run_pipeline(
         counts=info["counts"], experiment=experiment, experiment_id=tracker.experiment_id,
         parent_run_id=info["parent_run_id"], tracking_uri=uri, study_storage=info["study_storage"],
         study_name=info["study_name"], outputs=sweep_out.path, resumed=info.get("resumed", False),
+        grid=info.get("grid"), duplicate_proposals=info.get("duplicate_proposals", 0),
     ) + ("\n(reused: inputs unchanged since the last run)" if sweep_out.reused else "")
     return info
 
@@ -199,6 +210,7 @@ def finish_sweep(config: SweepConfig, outcome: SweepOutcome, dataset_path: str, 
     Writes ``outcome.json`` into ``work`` and returns what it holds (the sweep stage's summary)."""
     from pipeline import reporting
     from pipeline.checkpoint_evaluation import evaluate_checkpoint, fetch_checkpoint
+    from pipeline.sweep import coverage_report
 
     best = outcome.best
     model_params, train = config.split_params(best.params)
@@ -252,7 +264,9 @@ def finish_sweep(config: SweepConfig, outcome: SweepOutcome, dataset_path: str, 
         "resumed": outcome.resumed,
         "tracking_uri": uri,
     }
+    coverage, coverage_tags = coverage_report(outcome)
+    outcome_json.update(coverage)
     (work / "outcome.json").write_text(json.dumps(outcome_json, indent=2, default=str) + "\n", encoding="utf-8")
     tracker.log_artifact(parent, work / "outcome.json")
-    tracker.set_tags(parent, {tags.trials_count_tag(k): v for k, v in counts.items()})
+    tracker.set_tags(parent, {**{tags.trials_count_tag(k): v for k, v in counts.items()}, **coverage_tags})
     return outcome_json

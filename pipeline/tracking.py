@@ -298,6 +298,15 @@ class Tracker:
         if items:
             self.client.log_batch(run_id, metrics=items)
 
+    def last_logged_step(self, run_id: str) -> int:
+        """The highest step a run has logged metrics at (0: none). Each epoch logs all its keys
+        in one batch, so any one key tells."""
+        metrics = self.client.get_run(run_id).data.metrics
+        if not metrics:
+            return 0
+        history = self.client.get_metric_history(run_id, sorted(metrics)[0])
+        return max((m.step for m in history), default=0)
+
     def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
         path = Path(path)
         if path.is_dir():

@@ -48,6 +48,7 @@ class MLflowTrialCallback(Callback):
         self.search_keys = search_keys
         self.run_ids: dict[str, str] = {}
         self.retries: dict[str, int] = {}
+        self.logged_up_to: dict[str, int] = {}
         self.interrupted = False
 
     # Tune keys that are bookkeeping, not metrics of the model.
@@ -80,6 +81,8 @@ class MLflowTrialCallback(Callback):
                 resume_tags={TRIAL_ID: trial.trial_id, PARENT_TAG: self.parent_run_id},
             )
             self.run_ids[trial.trial_id] = run_id
+            # A resumed trial re-reports epochs the killed driver may have logged already.
+            self.logged_up_to[trial.trial_id] = self.tracker.last_logged_step(run_id)
         return run_id
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -90,9 +93,12 @@ class MLflowTrialCallback(Callback):
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         run_id = self._run_for(trial)
-        step = result.get(EPOCH, result.get("training_iteration", 0))
+        step = int(result.get(EPOCH, result.get("training_iteration", 0)))
+        if step <= self.logged_up_to.get(trial.trial_id, 0):
+            return  # logged before a resume: never the same step twice
         metrics = {k: v for k, v in result.items() if k not in self._SKIP and k != "config"}
-        self.tracker.log_metrics(run_id, metrics, step=int(step))
+        self.tracker.log_metrics(run_id, metrics, step=step)
+        self.logged_up_to[trial.trial_id] = step
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         # A retry (FailureConfig) continues the same child run from its checkpoint.
