@@ -448,6 +448,7 @@ def run_pipeline(
     progress: bool = True,
     as_tasks: bool = True,
     on_stage: Callable[[dict[str, Any]], None] | None = None,
+    register_model: str | None = None,
 ) -> dict[str, Any]:
     """dataset stages -> sweep (Tune + Optuna, tracked in MLflow) -> final evaluation -> reports.
 
@@ -462,7 +463,7 @@ def run_pipeline(
     from clear_core.data.loading import load_dataset
     from clear_core.models import resolve_params
     from clear_core.trainer import TrainConfig
-    from pipeline import reporting, tracking
+    from pipeline import mlflow_logging, reporting, tracking
     from pipeline.optuna_search import rdb_storage
     from pipeline.provenance import git_commit
     from pipeline.ray_runtime import init_ray
@@ -515,19 +516,25 @@ def run_pipeline(
             return found is not None and found.info.run_id == info.get("parent_run_id") \
                 and found.info.status == "FINISHED"
 
+        data_input = mlflow_logging.dataset_input(dataset, dataset_path)
+
         def produce(work: Path) -> dict[str, Any]:
             resolved = config.to_dict()
             config_file = work / "sweep_config.yaml"
             config_file.write_text(yaml.safe_dump(resolved, sort_keys=False), encoding="utf-8")
-            parent_params = {"sweep": resolved, **resolve_trial({})}
+            # The best trial's configuration is logged when it is known; the search space is an artifact.
+            parent_params = mlflow_logging.sweep_params(config)
             parent_tags = {**common_tags, "optuna.storage": study, "ray.address": _ray_address(),
                            "clearrec.tracking_uri": uri}
             with tracker.parent_run(f"{config.model} sweep {config.name}", sweep_id=sweep_id,
                                     tags=parent_tags, params=parent_params) as parent:
                 tracker.log_artifact(parent, config_file)
+                tracker.log_artifact(parent, mlflow_logging.write_search_space(config, work / "search_space.json"))
+                mlflow_logging.log_dataset(tracker.client, parent, data_input)
                 callback = tracking.MLflowTrialCallback(
                     tracker, parent, model=config.model, resolve=resolve_trial,
                     tags=common_tags, search_keys=list(config.search),
+                    dataset_input=data_input, modalities=dataset.modalities,
                 )
                 outcome = run_sweep(config, dataset_path, study_storage=study, callbacks=[callback],
                                     progress=progress)
@@ -536,7 +543,9 @@ def run_pipeline(
                 tracker.set_tags(parent, {"optuna.study_name": outcome.study_name,
                                           "clearrec.storage_path": outcome.storage_path,
                                           "clearrec.best_trial": outcome.best.trial_id})
-                return _finish_sweep(config, outcome, dataset_path, work, tracker, parent, uri)
+                return _finish_sweep(config, outcome, dataset_path, work, tracker, parent, uri,
+                                     resolve_trial=resolve_trial, modalities=dataset.modalities,
+                                     register_model=register_model)
 
         sweep_out = run_stage(
             "sweep", runs_dir,
@@ -552,12 +561,17 @@ def run_pipeline(
     info = dict(sweep_out.info)
     info.update(reused=sweep_out.reused, outputs=sweep_out.path, dataset_path=dataset_path,
                 experiment=experiment, experiment_id=tracker.experiment_id, tracking_uri=uri)
+    link = mlflow_logging.ui_link(uri, tracker.experiment_id, info["parent_run_id"])
+    info["ui_link"] = link
     info["summary"] = reporting.closing_summary(
         model=config.model, dataset=dataset.name, best=info["best"], final_test=info["final"].get("test"),
         counts=info["counts"], experiment=experiment, experiment_id=tracker.experiment_id,
         parent_run_id=info["parent_run_id"], tracking_uri=uri, study_storage=info["study_storage"],
         study_name=info["study_name"], outputs=sweep_out.path, resumed=info.get("resumed", False),
+        ui_link=link, trial_name=info.get("best_trial_name"),
     ) + ("\n(reused: inputs unchanged since the last run)" if sweep_out.reused else "")
+    if not sweep_out.reused:
+        mlflow_logging.set_description(tracker.client, info["parent_run_id"], info["summary"])
     return info
 
 
@@ -593,9 +607,10 @@ def _ray_address() -> str:
 
 
 def _finish_sweep(config: Any, outcome: Any, dataset_path: str, work: Path, tracker: Any, parent: str,
-                  uri: str) -> dict[str, Any]:
+                  uri: str, *, resolve_trial: Callable[[Mapping[str, Any]], Mapping[str, Any]],
+                  modalities: list[str], register_model: str | None = None) -> dict[str, Any]:
     """After the trials: final evaluation of the best checkpoint, tables, figures, artifacts."""
-    from pipeline import reporting
+    from pipeline import mlflow_logging, reporting
 
     best = outcome.best
     model_params, train = config.split_params(best.params)
@@ -611,17 +626,21 @@ def _finish_sweep(config: Any, outcome: Any, dataset_path: str, work: Path, trac
         final["checkpoint"] = str(ckpt_dir / Path(final["checkpoint"]).name)
         shutil.rmtree(work / "downloaded_checkpoint", ignore_errors=True)
         tracker.log_artifact(parent, ckpt_dir, "best_checkpoint")
-        for split in ("valid", "test"):
-            tracker.log_metrics(parent, {f"final/{split}/{k}": v for k, v in final[split].items()},
-                                step=final["epoch"])
     else:
         log.warning("best trial %s left no checkpoint; no final evaluation", best.trial_id)
     tracker.log_metrics(parent, {f"best/valid/{k}": v for k, v in best.valid.items()}, step=best.best_epoch or 0)
     tracker.log_metrics(parent, {f"best/test/{k}": v for k, v in best.test.items()}, step=best.best_epoch or 0)
+    tracker.log_metrics(parent, {"best/epoch": best.best_epoch or 0}, step=best.best_epoch or 0)
+    record = mlflow_logging.record_sweep_end(
+        tracker, parent, config=config, outcome=outcome, final=final, train=train, work=work,
+        best_params=resolve_trial(best.params), modalities=modalities, dataset_path=dataset_path,
+        register_model=register_model,
+    )
 
-    rows = reporting.results_rows(outcome.trials, metric=config.metric, mode=config.mode)
+    rows = reporting.results_rows(outcome.trials, metric=config.metric, mode=config.mode, selected=best.trial_id)
     for path in reporting.write_results_table(rows, work):
         tracker.log_artifact(parent, path)
+    mlflow_logging.log_results_table(tracker.client, parent, rows)
     heatmap = reporting.plot_heatmap(outcome.trials, work / "heatmap_recall_lambda_k.png")
     if heatmap is not None:
         tracker.log_artifact(parent, heatmap)
@@ -648,8 +667,10 @@ def _finish_sweep(config: Any, outcome: Any, dataset_path: str, work: Path, trac
         "storage_path": outcome.storage_path,
         "resumed": outcome.resumed,
         "tracking_uri": uri,
+        **record,
     }
     (work / "outcome.json").write_text(json.dumps(outcome_json, indent=2, default=str) + "\n", encoding="utf-8")
     tracker.log_artifact(parent, work / "outcome.json")
     tracker.set_tags(parent, {f"clearrec.trials_{k.lower()}": v for k, v in counts.items()})
+    mlflow_logging.prune_after_sweep(config, outcome)
     return outcome_json

@@ -7,8 +7,8 @@ fails every trial, leaves runs RUNNING and names every run alike (stack-notes.md
 sees every trial start, report, stop, error and retry, so it alone can give each child run a
 name, its parameters, its per-epoch metrics and a truthful terminal status.
 
-Metric keys: MLflow rejects ``@`` in keys, so ``valid/recall@20`` is logged as
-``valid_recall_at_20`` (``/`` -> ``_``, ``@`` -> ``_at_``; see :func:`mlflow_key`). Each metric is
+Metric keys: one vocabulary for parents and children, grouped by ``/`` (``valid/recall_at_20``,
+``train/loss``, ``best/test/recall_at_20``; see :mod:`pipeline.mlflow_logging`). Each metric is
 logged with ``step = epoch``.
 
 Statuses: FINISHED for a trial that trained to its own end (early stopping or max epochs; its
@@ -20,7 +20,6 @@ FAILED when it raises, KILLED when interrupted; children still RUNNING then are 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 import urllib.error
@@ -148,8 +147,10 @@ def check_reachable(uri: str, timeout_s: float = 10.0) -> None:
 
 
 def mlflow_key(name: str) -> str:
-    """``valid/recall@20`` -> ``valid_recall_at_20``: MLflow keys may not contain ``@``."""
-    return name.replace("@", "_at_").replace("/", "_")
+    """``valid/recall@20`` -> ``valid/recall_at_20``: MLflow keys may not contain ``@``."""
+    from pipeline.mlflow_logging import metric_key
+
+    return metric_key(name)
 
 
 def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -186,15 +187,17 @@ def run_name(model: str, params: Mapping[str, Any]) -> str:
     return " ".join([model, *parts])
 
 
+def trial_name(model: str, params: Mapping[str, Any], trial_id: str) -> str:
+    """``clear k=8 lam=0.9 tau=2 [ebc08c61]``: one name for a trial in Ray's table, in MLflow
+    and in the summary (the id tells apart two trials of the same point)."""
+    return f"{run_name(model, params)} [{trial_id}]"
+
+
 def numeric_metrics(values: Mapping[str, Any]) -> dict[str, float]:
     """The finite numbers of a metrics mapping, keys made MLflow-safe."""
-    out = {}
-    for key, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            continue
-        if math.isfinite(float(value)):
-            out[mlflow_key(key)] = float(value)
-    return out
+    from pipeline.mlflow_logging import trial_metrics
+
+    return trial_metrics(values)
 
 
 class Tracker:
@@ -391,6 +394,8 @@ class MLflowTrialCallback(_tune_callback_base()):  # type: ignore[misc]
         tags: Mapping[str, Any] | None = None,
         finished_key: str = "finished",
         search_keys: list[str] | None = None,
+        dataset_input: Any | None = None,
+        modalities: list[str] | None = None,
     ) -> None:
         self.tracker = tracker
         self.parent_run_id = parent_run_id
@@ -400,7 +405,11 @@ class MLflowTrialCallback(_tune_callback_base()):  # type: ignore[misc]
         self.tags = dict(tags or {})
         self.finished_key = finished_key
         self.search_keys = search_keys
+        self.dataset_input = dataset_input
+        self.modalities = modalities
         self.run_ids: dict[str, str] = {}
+        # Every trial's run, kept after it closes: the sweep's end gives each its artifacts.
+        self.all_run_ids: dict[str, str] = {}
         self.retries: dict[str, int] = {}
         self.interrupted = False
 
@@ -408,7 +417,8 @@ class MLflowTrialCallback(_tune_callback_base()):  # type: ignore[misc]
     _SKIP = {
         "time_this_iter_s", "time_total_s", "timestamp", "training_iteration", "pid", "time_since_restore",
         "iterations_since_restore", "timesteps_total", "episodes_total", "epoch", "done", "finished",
-        "checkpoint_dir_name", "should_checkpoint",
+        "checkpoint_dir_name", "should_checkpoint", "node_id", "resources", "trial_id", "date", "hostname",
+        "node_ip",
     }
 
     def _trial_params(self, trial: Any) -> dict[str, Any]:
@@ -426,14 +436,19 @@ class MLflowTrialCallback(_tune_callback_base()):  # type: ignore[misc]
                 params = {**self.base_params, **flatten(dict(self.resolve(dict(trial.config or {}))))}
             else:
                 params = {**self.base_params, **searched}
+            from pipeline.mlflow_logging import applicable_params, log_dataset
+
+            params = applicable_params(params, self.modalities)
             run_id = self.tracker.start_run(
-                run_name(self.model, searched),
+                trial_name(self.model, searched, trial.trial_id),
                 tags={**self.tags, TAG_TRIAL_ID: trial.trial_id, TAG_ROLE: "trial", "model": self.model},
                 params=params,
                 parent_run_id=self.parent_run_id,
                 resume_tags={TAG_TRIAL_ID: trial.trial_id, PARENT_TAG: self.parent_run_id},
             )
             self.run_ids[trial.trial_id] = run_id
+            self.all_run_ids[trial.trial_id] = run_id
+            log_dataset(self.tracker.client, run_id, self.dataset_input)
         return run_id
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:

@@ -11,7 +11,10 @@ Where things go: ``MLFLOW_TRACKING_URI`` (default ``sqlite:///mlruns.db``, artif
 ``./mlartifacts``), ``RAY_ADDRESS`` (default: a private local Ray), Optuna study in
 ``sqlite:///optuna.db`` beside the MLflow database unless the sweep config says otherwise.
 
-MLflow metric keys: ``valid/recall@20`` is logged as ``valid_recall_at_20`` (MLflow rejects ``@``).
+MLflow metric keys: ``valid/recall@20`` is logged as ``valid/recall_at_20`` (MLflow rejects ``@``);
+each trial also logs ``best/valid/...`` and ``best/test/...`` (at its best-validation epoch).
+The best model is logged on the parent run (``runs:/<parent>/model``); ``--register NAME`` also
+registers it in the model registry.
 
 Baselines through the same command: ``clearrec sweep --model lightgcn`` (search from the sweep
 config's ``per_model``), logged in the same experiment so the UI compares them side by side.
@@ -54,6 +57,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--in-process", action="store_true",
                         help="run the dataset stages in this process instead of as Ray tasks")
     parser.add_argument("--no-progress", action="store_true", help="no Tune status table")
+    parser.add_argument("--register", metavar="NAME",
+                        help="register the best model in the MLflow model registry under NAME")
+    parser.add_argument("--json", action="store_true",
+                        help="print the result (best trial, counts, MLflow ids, UI link) as JSON, not the summary")
     parser.set_defaults(func=run)
 
 
@@ -89,6 +96,15 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         as_tasks=not args.in_process,
         on_stage=on_stage,
+        register_model=args.register,
     )
-    print(result["summary"])
+    if args.json:
+        import json
+
+        keys = ("sweep_id", "best", "counts", "final", "parent_run_id", "experiment", "experiment_id", "ui_link",
+                "tracking_uri", "study_storage", "study_name", "outputs", "reused", "model_uri", "registered_uri",
+                "best_trial_name")
+        print(json.dumps({k: result.get(k) for k in keys}, indent=2, default=str))
+    else:
+        print(result["summary"])
     return 0
