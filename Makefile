@@ -48,6 +48,7 @@ sweep: setup ## the main job: extract -> filter/split -> Tune+Optuna sweep -> fi
 
 UI_PORT ?= 5000
 ui: setup ## the MLflow UI over the default tracking store (a tracking server has its own UI)
+	@$(BIN)/python -m pipeline.mlflow_logging || true
 	@if [[ "$${MLFLOW_TRACKING_URI:-}" == http* ]]; then echo "MLflow UI: $$MLFLOW_TRACKING_URI"; \
 	else $(BIN)/mlflow ui --backend-store-uri $${MLFLOW_TRACKING_URI:-sqlite:///mlruns.db} --host 127.0.0.1 --port $(UI_PORT); fi
 

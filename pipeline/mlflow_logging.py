@@ -134,11 +134,34 @@ def log_dataset(client: Any, run_id: str, entity: Any | None) -> None:
 
 # --- the parent's closing record ---------------------------------------------------------------
 
-def ui_link(tracking_uri: str, experiment_id: str, parent_run_id: str) -> str:
-    """The sweep's runs in the UI's model-training view (MLflow 3 opens on GenAI otherwise):
-    the tracking server's own address, else where `make ui` serves."""
+VIEW_TAG_PREFIX = "mlflow.sharedViewState."
+
+
+def ui_link(tracking_uri: str, experiment_id: str, view_key: str) -> str:
+    """The sweep's runs table in the UI's model-training view (MLflow 3 opens on GenAI
+    otherwise), set up by :func:`share_runs_view`: the tracking server's own address, else
+    where `make ui` serves."""
     base = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else DEFAULT_UI
-    return f"{base}/#/experiments/{experiment_id}/runs/{parent_run_id}?workflowType=machine_learning"
+    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning&viewStateShareKey={view_key}"
+
+
+def share_runs_view(client: Any, experiment_id: str, *, sweep_tag: str, sweep_id: str, parent_run_id: str,
+                    param_columns: Sequence[str], metric: str = "best/valid/recall_at_20") -> str:
+    """Store a view of the runs table for this sweep (MLflow's shared view state: an
+    experiment tag the UI reads when the link names its key): only this sweep's runs, the
+    parent expanded over its trials, the searched parameters, ``best/valid``/``best/test``
+    Recall@20, the best epoch and each trial's outcome as columns, best first. Returns the key."""
+    columns = [f"params.`{name}`" for name in param_columns]
+    columns += [f"metrics.`{m}`" for m in ("best/valid/recall_at_20", "best/test/recall_at_20", "best/epoch")]
+    columns += ["tags.`clearrec.outcome`", "attributes.`Dataset`"]
+    state = {
+        "searchFilter": f"tags.`{sweep_tag}` = '{sweep_id}'",
+        "orderByKey": f"metrics.`{metric}`", "orderByAsc": False, "startTime": "ALL", "lifecycleFilter": "Active",
+        "datasetsFilter": [], "modelVersionFilter": "All Runs",
+        "selectedColumns": columns, "runsExpanded": {parent_run_id: True}, "runsPinned": [], "runsHidden": [],
+    }
+    client.set_experiment_tag(experiment_id, VIEW_TAG_PREFIX + parent_run_id, json.dumps(state))
+    return parent_run_id
 
 
 def set_description(client: Any, run_id: str, text: str) -> None:
@@ -289,3 +312,30 @@ def prune_after_sweep(config: Any, outcome: Any) -> int:
 
     storage = resolve_storage(config.storage.path, config.storage.endpoint_url)
     return prune_trial_checkpoints(outcome.trials, outcome.best.trial_id, storage, config.storage.keep_after_sweep)
+
+
+def latest_sweep_link(tracking_uri: str) -> str | None:
+    """The link of the newest sweep in the store (what `make ui` prints), None when there is none."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    experiments = client.search_experiments()
+    runs = client.search_runs([e.experiment_id for e in experiments], "tags.`clearrec.role` = 'sweep'",
+                              order_by=["attributes.start_time DESC"], max_results=1) if experiments else []
+    if not runs:
+        return None
+    run = runs[0]
+    tags = client.get_experiment(run.info.experiment_id).tags
+    if VIEW_TAG_PREFIX + run.info.run_id in tags:
+        return ui_link(tracking_uri, run.info.experiment_id, run.info.run_id)
+    base = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else DEFAULT_UI
+    return f"{base}/#/experiments/{run.info.experiment_id}/runs?workflowType=machine_learning"
+
+
+if __name__ == "__main__":  # `make ui`: python -m pipeline.mlflow_logging [TRACKING_URI]
+    import sys
+
+    from pipeline.tracking import resolve_tracking_uri
+
+    link = latest_sweep_link(resolve_tracking_uri(sys.argv[1] if len(sys.argv) > 1 else None))
+    print(f"Latest sweep: {link}" if link else "No sweep in this store yet (run `make sweep`).")
