@@ -222,7 +222,10 @@ def extract(
         inputs["images"] = path_fingerprint(images)
 
     def produce(work: Path) -> dict[str, Any]:
-        sidecar = extract_features(meta, images, work / "features", cache_dir=cache_dir, **options)
+        from pipeline.console import ExtractionProgress
+
+        sidecar = extract_features(meta, images, work / "features", cache_dir=cache_dir,
+                                   **{"progress": ExtractionProgress(), **options})
         return {"features": str(work / "features"), "counts": sidecar.get("counts", {}),
                 "device": sidecar.get("device")}
 
@@ -536,8 +539,12 @@ def run_pipeline(
                     tags=common_tags, search_keys=list(config.search),
                     dataset_input=data_input, modalities=dataset.modalities,
                 )
-                outcome = run_sweep(config, dataset_path, study_storage=study, callbacks=[callback],
-                                    progress=progress)
+                # A progress bar (done / pruned / failed, best so far) instead of Tune's status table.
+                from pipeline.console import SweepProgress
+
+                bar = [SweepProgress(config.num_samples, config.metric, config.mode)] if progress else []
+                outcome = run_sweep(config, dataset_path, study_storage=study, callbacks=[callback, *bar],
+                                    progress=False)
                 if callback.interrupted:
                     raise KeyboardInterrupt(f"sweep {sweep_id} interrupted")
                 tracker.set_tags(parent, {"optuna.study_name": outcome.study_name,

@@ -79,8 +79,14 @@ def sweep_overrides(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    import optuna  # noqa: F401 - imported now so that its logger can be brought into ours
+    import ray  # noqa: F401
+
+    from pipeline.console import adopt_library_loggers
     from pipeline.stages import run_pipeline
     from pipeline.sweep_config import load_sweep_config
+
+    adopt_library_loggers()
 
     config = load_sweep_config(args.config, sweep_overrides(args))
 
