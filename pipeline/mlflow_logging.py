@@ -145,18 +145,21 @@ def ui_link(tracking_uri: str, experiment_id: str, view_key: str) -> str:
     return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning&viewStateShareKey={view_key}"
 
 
-def share_runs_view(client: Any, experiment_id: str, *, sweep_tag: str, sweep_id: str, parent_run_id: str,
-                    param_columns: Sequence[str], metric: str = "best/valid/recall_at_20") -> str:
+def share_runs_view(client: Any, experiment_id: str, *, parent_run_id: str, param_columns: Sequence[str]) -> str:
     """Store a view of the runs table for this sweep (MLflow's shared view state: an
-    experiment tag the UI reads when the link names its key): only this sweep's runs, the
-    parent expanded over its trials, the searched parameters, ``best/valid``/``best/test``
-    Recall@20, the best epoch and each trial's outcome as columns, best first. Returns the key."""
+    experiment tag the UI reads when the link names its key): the sweep's parent expanded over
+    its trials, with the searched parameters, ``best/valid``/``best/test`` Recall@20, the best
+    epoch and each trial's outcome as columns. Returns the key.
+
+    The view filters nothing and sorts by start time: the UI nests children under their parent
+    only then (a filter or a metric sort lists every run flat). The newest sweep comes first,
+    the others stay collapsed."""
     columns = [f"params.`{name}`" for name in param_columns]
     columns += [f"metrics.`{m}`" for m in ("best/valid/recall_at_20", "best/test/recall_at_20", "best/epoch")]
     columns += ["tags.`clearrec.outcome`", "attributes.`Dataset`"]
     state = {
-        "searchFilter": f"tags.`{sweep_tag}` = '{sweep_id}'",
-        "orderByKey": f"metrics.`{metric}`", "orderByAsc": False, "startTime": "ALL", "lifecycleFilter": "Active",
+        "searchFilter": "", "orderByKey": "attributes.start_time", "orderByAsc": False, "startTime": "ALL",
+        "lifecycleFilter": "Active",
         "datasetsFilter": [], "modelVersionFilter": "All Runs",
         "selectedColumns": columns, "runsExpanded": {parent_run_id: True}, "runsPinned": [], "runsHidden": [],
     }

@@ -569,8 +569,7 @@ def run_pipeline(
     info.update(reused=sweep_out.reused, outputs=sweep_out.path, dataset_path=dataset_path,
                 experiment=experiment, experiment_id=tracker.experiment_id, tracking_uri=uri)
     view = mlflow_logging.share_runs_view(
-        tracker.client, tracker.experiment_id, sweep_tag=TAG_SWEEP_ID_KEY, sweep_id=info["sweep_id"],
-        parent_run_id=info["parent_run_id"],
+        tracker.client, tracker.experiment_id, parent_run_id=info["parent_run_id"],
         param_columns=[f"{spec.target}.{spec.param}" for spec in config.search.values()])
     link = mlflow_logging.ui_link(uri, tracker.experiment_id, view)
     info["ui_link"] = link
