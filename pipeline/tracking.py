@@ -408,8 +408,6 @@ class MLflowTrialCallback(_tune_callback_base()):  # type: ignore[misc]
         self.dataset_input = dataset_input
         self.modalities = modalities
         self.run_ids: dict[str, str] = {}
-        # Every trial's run, kept after it closes: the sweep's end gives each its artifacts.
-        self.all_run_ids: dict[str, str] = {}
         self.retries: dict[str, int] = {}
         self.interrupted = False
 
@@ -447,7 +445,6 @@ class MLflowTrialCallback(_tune_callback_base()):  # type: ignore[misc]
                 resume_tags={TAG_TRIAL_ID: trial.trial_id, PARENT_TAG: self.parent_run_id},
             )
             self.run_ids[trial.trial_id] = run_id
-            self.all_run_ids[trial.trial_id] = run_id
             log_dataset(self.tracker.client, run_id, self.dataset_input)
         return run_id
 
