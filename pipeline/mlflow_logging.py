@@ -147,13 +147,14 @@ def ui_link(tracking_uri: str, experiment_id: str, view_key: str) -> str:
 
 def share_runs_view(client: Any, experiment_id: str, *, parent_run_id: str, param_columns: Sequence[str]) -> str:
     """Store a view of the runs table for this sweep (MLflow's shared view state: an
-    experiment tag the UI reads when the link names its key): the sweep's parent expanded over
-    its trials, with the searched parameters, ``best/valid``/``best/test`` Recall@20, the best
-    epoch and each trial's outcome as columns. Returns the key.
+    experiment tag the UI reads when the link names its key): the runs table with the searched
+    parameters, ``best/valid``/``best/test`` Recall@20, the best epoch and each trial's outcome
+    as columns. Returns the key.
 
-    The view filters nothing and sorts by start time: the UI nests children under their parent
-    only then (a filter or a metric sort lists every run flat). The newest sweep comes first,
-    the others stay collapsed."""
+    The view filters nothing and sorts by start time: the UI nests trials under their parent
+    only then (a filter or a metric sort lists every run flat), so the newest sweep's parent is
+    the first row, its trials one click (its ⊞) away. A shared view cannot open a parent
+    expanded: MLflow leaves the per-run state (expanded, pinned, hidden) out of shared views."""
     columns = [f"params.`{name}`" for name in param_columns]
     columns += [f"metrics.`{m}`" for m in ("best/valid/recall_at_20", "best/test/recall_at_20", "best/epoch")]
     columns += ["tags.`clearrec.outcome`", "attributes.`Dataset`"]
@@ -161,7 +162,7 @@ def share_runs_view(client: Any, experiment_id: str, *, parent_run_id: str, para
         "searchFilter": "", "orderByKey": "attributes.start_time", "orderByAsc": False, "startTime": "ALL",
         "lifecycleFilter": "Active",
         "datasetsFilter": [], "modelVersionFilter": "All Runs",
-        "selectedColumns": columns, "runsExpanded": {parent_run_id: True}, "runsPinned": [], "runsHidden": [],
+        "selectedColumns": columns,
     }
     client.set_experiment_tag(experiment_id, VIEW_TAG_PREFIX + parent_run_id, json.dumps(state))
     return parent_run_id
