@@ -3,7 +3,7 @@ asked, a version of it in the model registry.
 
 The model is the trained ``nn.Module`` with the weights of its best-validation epoch, built on
 the sweep's dataset (its graphs are part of it, so it scores without the dataset folder).
-``model_config.json`` beside it holds the model name, its parameters, the train config, the
+``extra_files/model_config.json`` beside it holds the model name, its parameters, the train config, the
 epoch and the dataset's name and fingerprint; the same figures are the MLmodel's metadata.
 
 Loading it back and scoring users::

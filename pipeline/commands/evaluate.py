@@ -12,7 +12,7 @@ CHECKPOINT may also be a finished sweep's output folder (``runs/sweep/<key>``, p
 Metrics (valid and test, K in 5/10/20/50) are printed as JSON, written to ``--out`` atomically,
 and logged as an MLflow run in the dataset's experiment (``--no-track`` to skip), with the
 checkpoint, dataset fingerprint and git commit as tags; metric keys as in ``clearrec sweep``
-(``test/recall@20`` -> ``test_recall_at_20``).
+(``test/recall@20`` -> ``test/recall_at_20``).
 """
 
 from __future__ import annotations

@@ -181,7 +181,7 @@ def test_the_logged_model_loads_back_and_scores_as_the_checkpoint(finished_sweep
     outcome, tracker = finished_sweep["outcome"], finished_sweep["tracker"]
     local = tracker.client.download_artifacts(outcome["parent_run_id"], "model", str(finished_sweep["folder"]))
     model = mlflow.pytorch.load_model(local)
-    card = json.loads((Path(local) / "model_config.json").read_text())
+    card = json.loads((Path(local) / "extra_files" / "model_config.json").read_text())
     assert card["dataset_fingerprint"] == outcome["final"]["dataset_fingerprint"]
     assert card["model_params"]["redundancy_rank"] == outcome["best"]["params"]["redundancy_rank"]
     dataset = load_dataset(outcome["dataset_path"])
@@ -267,7 +267,7 @@ def test_evaluate_command_scores_the_best_checkpoint_and_logs_a_run(finished_swe
     assert result["test"]["recall@20"] == pytest.approx(outcome["final"]["test"]["recall@20"], abs=1e-6)
     run = finished_sweep["tracker"].client.get_run(result["mlflow"]["run_id"])
     assert run.info.status == "FINISHED" and run.info.run_name.startswith("evaluate clear k=")
-    assert run.data.metrics["test_recall_at_20"] == pytest.approx(result["test"]["recall@20"])
+    assert run.data.metrics["test/recall_at_20"] == pytest.approx(result["test"]["recall@20"])
     capsys.readouterr()
 
 
