@@ -8,6 +8,7 @@ single :class:`~clear_core.errors.ConfigError` lists every bad field at once.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -20,13 +21,20 @@ CONFIG_DIR_ENV = "CLEARREC_CONFIG_DIR"
 
 
 def config_dir() -> Path:
-    """Where the YAML defaults live: ``$CLEARREC_CONFIG_DIR``, else the repository's ``configs/``."""
+    """Where the YAML defaults live: ``$CLEARREC_CONFIG_DIR`` when set, else the configs shipped
+    with the package, ``clear_core/configs``.
+
+    The repository's ``configs/`` is the one source: in a checkout ``clear_core/configs`` is a
+    link to it (resolved here, so the folder's parent is the repository root, against which the
+    relative ``path`` of a dataset config is read); a wheel holds a copy of it made at build time
+    (``package-data`` in pyproject.toml), so an installed clearrec needs no variable.
+    """
     env = os.environ.get(CONFIG_DIR_ENV)
-    path = Path(env) if env else Path(__file__).resolve().parents[1] / "configs"
+    path = Path(env) if env else (Path(__file__).resolve().parent / "configs").resolve()
     if not path.is_dir():
         raise ConfigError(
             f"configuration folder {path} does not exist; set {CONFIG_DIR_ENV} to the clearrec "
-            "configs/ folder"
+            "configs/ folder (or reinstall clearrec: its wheel ships them)"
         )
     return path
 
@@ -59,8 +67,18 @@ def load_defaults(kind: str, name: str) -> dict[str, Any]:
     return load_yaml(path)
 
 
+# A number as people write it. YAML 1.1 (PyYAML) reads a float only with a dot and a signed
+# exponent, so `1e-4`, `1E-3` and `5e3` would stay strings and be refused as "expected float".
+_NUMBER = re.compile(r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?$")
+
+
 def parse_value(text: str) -> Any:
-    """Parse a ``--set key=value`` right-hand side with YAML scalar rules (1e-3, true, [1,2])."""
+    """Parse a ``--set key=value`` right-hand side with YAML scalar rules (true, [1,2], null),
+    reading numbers as users write them: ``1e-4``, ``1E-3``, ``.5``, ``5e3``."""
+    stripped = text.strip()
+    if _NUMBER.match(stripped):
+        # int() for plain integers: float() would turn 12345678901234567891 into 1.2e19.
+        return int(stripped) if stripped.lstrip("+-").isdigit() else float(stripped)
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError:

@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except ClearrecError as exc:
         print(f"clearrec {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
     except KeyboardInterrupt:
         print(f"clearrec {args.command}: interrupted", file=sys.stderr)
         return 130

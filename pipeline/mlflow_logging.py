@@ -18,6 +18,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from pipeline import tags
+
 log = logging.getLogger(__name__)
 
 #: The host and port `make ui` serves on; a tracking server is its own UI.
@@ -157,7 +159,7 @@ def share_runs_view(client: Any, experiment_id: str, *, parent_run_id: str, para
     expanded: MLflow leaves the per-run state (expanded, pinned, hidden) out of shared views."""
     columns = [f"params.`{name}`" for name in param_columns]
     columns += [f"metrics.`{m}`" for m in ("best/valid/recall_at_20", "best/test/recall_at_20", "best/epoch")]
-    columns += ["tags.`clearrec.outcome`", "attributes.`Dataset`"]
+    columns += [f"tags.`{tags.OUTCOME}`", "attributes.`Dataset`"]
     state = {
         "searchFilter": "", "orderByKey": "attributes.start_time", "orderByAsc": False, "startTime": "ALL",
         "lifecycleFilter": "Active",
@@ -282,7 +284,7 @@ def record_sweep_end(tracker: Any, parent: str, *, config: Any, outcome: Any, fi
     plots = write_study_plots(outcome.study_storage, outcome.study_name, work / "optuna")
     if plots:
         tracker.log_artifact(parent, work / "optuna", "optuna")
-    run_ids = {run.data.tags.get(tracking.TAG_TRIAL_ID): run.info.run_id for run in tracker.children(parent)}
+    run_ids = {run.data.tags.get(tags.TRIAL_ID): run.info.run_id for run in tracker.children(parent)}
     log_trial_artifacts(tracker.client, outcome.trials, run_ids, work,
                         spectrum_of=lambda trial: trial_spectrum(config, trial, dataset_path, work))
     return record
@@ -291,12 +293,12 @@ def record_sweep_end(tracker: Any, parent: str, *, config: Any, outcome: Any, fi
 def trial_spectrum(config: Any, trial: Any, dataset_path: str, work: Path) -> dict[str, Any] | None:
     """The cross-modal spectrum before/after projection of a trial's best-epoch weights (its
     checkpoint's ``best.pt``); None for models without a projector or trials without a checkpoint."""
-    from pipeline.stages import _fetch_checkpoint, evaluate_checkpoint
+    from pipeline.checkpoint_evaluation import evaluate_checkpoint, fetch_checkpoint
 
     if not trial.checkpoint:
         return None
     model_params, train = config.split_params(trial.params)
-    local = _fetch_checkpoint(trial.checkpoint, work / "trial_checkpoint", config.storage.endpoint_url)
+    local = fetch_checkpoint(trial.checkpoint, work / "trial_checkpoint", config.storage.endpoint_url)
     try:
         out = evaluate_checkpoint(dataset_path, local, model=config.model, model_params=model_params,
                                   train={**train, "valid_metric": config.metric.split("/", 1)[1]},
@@ -324,13 +326,13 @@ def latest_sweep_link(tracking_uri: str) -> str | None:
 
     client = MlflowClient(tracking_uri=tracking_uri)
     experiments = client.search_experiments()
-    runs = client.search_runs([e.experiment_id for e in experiments], "tags.`clearrec.role` = 'sweep'",
+    runs = client.search_runs([e.experiment_id for e in experiments], f"tags.`{tags.ROLE}` = 'sweep'",
                               order_by=["attributes.start_time DESC"], max_results=1) if experiments else []
     if not runs:
         return None
     run = runs[0]
-    tags = client.get_experiment(run.info.experiment_id).tags
-    if VIEW_TAG_PREFIX + run.info.run_id in tags:
+    experiment_tags = client.get_experiment(run.info.experiment_id).tags
+    if VIEW_TAG_PREFIX + run.info.run_id in experiment_tags:
         return ui_link(tracking_uri, run.info.experiment_id, run.info.run_id)
     base = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else DEFAULT_UI
     return f"{base}/#/experiments/{run.info.experiment_id}/runs?workflowType=machine_learning"

@@ -48,8 +48,8 @@ def log_best_model(client: Any, run_id: str, *, dataset_path: str, checkpoint: s
     import mlflow.pytorch
     import torch
 
+    from clear_core.checkpoints import load_trained_model
     from clear_core.data.loading import load_dataset
-    from pipeline.stages import load_trained_model
 
     dataset = load_dataset(dataset_path)
     net, epoch, _ = load_trained_model(dataset, checkpoint, model=final["model"],

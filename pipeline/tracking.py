@@ -1,11 +1,13 @@
 """MLflow tracking for sweeps: one experiment per dataset, one parent run per sweep, one nested
 child run per trial, each closed with the status that says what happened to it.
 
-Why a driver-side Tune callback (:class:`MLflowTrialCallback`) and not Ray's ``setup_mlflow``:
-trials run in worker processes, possibly on other nodes, where ``setup_mlflow`` with defaults
-fails every trial, leaves runs RUNNING and names every run alike (stack-notes.md). The driver
-sees every trial start, report, stop, error and retry, so it alone can give each child run a
-name, its parameters, its per-epoch metrics and a truthful terminal status.
+The child runs are written by a driver-side Tune callback
+(:class:`pipeline.trial_tracking.MLflowTrialCallback`), not by Ray's ``setup_mlflow``: trials run
+in worker processes, possibly on other nodes, where ``setup_mlflow`` with defaults fails every
+trial, leaves runs RUNNING and names every run alike. The driver sees every trial start, report,
+stop, error and retry, so it alone can give each child run a name, its parameters, its per-epoch
+metrics and a truthful terminal status. This module imports neither Ray nor MLflow at import
+time, so the CLI and the tools that only read the tracking settings start fast.
 
 Metric keys: one vocabulary for parents and children, grouped by ``/`` (``valid/recall_at_20``,
 ``train/loss``, ``best/test/recall_at_20``; see :mod:`pipeline.mlflow_logging`). Each metric is
@@ -24,7 +26,7 @@ import os
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,8 @@ from urllib.parse import urlparse
 
 from clear_core.config import config_dir, load_yaml, validate_fields
 from clear_core.errors import ClearrecError
+from pipeline.sqlite_store import sqlite_file_problem
+from pipeline.tags import MLFLOW_PARENT_RUN, ROLE, SWEEP_ID, TRIAL_ID
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +50,11 @@ PIPELINE_SCHEMA: dict[str, Any] = {
     "experiment_prefix": str,
 }
 
-# Tags under this namespace are ours; mlflow.* tags are MLflow's own (runName, parentRunId).
-TAG_SWEEP_ID = "clearrec.sweep_id"
-TAG_TRIAL_ID = "clearrec.trial_id"
-TAG_ROLE = "clearrec.role"
-PARENT_TAG = "mlflow.parentRunId"
+# Tag names live in pipeline.tags; these aliases keep tracking.TAG_* working for its callers.
+TAG_SWEEP_ID = SWEEP_ID
+TAG_TRIAL_ID = TRIAL_ID
+TAG_ROLE = ROLE
+PARENT_TAG = MLFLOW_PARENT_RUN
 
 # Short names for run names; the paper's symbols (k, lambda, tau) are what people scan for.
 SHORT_PARAM_NAMES = {
@@ -58,7 +62,7 @@ SHORT_PARAM_NAMES = {
     "projection_strength": "lam",
     "refresh_every": "tau",
     "learning_rate": "lr",
-    "embedding_dim": "d",
+    "embedding_size": "d",
     "n_layers": "L",
     "reg_weight": "reg",
 }
@@ -142,6 +146,8 @@ def check_reachable(uri: str, timeout_s: float = 10.0) -> None:
     db = sqlite_path(uri)
     if db is not None and not db.resolve().parent.is_dir():
         raise TrackingError(f"MLflow tracking database {uri}: folder {db.resolve().parent} does not exist")
+    if db is not None and (problem := sqlite_file_problem(db)):
+        raise TrackingError(f"MLflow tracking database {uri}: {problem}")
     if parsed.scheme not in ("", "file", "sqlite", "postgresql", "mysql", "databricks"):
         raise TrackingError(f"MLflow tracking URI {uri!r}: unsupported scheme {parsed.scheme!r}")
 
@@ -365,121 +371,3 @@ def experiment_name(dataset: str, config: Mapping[str, Any] | None = None) -> st
     """One experiment per dataset, so the UI compares CLEAR and baselines side by side."""
     prefix = (config or load_pipeline_config())["experiment_prefix"]
     return f"{prefix}-{dataset}"
-
-
-def _tune_callback_base() -> type:
-    from ray.tune import Callback
-
-    return Callback
-
-
-class MLflowTrialCallback(_tune_callback_base()):  # type: ignore[misc]
-    """Driver-side Tune callback: a nested child run per trial.
-
-    ``resolve`` maps a trial's config to its full resolved parameters (e.g. ``{"model": {...},
-    "train": {...}}``), logged on every child so each run is complete on its own; without it,
-    ``base_params`` plus the trial's config are logged. The run name shows the searched values.
-    A trial is FINISHED when its last report has ``finished_key`` true, KILLED when the
-    scheduler stopped it before that, FAILED when it errored for good.
-    """
-
-    def __init__(
-        self,
-        tracker: Tracker,
-        parent_run_id: str,
-        *,
-        model: str,
-        base_params: Mapping[str, Any] | None = None,
-        resolve: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None,
-        tags: Mapping[str, Any] | None = None,
-        finished_key: str = "finished",
-        search_keys: list[str] | None = None,
-        dataset_input: Any | None = None,
-        modalities: list[str] | None = None,
-    ) -> None:
-        self.tracker = tracker
-        self.parent_run_id = parent_run_id
-        self.model = model
-        self.base_params = flatten(dict(base_params or {}))
-        self.resolve = resolve
-        self.tags = dict(tags or {})
-        self.finished_key = finished_key
-        self.search_keys = search_keys
-        self.dataset_input = dataset_input
-        self.modalities = modalities
-        self.run_ids: dict[str, str] = {}
-        self.retries: dict[str, int] = {}
-        self.interrupted = False
-
-    # Tune keys that are bookkeeping, not metrics of the model.
-    _SKIP = {
-        "time_this_iter_s", "time_total_s", "timestamp", "training_iteration", "pid", "time_since_restore",
-        "iterations_since_restore", "timesteps_total", "episodes_total", "epoch", "done", "finished",
-        "checkpoint_dir_name", "should_checkpoint", "node_id", "resources", "trial_id", "date", "hostname",
-        "node_ip",
-    }
-
-    def _trial_params(self, trial: Any) -> dict[str, Any]:
-        flat = flatten(dict(trial.config or {}))
-        if self.search_keys is not None:
-            flat = {k: v for k, v in flat.items() if k in self.search_keys}
-        return {k: v for k, v in flat.items() if isinstance(v, (int, float, str, bool)) or v is None}
-
-    def _run_for(self, trial: Any) -> str:
-        run_id = self.run_ids.get(trial.trial_id)
-        if run_id is None:
-            searched = self._trial_params(trial)
-            if self.resolve is not None:
-                # Every resolved field (model defaults + fixed + searched), so each run stands alone.
-                params = {**self.base_params, **flatten(dict(self.resolve(dict(trial.config or {}))))}
-            else:
-                params = {**self.base_params, **searched}
-            from pipeline.mlflow_logging import applicable_params, log_dataset
-
-            params = applicable_params(params, self.modalities)
-            run_id = self.tracker.start_run(
-                trial_name(self.model, searched, trial.trial_id),
-                tags={**self.tags, TAG_TRIAL_ID: trial.trial_id, TAG_ROLE: "trial", "model": self.model},
-                params=params,
-                parent_run_id=self.parent_run_id,
-                resume_tags={TAG_TRIAL_ID: trial.trial_id, PARENT_TAG: self.parent_run_id},
-            )
-            self.run_ids[trial.trial_id] = run_id
-            log_dataset(self.tracker.client, run_id, self.dataset_input)
-        return run_id
-
-    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._run_for(trial)
-
-    def on_trial_restore(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._run_for(trial)
-
-    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        run_id = self._run_for(trial)
-        step = result.get("epoch", result.get("training_iteration", 0))
-        metrics = {k: v for k, v in result.items() if k not in self._SKIP and k != "config"}
-        self.tracker.log_metrics(run_id, metrics, step=int(step))
-
-    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        # A retry (FailureConfig) continues the same child run from its checkpoint.
-        self.retries[trial.trial_id] = self.retries.get(trial.trial_id, 0) + 1
-        self.tracker.set_tags(self._run_for(trial), {"clearrec.retries": self.retries[trial.trial_id]})
-
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        finished = bool((trial.last_result or {}).get(self.finished_key))
-        self._close(trial, "FINISHED" if finished else "KILLED")
-
-    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._close(trial, "FAILED")
-
-    def on_experiment_end(self, trials: list, **info: Any) -> None:
-        # Tune returns normally after Ctrl-C with trials left PENDING/RUNNING/PAUSED: the sweep
-        # was interrupted, not finished, and the caller must not report it as done.
-        self.interrupted = any(getattr(t, "status", "TERMINATED") not in ("TERMINATED", "ERROR") for t in trials)
-        self.tracker.close_children(self.parent_run_id, "KILLED")
-
-    def _close(self, trial: Any, status: str) -> None:
-        run_id = self._run_for(trial)
-        self.tracker.set_tags(run_id, {"clearrec.outcome": "PRUNED" if status == "KILLED" else status})
-        self.tracker.end_run(run_id, status)
-        self.run_ids.pop(trial.trial_id, None)

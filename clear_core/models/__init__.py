@@ -14,6 +14,7 @@ from clear_core.config import load_defaults, validate_fields
 from clear_core.data.dataset import Dataset
 from clear_core.errors import ConfigError
 from clear_core.models.base import Recommender
+from clear_core.param_rules import check_ranges
 
 _REGISTRY: dict[str, type[Recommender]] = {}
 
@@ -59,18 +60,26 @@ def model_class(name: str) -> type[Recommender]:
         ) from None
 
 
-def resolve_params(name: str, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Defaults from ``configs/models/<name>.yaml`` with ``overrides`` applied, type-checked."""
+def resolve_params(
+    name: str, overrides: Mapping[str, Any] | None = None, *, check_values: bool = True
+) -> dict[str, Any]:
+    """Defaults from ``configs/models/<name>.yaml`` with ``overrides`` applied, type-checked and,
+    with ``check_values``, range-checked (:mod:`clear_core.param_rules`)."""
     cls = model_class(name)
     merged = {**load_defaults("models", name), **dict(overrides or {})}
-    return validate_fields(merged, cls.params, source=f"model {name!r}")
+    params = validate_fields(merged, cls.params, source=f"model {name!r}")
+    if check_values:
+        check_ranges(params, source=f"model {name!r}")
+    return params
 
 
 def build_model(
     name: str, dataset: Dataset, overrides: Mapping[str, Any] | None = None
 ) -> Recommender:
     cls = model_class(name)
-    params = resolve_params(name, overrides)
+    # Every constructor checks the same ranges itself, together with what needs the data, so
+    # that one error lists all of them.
+    params = resolve_params(name, overrides, check_values=False)
     if cls.needs_features and not dataset.features:
         raise ConfigError(f"model {name!r} needs modality features; dataset {dataset.name!r} has none")
     return cls(dataset, **params)

@@ -1,4 +1,4 @@
-"""FREEDOM (Zhou & Shen, MM'23) as MMRec implements it (protocol.md), and FREEDOM + CLEAR.
+"""FREEDOM (Zhou & Shen, MM'23) as MMRec implements it, and FREEDOM + CLEAR.
 
 * Item-item graph: cosine kNN (``knn_k``) on each raw modality, unit weights, symmetric
   normalisation, mixed by ``modality_weights`` (0.1 image + 0.9 text; audio plays text's part
@@ -42,7 +42,7 @@ class Freedom(GraphMixin, MultimodalRecommender):
     params = {**MULTIMODAL_PARAMS, **GRAPH_PARAMS}
 
     def check_params(self, dataset: Dataset, params) -> list[str]:
-        problems = graph_problems(params)
+        problems = graph_problems(params, dataset)
         self._weights, more = mix_weights(list(dataset.features), params["modality_weights"])
         return problems + more
 

@@ -32,6 +32,7 @@ from clear_core.data.dataset import Dataset
 from clear_core.errors import ConfigError
 from clear_core.models.base import Recommender
 from clear_core.models.projected_linear import projected_linear
+from clear_core.param_rules import knn_problem, range_problems
 from clear_core.projection import MODES, CrossModalProjection, validate_projection
 
 MULTIMODAL_PARAMS: dict[str, Any] = {
@@ -107,14 +108,11 @@ class MultimodalRecommender(Recommender):
         problems: list[str] = []
         if not self.modality_names:
             problems.append(f"dataset {dataset.name!r}: model {self.name!r} needs modality features")
-        if d < 1:
-            problems.append(f"embedding_size: expected >= 1, got {d}")
+        problems += range_problems(params)
         if params["feature_scaling"] not in FEATURE_SCALINGS:
             problems.append(
                 f"feature_scaling: expected one of {', '.join(FEATURE_SCALINGS)}, got {params['feature_scaling']!r}"
             )
-        if params["encoder_layers"] not in (1, 2):
-            problems.append(f"encoder_layers: expected 1 or 2, got {params['encoder_layers']}")
         for m, feat in dataset.features.items():
             if feat.ndim != 2 or feat.shape[0] != dataset.n_items:
                 problems.append(
@@ -145,13 +143,15 @@ class MultimodalRecommender(Recommender):
                 projection_strength=params["projection_strength"],
                 refresh_every=params["refresh_every"],
                 energy_ratio=params["energy_ratio"],
-                dims=(d, d),
+                dims=None if range_problems({"embedding_size": d}) else (d, d),
             )
         except ConfigError as exc:
             problems.extend(exc.problems)
         problems.extend(self.check_params(dataset, params))
         if problems:
-            raise ConfigError(problems, source=f"model {self.name!r}")
+            # The same rule reached twice (here and in validate_projection or graph_problems)
+            # gives the same words: list it once.
+            raise ConfigError(list(dict.fromkeys(problems)), source=f"model {self.name!r}")
 
         self.embedding_size = d
         self.projected_pair = pair if params["projection"] != "none" else []
@@ -164,8 +164,15 @@ class MultimodalRecommender(Recommender):
             if params["feature_scaling"] == "unit":
                 # One scalar per modality: geometry, covariance directions and cosine kNN are
                 # unchanged, but a modality with row norms ~30 (TikTok image) no longer starts
-                # training with saturated BPR scores.
-                feat = feat / feat.norm(dim=1).mean().clamp_min(1e-12)
+                # training with saturated BPR scores. Where float32 norms overflow (squares of
+                # values near 1e19 and above), float64 ones are used: an inf scale would zero
+                # every row. Ordinary features keep the float32 arithmetic and its bits.
+                scale = feat.norm(dim=1).mean()
+                if torch.isfinite(scale):
+                    feat = feat / scale.clamp_min(1e-12)
+                else:
+                    wide = feat.double()
+                    feat = (wide / wide.norm(dim=1).mean()).float()
             if self.raw_features is not None:
                 self.raw_features[m] = nn.Parameter(feat)
             else:
@@ -283,8 +290,8 @@ class GraphMixin:
     def setup_graphs(self, dataset: Dataset, params: Mapping[str, Any], modality_weights: Mapping[str, float]) -> None:
         """The graphs and the settings that shape them, from the model's ``GRAPH_PARAMS``:
         ``n_layers``, ``item_graph_layers``, ``edge_dropout``, ``knn_k`` and ``knn_chunk_size``."""
-        from clear_core.graph import normalized_adjacency
-        from clear_core.modality_graph import edge_weights, mixed_item_graph, to_csr_pair
+        from clear_core.graph import edge_weights, normalized_adjacency
+        from clear_core.item_graph import mixed_item_graph, to_csr_pair
 
         train = torch.as_tensor(dataset.train, dtype=torch.long)
         users, items = train[:, 0].contiguous(), train[:, 1].contiguous()
@@ -313,7 +320,7 @@ class GraphMixin:
 
     def drop_edges(self) -> None:
         """Resample this epoch's user-item graph (done by ``on_epoch_start``)."""
-        from clear_core.modality_graph import dropped_adjacency
+        from clear_core.graph import dropped_adjacency
 
         if self.edge_dropout <= 0.0:
             self._epoch_adjacency = None
@@ -340,7 +347,7 @@ class GraphMixin:
 
     def propagate_items(self, x: torch.Tensor) -> torch.Tensor:
         """``item_graph @ x`` (the kNN graph is not symmetric: backward uses its transpose)."""
-        from clear_core.modality_graph import propagate_with_transpose
+        from clear_core.item_graph import propagate_with_transpose
 
         return propagate_with_transpose(self.item_graph, self.item_graph_t, x)
 
@@ -351,21 +358,12 @@ class GraphMixin:
         return adj
 
 
-def graph_problems(params: Mapping[str, Any]) -> list[str]:
-    """Range checks of the graph parameters shared by FREEDOM and CLEAR."""
-    problems = []
-    if not 0.0 <= params["edge_dropout"] < 1.0:
-        problems.append(f"edge_dropout: expected a number in [0, 1), got {params['edge_dropout']}")
-    if params["knn_k"] < 1:
-        problems.append(f"knn_k: expected >= 1, got {params['knn_k']}")
-    if params["knn_chunk_size"] < 1:
-        problems.append(f"knn_chunk_size: expected >= 1, got {params['knn_chunk_size']}")
-    if params["n_layers"] < 0:
-        problems.append(f"n_layers: expected >= 0, got {params['n_layers']}")
-    if params["item_graph_layers"] < 0:
-        problems.append(f"item_graph_layers: expected >= 0, got {params['item_graph_layers']}")
-    if params["reg_weight"] < 0:
-        problems.append(f"reg_weight: expected >= 0, got {params['reg_weight']}")
+def graph_problems(params: Mapping[str, Any], dataset: Dataset | None = None) -> list[str]:
+    """Range checks of the graph parameters shared by FREEDOM and CLEAR (rules in
+    :mod:`clear_core.param_rules`); with ``dataset``, also knn_k against its item count."""
+    problems = range_problems({k: params[k] for k in GRAPH_PARAMS if k in params})
+    if dataset is not None and (p := knn_problem(params["knn_k"], dataset.n_items, dataset.name)):
+        problems.append(p)
     return problems
 
 

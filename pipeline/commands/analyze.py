@@ -25,6 +25,7 @@ from typing import Any
 
 from clear_core.config import config_dir, load_yaml, parse_overrides, validate_fields
 from clear_core.errors import ConfigError
+from clear_core.param_rules import range_problems
 
 log = logging.getLogger(__name__)
 
@@ -62,53 +63,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def resolve_settings(pairs: list[str]) -> dict[str, Any]:
     merged = {**load_yaml(config_dir() / "analyze.yaml"), **parse_overrides(pairs)}
     settings = validate_fields(merged, ANALYZE_SCHEMA, source="analyze settings")
-    problems = []
-    if settings["neighbours"] < 1:
-        problems.append(f"neighbours: expected >= 1, got {settings['neighbours']}")
-    if settings["redundancy_rank"] < 1:
-        problems.append(f"redundancy_rank (k): expected >= 1, got {settings['redundancy_rank']}")
-    if not 0.0 <= settings["projection_strength"] <= 1.0:
-        problems.append(
-            f"projection_strength (lambda): expected a number in [0, 1], got {settings['projection_strength']}"
-        )
-    if settings["chunk_size"] < 1:
-        problems.append(f"chunk_size: expected >= 1, got {settings['chunk_size']}")
+    problems = range_problems({k: v for k, v in settings.items() if k != "projected_pair"})
     if problems:
         raise ConfigError(problems, source="analyze settings")
     return settings
 
 
 def load_trained_model(checkpoint: str | Path, dataset):
-    """Rebuild the model a checkpoint belongs to (name and parameters from the run signature
-    saved in ``last.pt``) and load its weights (``weights_only``: never unpickles code)."""
-    import torch
+    """The model a checkpoint belongs to (name and parameters from its run signature), with its
+    weights; analyze needs one with modality features."""
+    from clear_core.checkpoints import load_trained_model as load_checkpoint
 
-    from clear_core.models import build_model
-
-    path = Path(checkpoint)
-    if path.is_dir():
-        path = path / "best.pt" if (path / "best.pt").exists() else path / "last.pt"
-    if not path.exists():
-        raise ConfigError(f"--checkpoint {checkpoint}: no such file (expected last.pt or best.pt)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's input error
-        raise ConfigError(f"--checkpoint {path}: cannot be read ({exc})") from None
-    signature = state.get("signature")
-    if signature is None and (path.parent / "last.pt").exists():
-        signature = torch.load(path.parent / "last.pt", map_location="cpu", weights_only=True).get("signature")
-    if signature is None:
-        raise ConfigError(f"--checkpoint {path}: no run signature here or in last.pt beside it")
-    sig = json.loads(signature)
-    model = build_model(sig["model"], dataset, sig["model_params"])
+    model, _, path = load_checkpoint(dataset, checkpoint)
     if not hasattr(model, "projection"):
         raise ConfigError(
-            f"--checkpoint {path}: model {sig['model']!r} uses no modality features; "
+            f"--checkpoint {path}: model {model.name!r} uses no modality features; "
             "analyze needs a multimodal model (clear, vbpr, freedom)"
         )
-    model.load_state_dict(state["model"])
-    model.load_extra_state(state.get("extra", {}))
-    model.eval()
     return model, path
 
 
@@ -116,9 +87,14 @@ def run(args: argparse.Namespace) -> int:
     from clear_core.atomic_io import write_text_atomic
     from clear_core.data.loading import load_dataset
     from clear_core.diagnostics import dataset_diagnostics, model_diagnostics, to_jsonable
+    from pipeline.output_paths import check_outputs, output_dir_problems
     from pipeline.plots import plot_neighbour_overlap, plot_spectrum
 
-    settings = resolve_settings(args.set)
+    try:
+        settings = resolve_settings(args.set)
+    except ConfigError as exc:
+        raise ConfigError(exc.problems + output_dir_problems("--out", args.out), source="clearrec analyze") from None
+    check_outputs(output_dir_problems("--out", args.out), source="clearrec analyze")
     dataset = load_dataset(args.dir)
     if len(dataset.features) < 2:
         raise ConfigError(

@@ -45,7 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", type=device_arg, metavar="DEV", help=f"{DEVICE_HELP} (default: train.yaml)")
     parser.add_argument("--out", metavar="FILE", help="also write the metrics JSON here (atomically)")
     parser.add_argument("--tracking-uri", metavar="URI",
-                        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns.db)")
+                        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else tracking_uri in configs/pipeline.yaml)")
     parser.add_argument("--experiment", help="MLflow experiment (default: one per dataset)")
     parser.add_argument("--no-track", action="store_true", help="do not log to MLflow")
     parser.set_defaults(func=run)
@@ -73,9 +73,11 @@ def from_sweep_folder(path: str) -> dict | None:
 def run(args: argparse.Namespace) -> int:
     from clear_core.atomic_io import write_text_atomic
     from clear_core.config import parse_overrides
-    from pipeline import tracking
+    from pipeline import tags, tracking
+    from pipeline.checkpoint_evaluation import evaluate_checkpoint
+    from pipeline.output_paths import output_file_problems
     from pipeline.provenance import git_commit
-    from pipeline.stages import evaluate_checkpoint, path_fingerprint
+    from pipeline.stages import path_fingerprint
 
     params = parse_overrides(args.set)
     train = {"device": args.device} if args.device else {}
@@ -89,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
         train = {**sweep["best_train"], **train}
     missing = [f"--{name}: required (or give a sweep output folder)" for name, value in
                (("dataset", dataset), ("model", model)) if not value]
+    missing += output_file_problems("--out", args.out)
     if missing:
         raise ConfigError(missing)
     uri = None
@@ -105,12 +108,12 @@ def run(args: argparse.Namespace) -> int:
             "evaluate " + tracking.run_name(model, parse_overrides(args.set) if sweep is None else
                                             {**sweep["params"], **parse_overrides(args.set)}),
             tags={
-                tracking.TAG_ROLE: "evaluate", "clearrec.model": model,
-                "clearrec.checkpoint": result["checkpoint"],
-                "clearrec.checkpoint_sha256": path_fingerprint(result["checkpoint"]),
-                "clearrec.dataset": result["dataset"],
-                "clearrec.dataset_fingerprint": result["dataset_fingerprint"],
-                "clearrec.git_commit": git_commit(),
+                tags.ROLE: "evaluate", tags.MODEL: model,
+                tags.CHECKPOINT: result["checkpoint"],
+                tags.CHECKPOINT_SHA256: path_fingerprint(result["checkpoint"]),
+                tags.DATASET: result["dataset"],
+                tags.DATASET_FINGERPRINT: result["dataset_fingerprint"],
+                tags.GIT_COMMIT: git_commit(),
             },
             params={"model": result["model_params"]},
         )
@@ -124,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
         tracker.end_run(run_id, "FINISHED")
         result["mlflow"] = {"tracking_uri": uri, "experiment": experiment, "run_id": run_id}
     text = json.dumps(result, indent=2, sort_keys=True)
+    print(text, flush=True)  # before --out: a full disk then loses the file, not the metrics
     if args.out:
         write_text_atomic(args.out, text + "\n")
-    print(text)
     return 0

@@ -78,6 +78,10 @@ class _Bars:
 
 def run(args: argparse.Namespace) -> int:
     from clear_core.extraction import extract_features
+    from pipeline.output_paths import check_outputs, output_dir_problems
+
+    check_outputs(output_dir_problems("--out", args.out), output_dir_problems("--cache-dir", args.cache_dir),
+                  source="clearrec extract")
 
     bars = _Bars(enabled=not args.no_progress)
     try:

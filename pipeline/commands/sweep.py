@@ -7,9 +7,9 @@ and figures, and tracks everything in MLflow (one parent run per sweep, one chil
 Each stage's output lies under ``runs/<stage>/<key>/`` and is reused while its inputs are
 unchanged; re-running after an interruption resumes the sweep.
 
-Where things go: ``MLFLOW_TRACKING_URI`` (default ``sqlite:///mlruns.db``, artifacts in
-``./mlartifacts``), ``RAY_ADDRESS`` (default: a private local Ray), Optuna study in
-``sqlite:///optuna.db`` beside the MLflow database unless the sweep config says otherwise.
+Where things go: ``MLFLOW_TRACKING_URI`` (default: ``tracking_uri`` and ``artifact_root`` in
+``configs/pipeline.yaml``), ``RAY_ADDRESS`` (default: a private local Ray), Optuna study in
+``optuna.db`` beside a SQLite MLflow database unless the sweep config says otherwise.
 
 MLflow metric keys: ``valid/recall@20`` is logged as ``valid/recall_at_20`` (MLflow rejects ``@``);
 each trial also logs ``best/valid/...`` and ``best/test/...`` (at its best-validation epoch).
@@ -51,7 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--set resources.gpu=0.25 (repeatable)",
     )
     parser.add_argument("--tracking-uri", metavar="URI",
-                        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns.db)")
+                        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else tracking_uri in configs/pipeline.yaml)")
     parser.add_argument("--study-storage", metavar="URL", help="Optuna RDB storage URL")
     parser.add_argument("--runs-dir", metavar="DIR", help="stage outputs (default: runs)")
     parser.add_argument("--in-process", action="store_true",
@@ -78,17 +78,29 @@ def sweep_overrides(args: argparse.Namespace) -> dict:
     return overrides
 
 
+def check_runs_dir(runs_dir: str | None) -> None:
+    """``--runs-dir`` (or pipeline.yaml's ``runs_dir``) must be a folder we can write into,
+    found before Ray starts rather than as a traceback from the first stage."""
+    from pipeline.output_paths import check_outputs, output_dir_problems
+    from pipeline.tracking import load_pipeline_config
+
+    option = "--runs-dir" if runs_dir else "runs_dir (configs/pipeline.yaml)"
+    check_outputs(output_dir_problems(option, runs_dir or load_pipeline_config()["runs_dir"]),
+                  source="clearrec sweep")
+
+
 def run(args: argparse.Namespace) -> int:
     import optuna  # noqa: F401 - imported now so that its logger can be brought into ours
     import ray  # noqa: F401
 
     from pipeline.console import adopt_library_loggers
-    from pipeline.stages import run_pipeline
+    from pipeline.run import run_pipeline
     from pipeline.sweep_config import load_sweep_config
 
     adopt_library_loggers()
 
     config = load_sweep_config(args.config, sweep_overrides(args))
+    check_runs_dir(args.runs_dir)
 
     def on_stage(out: dict) -> None:
         state = "reused" if out["reused"] else f"done in {out['seconds']:.1f}s"

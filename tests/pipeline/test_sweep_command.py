@@ -175,8 +175,8 @@ def test_the_logged_model_loads_back_and_scores_as_the_checkpoint(finished_sweep
     import mlflow.pytorch
     import torch
 
+    from clear_core.checkpoints import load_trained_model
     from clear_core.data.loading import load_dataset
-    from pipeline.stages import load_trained_model
 
     outcome, tracker = finished_sweep["outcome"], finished_sweep["tracker"]
     local = tracker.client.download_artifacts(outcome["parent_run_id"], "model", str(finished_sweep["folder"]))
@@ -186,7 +186,7 @@ def test_the_logged_model_loads_back_and_scores_as_the_checkpoint(finished_sweep
     assert card["model_params"]["redundancy_rank"] == outcome["best"]["params"]["redundancy_rank"]
     dataset = load_dataset(outcome["dataset_path"])
     reference, _, _ = load_trained_model(dataset, outcome["final"]["checkpoint"], model="clear",
-                                         model_params=outcome["best_model_params"], device=torch.device("cpu"))
+                                         model_params=outcome["best_model_params"], device="cpu")
     users = torch.arange(10)
     with torch.no_grad():
         for net in (model, reference):
