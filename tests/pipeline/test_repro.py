@@ -173,7 +173,7 @@ def test_update_records_the_reason_then_a_rerun_matches_and_is_logged_to_mlflow(
     )
     assert sorted(r.data.tags["clearrec.repro.status"] for r in runs) == ["pass", "update"]
     assert all(r.info.status == "FINISHED" for r in runs)
-    assert any("train.valid_recall_at_20" in r.data.metrics for r in runs)
+    assert any("train.valid/recall_at_20" in r.data.metrics for r in runs)
 
 
 def test_update_keeps_parts_it_did_not_run(tmp_path):
