@@ -23,6 +23,7 @@ config's ``per_model``), logged in the same experiment so the UI compares them s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 
@@ -106,16 +107,18 @@ def run(args: argparse.Namespace) -> int:
         state = "reused" if out["reused"] else f"done in {out['seconds']:.1f}s"
         print(f"[stage {out['name']}] {state}: {out['path']}", file=sys.stderr, flush=True)
 
-    result = run_pipeline(
-        config,
-        runs_dir=args.runs_dir,
-        tracking_uri=args.tracking_uri,
-        study_storage=args.study_storage,
-        progress=not args.no_progress,
-        as_tasks=not args.in_process,
-        on_stage=on_stage,
-        register_model=args.register,
-    )
+    # Tune prints its configuration box on stdout; with --json, stdout carries the JSON alone.
+    with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+        result = run_pipeline(
+            config,
+            runs_dir=args.runs_dir,
+            tracking_uri=args.tracking_uri,
+            study_storage=args.study_storage,
+            progress=not args.no_progress,
+            as_tasks=not args.in_process,
+            on_stage=on_stage,
+            register_model=args.register,
+        )
     if args.json:
         import json
 
