@@ -25,6 +25,11 @@ _MODEL_MODULES = (
     "clear_core.models.vbpr",
     "clear_core.models.freedom",
     "clear_core.models.clear",
+    "clear_core.models.layergcn",
+    "clear_core.models.mmgcn",
+    "clear_core.models.dualgnn",
+    "clear_core.models.lattice",
+    "clear_core.models.slmrec",
 )
 
 

@@ -27,6 +27,10 @@ def two_threads():
 
 
 def _gradient_digests(model, users, pos, neg) -> dict[str, str]:
+    # The first batch of the same epoch every time: some models build per-epoch state with
+    # gradients only in an epoch's first batch (LATTICE's learned item graph).
+    torch.manual_seed(1)
+    model.on_epoch_start(1)
     model.zero_grad(set_to_none=True)
     model.loss(users, pos, neg).backward()
     return {
