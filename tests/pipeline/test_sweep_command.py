@@ -185,7 +185,9 @@ def test_the_logged_model_loads_back_and_scores_as_the_checkpoint(finished_sweep
     assert card["dataset_fingerprint"] == outcome["final"]["dataset_fingerprint"]
     assert card["model_params"]["redundancy_rank"] == outcome["best"]["params"]["redundancy_rank"]
     dataset = load_dataset(outcome["dataset_path"])
-    reference, _, _ = load_trained_model(dataset, outcome["final"]["checkpoint"], model="clear",
+    # outcome.json was written in the stage's work folder; the checkpoint lies in the finished one.
+    checkpoint = next((finished_sweep["folder"] / "runs" / "sweep").glob("*/best_checkpoint/best.pt"))
+    reference, _, _ = load_trained_model(dataset, checkpoint, model="clear",
                                          model_params=outcome["best_model_params"], device="cpu")
     users = torch.arange(10)
     with torch.no_grad():
