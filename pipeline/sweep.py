@@ -48,11 +48,10 @@ TRAINER_DIR = "trainer"
 PROGRESS_FILE = "progress.json"
 FAULT_MARKER = "fault_injection_crashed_once"
 # Tune deletes a trial's oldest checkpoint the moment a new one is registered, but writes the
-# experiment snapshot (what a resumed run restores from) only later. Keeping three and
-# snapshotting at least every second means a killed driver's last snapshot still names a
-# checkpoint that exists, unless a trial checkpoints three times within about a second (CI
-# hit that with toy data); restore_missing_checkpoints mends that case before a resume.
-KEEP_CHECKPOINTS = 3
+# experiment snapshot (what a resumed run restores from) only later. Keeping a few
+# (storage.keep_checkpoints) and snapshotting at least every second means a killed driver's
+# last snapshot usually still names a checkpoint that exists; restore_missing_checkpoints mends
+# the other case before a resume.
 SNAPSHOT_EVERY_S = "1"
 
 
@@ -387,7 +386,7 @@ def restore_missing_checkpoints(restore_path: str, filesystem) -> list[str]:
     snapshot naming the new one reaches storage only later. A driver killed in between leaves
     a snapshot naming a deleted checkpoint, and Tune then fails that trial on restore ("does not
     exist on storage anymore"). With epochs of well under a second (toy data, or a GPU) the
-    window is hit (see KEEP_CHECKPOINTS). Every checkpoint holds the trial's whole state (the
+    window is hit (see storage.keep_checkpoints). Every checkpoint holds the trial's whole state (the
     trainer's checkpoint and progress.json), and ``run_trial`` resumes from what a checkpoint
     holds, not from its name; a checkpoint newer than the snapshot's loses no epoch.
     """
@@ -511,13 +510,14 @@ def run_sweep(
                     metric=config.metric,
                     mode=config.mode,
                     reuse_actors=False,
+                    trial_name_creator=_trial_namer(config.model),
                 ),
                 run_config=tune.RunConfig(
                     name=sweep_id,
                     storage_path=storage.path,
                     storage_filesystem=storage.filesystem,
                     failure_config=tune.FailureConfig(max_failures=config.max_failures),
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=config.storage.keep_checkpoints),
                     verbose=1 if progress else 0,
                 ),
             )
@@ -533,7 +533,7 @@ def run_sweep(
         # The old output engine is the one that honours a CLIReporter. TensorBoard files are
         # left out (JSON and CSV results are kept): TensorBoard rejects every '@' metric name.
         # Frequent snapshots keep the resume state in step with the kept checkpoints (see
-        # KEEP_CHECKPOINTS); that is intended, so Tune's warning about them is silenced.
+        # storage.keep_checkpoints); that is intended, so Tune's warning about them is silenced.
         with _env(
             RAY_AIR_NEW_OUTPUT="0" if progress else None,
             TUNE_DISABLE_AUTO_CALLBACK_LOGGERS="1",
@@ -596,6 +596,16 @@ def duplicate_proposals(study_storage: str, study_name: str) -> int:
 
     study = optuna.load_study(study_name=study_name, storage=rdb_storage(study_storage))
     return sum(1 for t in study.get_trials(deepcopy=False) if DUPLICATE_OF in t.user_attrs)
+
+
+def _trial_namer(model: str):
+    """Ray's name for a trial: the one MLflow and the summary use (``clear k=8 lam=0.9 tau=2 [id]``)."""
+    from pipeline.tracking import trial_name
+
+    def name(trial) -> str:
+        return trial_name(model, dict(trial.config or {}), trial.trial_id)
+
+    return name
 
 
 def _scheduler(config: SweepConfig):

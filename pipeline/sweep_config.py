@@ -80,7 +80,8 @@ SCHEDULER_SCHEMA = {
     "max_t": (int, type(None)),
 }
 RESOURCES_SCHEMA = {"cpu": float, "gpu": float, "custom": (dict, type(None)), "scale_up_wait_s": float}
-STORAGE_SCHEMA = {"path": str, "endpoint_url": (str, type(None))}
+STORAGE_SCHEMA = {"path": str, "endpoint_url": (str, type(None)), "keep_checkpoints": int, "keep_after_sweep": str}
+KEEP_AFTER_SWEEP = ("best", "all")
 STUDY_SCHEMA = {"storage": (str, type(None)), "name": (str, type(None))}
 TRACKING_SCHEMA = {"experiment": (str, type(None))}
 FAULT_SCHEMA = {"crash_once_at_epoch": int}
@@ -147,6 +148,10 @@ class ResourcesConfig:
 class StorageConfig:
     path: str
     endpoint_url: str | None = None
+    #: Checkpoints each trial keeps while the sweep runs (Tune's num_to_keep).
+    keep_checkpoints: int = 2
+    #: After the sweep: ``best`` keeps only the best trial's checkpoints, ``all`` keeps every trial's.
+    keep_after_sweep: str = "best"
 
 
 @dataclass(frozen=True)
@@ -408,6 +413,11 @@ def _build(raw: dict[str, Any], *, source: str, explicit: set[str], grid_cap_giv
                 problems.append(f"resources.custom.{key}: expected a number >= 0, got {amount!r}")
     if storage and not storage.get("path"):
         problems.append("storage.path: expected a local folder or s3://bucket/prefix")
+    if storage and isinstance(storage.get("keep_checkpoints"), int) and storage["keep_checkpoints"] < 1:
+        problems.append(f"storage.keep_checkpoints: expected >= 1, got {storage['keep_checkpoints']}")
+    if storage and storage.get("keep_after_sweep", "best") not in KEEP_AFTER_SWEEP:
+        problems.append(f"storage.keep_after_sweep: expected one of {', '.join(KEEP_AFTER_SWEEP)}, "
+                        f"got {storage['keep_after_sweep']!r}")
     if fault and fault.get("crash_once_at_epoch", 1) < 1:
         problems.append(f"fault_injection.crash_once_at_epoch: expected >= 1, got {fault['crash_once_at_epoch']}")
 

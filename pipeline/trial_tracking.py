@@ -9,8 +9,9 @@ from typing import Any
 
 from ray.tune import Callback
 
+from pipeline.mlflow_logging import applicable_params, log_dataset
 from pipeline.tags import OUTCOME, RETRIES, ROLE, TRIAL_ID
-from pipeline.tracking import PARENT_TAG, Tracker, flatten, run_name
+from pipeline.tracking import PARENT_TAG, Tracker, flatten, trial_name
 from pipeline.trial_report import BOOKKEEPING_FIELDS, EPOCH, FINISHED
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,8 @@ class MLflowTrialCallback(Callback):
         tags: Mapping[str, Any] | None = None,
         finished_key: str = FINISHED,
         search_keys: list[str] | None = None,
+        dataset_input: Any | None = None,
+        modalities: list[str] | None = None,
     ) -> None:
         self.tracker = tracker
         self.parent_run_id = parent_run_id
@@ -46,6 +49,8 @@ class MLflowTrialCallback(Callback):
         self.tags = dict(tags or {})
         self.finished_key = finished_key
         self.search_keys = search_keys
+        self.dataset_input = dataset_input
+        self.modalities = modalities
         self.run_ids: dict[str, str] = {}
         self.retries: dict[str, int] = {}
         self.logged_up_to: dict[str, int] = {}
@@ -55,7 +60,8 @@ class MLflowTrialCallback(Callback):
     _SKIP = {
         "time_this_iter_s", "time_total_s", "timestamp", "training_iteration", "pid", "time_since_restore",
         "iterations_since_restore", "timesteps_total", "episodes_total", "done",
-        "checkpoint_dir_name", "should_checkpoint", *BOOKKEEPING_FIELDS,
+        "checkpoint_dir_name", "should_checkpoint", "node_id", "resources", "trial_id", "date", "hostname",
+        "node_ip", *BOOKKEEPING_FIELDS,
     }
 
     def _trial_params(self, trial: Any) -> dict[str, Any]:
@@ -73,8 +79,9 @@ class MLflowTrialCallback(Callback):
                 params = {**self.base_params, **flatten(dict(self.resolve(dict(trial.config or {}))))}
             else:
                 params = {**self.base_params, **searched}
+            params = applicable_params(params, self.modalities)
             run_id = self.tracker.start_run(
-                run_name(self.model, searched),
+                trial_name(self.model, searched, trial.trial_id),
                 tags={**self.tags, TRIAL_ID: trial.trial_id, ROLE: "trial", "model": self.model},
                 params=params,
                 parent_run_id=self.parent_run_id,
@@ -83,6 +90,7 @@ class MLflowTrialCallback(Callback):
             self.run_ids[trial.trial_id] = run_id
             # A resumed trial re-reports epochs the killed driver may have logged already.
             self.logged_up_to[trial.trial_id] = self.tracker.last_logged_step(run_id)
+            log_dataset(self.tracker.client, run_id, self.dataset_input)
         return run_id
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:

@@ -51,6 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="a trained model's checkpoint (last.pt/best.pt or the folder holding them)",
     )
     parser.add_argument("--out", metavar="OUTDIR", default="runs/analyze", help="output folder")
+    parser.add_argument("--json", action="store_true", help="print the analysis as JSON, not the one-line summary")
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE",
         help="override configs/analyze.yaml: neighbours (K), redundancy_rank (k), "
@@ -134,6 +135,9 @@ def run(args: argparse.Namespace) -> int:
     write_text_atomic(out / "analysis.json", json.dumps(to_jsonable(result), indent=2) + "\n")
     sb, sa = result["spectrum"]["before"], result["spectrum"]["after"]
     o = result["neighbour_overlap"]
+    if args.json:
+        print(json.dumps(to_jsonable(result), indent=2))
+        return 0
     print(
         f"{dataset.name} {a} x {b} ({result['source']}): sigma_1 {sb['singular_values'][0]:.4g} -> "
         f"{sa['singular_values'][0]:.4g}, effective rank {sb['effective_rank']:.2f} -> "

@@ -12,7 +12,7 @@ CHECKPOINT may also be a finished sweep's output folder (``runs/sweep/<key>``, p
 Metrics (valid and test, K in 5/10/20/50) are printed as JSON, written to ``--out`` atomically,
 and logged as an MLflow run in the dataset's experiment (``--no-track`` to skip), with the
 checkpoint, dataset fingerprint and git commit as tags; metric keys as in ``clearrec sweep``
-(``test/recall@20`` -> ``test_recall_at_20``).
+(``test/recall@20`` -> ``test/recall_at_20``).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import logging
 from pathlib import Path
 
 from clear_core.errors import ConfigError
+from pipeline.commands import DEVICE_HELP, device_arg
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--set", action="append", default=[], metavar="KEY=VALUE",
         help="model parameter the checkpoint was trained with, e.g. --set redundancy_rank=8 (repeatable)",
     )
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="train.yaml: device")
+    parser.add_argument("--device", type=device_arg, metavar="DEV", help=f"{DEVICE_HELP} (default: train.yaml)")
     parser.add_argument("--out", metavar="FILE", help="also write the metrics JSON here (atomically)")
     parser.add_argument("--tracking-uri", metavar="URI",
                         help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else tracking_uri in configs/pipeline.yaml)")

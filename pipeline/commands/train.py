@@ -27,6 +27,7 @@ from clear_core.data.loading import load_dataset
 from clear_core.errors import ConfigError
 from clear_core.models import available_models, model_class, resolve_params
 from clear_core.trainer import TRAIN_SCHEMA, EpochReport, TrainConfig, fit
+from pipeline.commands import DEVICE_HELP, device_arg
 from pipeline.output_paths import check_outputs, output_dir_problems, output_file_problems
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--set learning_rate=5e-4 (repeatable)",
     )
     parser.add_argument("--seed", type=int, help="random seed (train.yaml: seed)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="train.yaml: device")
+    parser.add_argument("--device", type=device_arg, metavar="DEV", help=f"{DEVICE_HELP} (default: train.yaml)")
     parser.add_argument("--max-epochs", type=int, help="train.yaml: max_epochs")
     parser.add_argument("--out", metavar="FILE", help="write the result JSON here (atomically)")
     parser.add_argument(
