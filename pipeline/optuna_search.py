@@ -53,12 +53,13 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from clear_core.errors import ConfigError
+from pipeline import tags
 from pipeline.sweep_config import SearchSpec
 from pipeline.trial_report import BEST_VALID, EPOCH, FINISHED
 
 log = logging.getLogger(__name__)
 
-DUPLICATE_OF = "clearrec.duplicate_of"
+DUPLICATE_OF = tags.DUPLICATE_OF
 # Duplicate proposals in a row before an unvisited point is enqueued instead.
 MAX_DUPLICATE_ASKS = 8
 # Spaces up to this many points are enumerated to know when every point has been visited.

@@ -39,6 +39,7 @@ from typing import Any
 
 from clear_core.data.dataset import Dataset
 from clear_core.errors import ClearrecError, ConfigError
+from pipeline import tags
 from pipeline.sweep_config import SweepConfig, dataset_problems
 from pipeline.trial_report import FINISHED, RESUMED_FROM, TrialReport, is_finished
 
@@ -570,17 +571,17 @@ def coverage_report(outcome: SweepOutcome) -> tuple[dict[str, Any], dict[str, st
     summary) and tags for the parent run. A grid says its size, how many points ran and which
     were skipped; every sweep says how many duplicate proposals were not run."""
     fields: dict[str, Any] = {"duplicate_proposals": outcome.duplicate_proposals}
-    tags = {"clearrec.duplicate_proposals": str(outcome.duplicate_proposals)}
+    run_tags = {tags.DUPLICATE_PROPOSALS: str(outcome.duplicate_proposals)}
     if outcome.grid_size:
         skipped = outcome.skipped_points
         fields["grid"] = {"size": outcome.grid_size, "ran": outcome.grid_size - len(skipped), "skipped": skipped}
-        tags.update({
-            "clearrec.grid_points": str(outcome.grid_size),
-            "clearrec.grid_skipped": str(len(skipped)),
+        run_tags.update({
+            tags.GRID_POINTS: str(outcome.grid_size),
+            tags.GRID_SKIPPED: str(len(skipped)),
             # MLflow tag values hold up to 8000 characters; outcome.json lists them all.
-            "clearrec.grid_skipped_points": json.dumps(skipped)[:7900],
+            tags.GRID_SKIPPED_POINTS: json.dumps(skipped)[:7900],
         })
-    return fields, tags
+    return fields, run_tags
 
 
 def skipped_grid_points(config: SweepConfig, trials: list[TrialSummary]) -> list[dict[str, Any]]:

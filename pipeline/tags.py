@@ -27,8 +27,13 @@ TRACKING_URI = "clearrec.tracking_uri"
 STORAGE_PATH = "clearrec.storage_path"
 BEST_TRIAL = "clearrec.best_trial"
 TRIALS_PREFIX = "clearrec.trials_"  # + complete / pruned / fail: how many trials ended so
+DUPLICATE_PROPOSALS = "clearrec.duplicate_proposals"  # proposals not run: their point had run
+GRID_POINTS = "clearrec.grid_points"  # a grid sweep's size,
+GRID_SKIPPED = "clearrec.grid_skipped"  # how many of its points a num_samples cap left out,
+GRID_SKIPPED_POINTS = "clearrec.grid_skipped_points"  # and which (JSON)
 
 # A trial's child run.
+DUPLICATE_OF = "clearrec.duplicate_of"  # an Optuna trial's user attribute: the trial it repeats
 RETRIES = "clearrec.retries"
 OUTCOME = "clearrec.outcome"  # FINISHED, PRUNED or FAILED
 
