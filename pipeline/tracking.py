@@ -364,6 +364,23 @@ def experiment_name(dataset: str, config: Mapping[str, Any] | None = None) -> st
     return f"{prefix}-{dataset}"
 
 
+def _ray_node_id(node_ip: str | None) -> str | None:
+    """The id of the alive Ray node at ``node_ip`` (None without Ray or when not found)."""
+    if not node_ip:
+        return None
+    try:
+        import ray
+
+        if not ray.is_initialized():
+            return None
+        for node in ray.nodes():
+            if node.get("Alive") and node.get("NodeManagerAddress") == node_ip:
+                return node.get("NodeID")
+    except Exception:  # noqa: BLE001 - a tag is never worth failing a sweep for
+        log.debug("could not look up the Ray node at %s", node_ip, exc_info=True)
+    return None
+
+
 def _tune_callback_base() -> type:
     from ray.tune import Callback
 
@@ -402,6 +419,7 @@ class MLflowTrialCallback(_tune_callback_base()):  # type: ignore[misc]
         self.search_keys = search_keys
         self.run_ids: dict[str, str] = {}
         self.retries: dict[str, int] = {}
+        self.hosts: dict[str, list[str]] = {}
         self.interrupted = False
 
     # Tune keys that are bookkeeping, not metrics of the model.
@@ -447,6 +465,22 @@ class MLflowTrialCallback(_tune_callback_base()):  # type: ignore[misc]
         step = result.get("epoch", result.get("training_iteration", 0))
         metrics = {k: v for k, v in result.items() if k not in self._SKIP and k != "config"}
         self.tracker.log_metrics(run_id, metrics, step=int(step))
+        self._note_node(run_id, trial, result)
+
+    def _note_node(self, run_id: str, trial: Any, result: Mapping[str, Any]) -> None:
+        """Tag the child run with the Ray node its trial reports from (hostname, node id), and
+        every node it has run on, in order: on a cluster, where a trial ran and whether a retry
+        moved it to another node are questions people ask of a sweep."""
+        host = result.get("hostname")
+        seen = self.hosts.setdefault(trial.trial_id, [])
+        if not host or (seen and seen[-1] == host):
+            return
+        seen.append(str(host))
+        tags = {"clearrec.ray_hostname": host, "clearrec.ray_hostnames": ",".join(seen)}
+        node_id = _ray_node_id(result.get("node_ip"))
+        if node_id:
+            tags["clearrec.ray_node_id"] = node_id
+        self.tracker.set_tags(run_id, tags)
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         # A retry (FailureConfig) continues the same child run from its checkpoint.
