@@ -238,7 +238,8 @@ def container_state(name: str) -> str | None:
 
 
 def secret_tar(files: Mapping[str, str], uid: int) -> bytes:
-    """A tar of ``files`` owned by ``uid`` (0600 files, 0700 folders) for ``docker cp -a``."""
+    """A tar of ``files`` owned by ``uid`` (0600 files, 0700 folders) for ``docker cp -`` (which
+    keeps a tar stream's owners; ``-a`` would resolve the numeric user in the container and fail)."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
         folders = sorted({str(Path(p).parent) for p in files} - {"."})
@@ -262,7 +263,7 @@ def start(container: Container) -> str:
     if state is None:
         docker(*container.create_args())
         if container.files:
-            docker("cp", "-a", "-", f"{container.name}:{container.files_dir}",
+            docker("cp", "-", f"{container.name}:{container.files_dir}",
                    stdin=secret_tar(container.files, container.files_uid))
     docker("start", container.name)
     return "started" if state is None else "restarted"
