@@ -101,7 +101,7 @@ sweep-cluster: cluster-up ## the sweep as a Ray job on the local cluster: make s
 cluster-down: setup ## remove the cluster's containers; MLflow runs and studies stay in the volume (PURGE=1 removes them)
 	$(CLUSTER) down $(if $(PURGE),--purge)
 
-test-cluster: setup ## the cluster suite: builds the images, starts the cluster, kills a worker and MLflow mid-sweep
+test-cluster: setup images ## the cluster suite: builds the images, starts the cluster, kills a worker and MLflow mid-sweep
 	docker/engine.sh up
 	$(BIN)/pytest -m cluster -q -p no:cacheprovider tests/pipeline/deploy
 

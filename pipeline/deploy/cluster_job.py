@@ -72,9 +72,12 @@ def run(inputs: str, outputs: str, sweep_args: Sequence[str], workdir: Path) -> 
     reused = download(f"{outputs.rstrip('/')}/runs", runs_dir)
     log.info("cluster_job: inputs from %s%s", inputs, f"; stage outputs from {outputs}/runs" if reused else "")
     command = [sys.executable, "-m", "pipeline", "sweep", "--runs-dir", str(runs_dir), *sweep_args]
+    # Ray Jobs gives the entrypoint the cluster's address; without it the sweep joins the cluster
+    # this node belongs to, never a private local Ray.
+    env = {**os.environ, "RAY_ADDRESS": os.environ.get("RAY_ADDRESS") or "auto"}
     try:
         # The sweep's own output (Tune's table, the closing summary) goes straight to the job log.
-        return subprocess.run(command, cwd=inputs_dir, check=False).returncode
+        return subprocess.run(command, cwd=inputs_dir, env=env, check=False).returncode
     finally:
         upload(runs_dir, f"{outputs.rstrip('/')}/runs")
         log.info("cluster_job: stage outputs saved to %s/runs", outputs.rstrip("/"))

@@ -231,6 +231,11 @@ def docker(*args: str, stdin: bytes | None = None, check: bool = True, timeout: 
     return done.stdout.decode(errors="replace").strip()
 
 
+def exists(kind: str, name: str) -> bool:
+    """Whether the network / volume / image ``name`` exists."""
+    return subprocess.run(["docker", kind, "inspect", name], capture_output=True, timeout=60).returncode == 0
+
+
 def container_state(name: str) -> str | None:
     """``running``, ``exited``, ... or None when there is no such container."""
     out = docker("inspect", "-f", "{{.State.Status}}", name, check=False)
@@ -328,13 +333,12 @@ def s3_filesystem(settings: ClusterSettings, keys: Secrets):
 def up(settings: ClusterSettings) -> Secrets:
     """Start whatever part of the cluster is not running, and wait until all of it answers."""
     keys = Secrets.load_or_create(settings.state_dir)
-    missing = [settings.image(k) for k in ("cpu", "postgres", "s3")
-               if not docker("image", "ls", "-q", settings.image(k))]
+    missing = [settings.image(k) for k in ("cpu", "postgres", "s3") if not exists("image", settings.image(k))]
     if missing:
         raise ClusterError(f"images missing: {', '.join(missing)} (run `make images` first)")
-    if not docker("network", "ls", "-q", "--filter", f"name=^{NETWORK}$"):
+    if not exists("network", NETWORK):
         docker("network", "create", "--driver", "bridge", "--label", f"{LABEL}=local", NETWORK)
-    if not docker("volume", "ls", "-q", "--filter", f"name=^{VOLUME}$"):
+    if not exists("volume", VOLUME):
         docker("volume", "create", "--label", f"{LABEL}=local", VOLUME)
     t0 = time.monotonic()
     parts_list = containers(settings, keys)
@@ -366,13 +370,13 @@ def up(settings: ClusterSettings) -> Secrets:
 def down(settings: ClusterSettings, *, purge: bool = False) -> list[str]:
     """Remove the cluster's containers and network. The PostgreSQL volume (MLflow runs, Optuna
     studies) and the secrets stay unless ``purge``."""
-    names = docker("ps", "-aq", "--filter", f"label={LABEL}=local", "--format", "{{.Names}}").split()
+    names = docker("ps", "-a", "--filter", f"label={LABEL}=local", "--format", "{{.Names}}").split()
     if names:
         docker("rm", "-f", *names, timeout=180)
-    if docker("network", "ls", "-q", "--filter", f"name=^{NETWORK}$"):
+    if exists("network", NETWORK):
         docker("network", "rm", NETWORK)
     if purge:
-        if docker("volume", "ls", "-q", "--filter", f"name=^{VOLUME}$"):
+        if exists("volume", VOLUME):
             docker("volume", "rm", VOLUME)
         secrets_file = settings.state_dir / "secrets.json"
         if secrets_file.exists():

@@ -83,8 +83,7 @@ def cluster():
     engine = subprocess.run([str(REPO / "docker" / "engine.sh"), "up"], capture_output=True, text=True, timeout=600)
     if engine.returncode != 0:
         pytest.fail(f"no container engine could be started (docker/engine.sh up):\n{engine.stderr}")
-    missing = [SETTINGS.image(k) for k in ("cpu", "postgres", "s3")
-               if not lc.docker("image", "ls", "-q", SETTINGS.image(k))]
+    missing = [SETTINGS.image(k) for k in ("cpu", "postgres", "s3") if not lc.exists("image", SETTINGS.image(k))]
     if missing:
         pytest.fail(f"images missing: {missing}; run `make images`")
     return lc.up(SETTINGS)
