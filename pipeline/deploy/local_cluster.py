@@ -83,7 +83,7 @@ class ClusterSettings:
     dashboard_port: int = 18265
     postgres_port: int = 15432
     state_dir: Path = Path(".cluster")
-    ready_timeout_s: float = 300.0
+    ready_timeout_s: float = 900.0  # a loaded 2-core machine starts MLflow in minutes
 
     def image(self, kind: str) -> str:
         return parts.image(kind, self.image_repo, self.image_tag)
@@ -165,13 +165,15 @@ class Container:
     ports: tuple[tuple[int, int], ...] = ()   # (host port on 127.0.0.1, container port)
     volumes: tuple[tuple[str, str], ...] = ()  # (named volume, mount path): PostgreSQL's only
     shm_size: str | None = None
+    # Docker restarts a crashed process, not one stopped or killed by hand (`docker stop/kill`).
+    restart: str = "no"
     files: Mapping[str, str] = field(default_factory=dict)
     files_dir: str = APP_HOME
     files_uid: int = APP_UID
 
     def create_args(self) -> list[str]:
         out = ["create", "--name", self.name, "--hostname", self.name, "--network", NETWORK,
-               "--label", f"{LABEL}=local", "--restart", "no"]
+               "--label", f"{LABEL}=local", "--restart", self.restart]
         for key, value in sorted(self.env.items()):
             out += ["--env", f"{key}={value}"]
         for host, inner in self.ports:
@@ -200,20 +202,25 @@ def containers(settings: ClusterSettings, keys: Secrets) -> list[Container]:
                   files_dir=POSTGRES_SECRET_DIR, files_uid=POSTGRES_UID),
         Container(parts.S3_HOST, settings.image("s3"), args=("--host", "0.0.0.0", "--port", str(parts.S3_PORT)),
                   ports=((settings.s3_port, parts.S3_PORT),)),
+        # One server process: uvicorn's supervisor of several kills children that answer its
+        # pings late, which on a loaded machine is all of them.
         Container(parts.MLFLOW_HOST, cpu, entrypoint="mlflow",
-                  args=tuple(parts.mlflow_server_args(parts.postgres_url(parts.MLFLOW_DATABASE))),
+                  args=(*parts.mlflow_server_args(parts.postgres_url(parts.MLFLOW_DATABASE)), "--workers", "1"),
                   env=parts.mlflow_env(), ports=((settings.mlflow_port, parts.MLFLOW_PORT),),
-                  files={**keys.aws_files(), **keys.pgpass()}),
+                  files={**keys.aws_files(), **keys.pgpass()}, restart="on-failure:5"),
+        # Ray gives a starting node 30 s to register (not configurable); a loaded machine can take
+        # longer, so a node that gives up is started again.
         Container(parts.RAY_HEAD_HOST, cpu, entrypoint="ray",
                   args=tuple(parts.ray_head_args(num_cpus=0, object_store_bytes=settings.object_store_bytes)),
                   env=ray_env, ports=((settings.dashboard_port, parts.RAY_DASHBOARD_PORT),),
-                  shm_size=settings.shm_size, files={**worker_files, **keys.pgpass()}),
+                  shm_size=settings.shm_size, files={**worker_files, **keys.pgpass()}, restart="on-failure:10"),
     ]
     for name in settings.worker_names():
         out.append(Container(name, cpu, entrypoint="ray",
                              args=tuple(parts.ray_worker_args(num_cpus=settings.worker_cpus,
                                                               object_store_bytes=settings.object_store_bytes)),
-                             env=ray_env, shm_size=settings.shm_size, files=worker_files))
+                             env={**ray_env, "RAY_NUM_REDIS_GET_RETRIES": "120"}, shm_size=settings.shm_size,
+                             files=worker_files, restart="on-failure:10"))
     return out
 
 
@@ -356,6 +363,10 @@ def up(settings: ClusterSettings) -> Secrets:
         s3.create_bucket(Bucket=parts.BUCKET)
     bring(parts.MLFLOW_HOST)
     bring(parts.RAY_HEAD_HOST)
+    # Workers only once the head answers: a worker that reached a head which then restarted
+    # holds the old cluster id and never joins the new one.
+    wait_for("Ray head", lambda: any(n.get("is_head_node") for n in alive_ray_nodes(settings, keys)),
+             settings.ready_timeout_s, parts.RAY_HEAD_HOST)
     for name in settings.worker_names():
         bring(name)
     wait_for("MLflow server", lambda: http_ok(f"{settings.mlflow_url}/health") is not None,
@@ -425,11 +436,16 @@ def job_entrypoint(*, inputs: str, outputs: str, sweep_args: Sequence[str]) -> s
 
 def submit_sweep(settings: ClusterSettings, config_path: Path, sweep_args: Sequence[str], *,
                  dataset_dir: Path | None = None, poll_s: float = 2.0,
-                 write: Callable[[str], Any] = sys.stdout.write) -> str:
+                 write: Callable[[str], Any] | None = None) -> str:
     """Stage the inputs to S3, submit ``clearrec sweep`` to the head's Ray Jobs API, stream its
     logs and return its final status (``SUCCEEDED``, ``FAILED``, ``STOPPED``)."""
     from ray.job_submission import JobStatus, JobSubmissionClient
 
+    def echo(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    write = write or echo
     keys = Secrets.load_or_create(settings.state_dir)
     if not alive_ray_nodes(settings, keys):
         raise ClusterError(f"no Ray cluster answers at {settings.dashboard_url} (run `make cluster-up`)")
