@@ -268,8 +268,14 @@ def secret_tar(files: Mapping[str, str], uid: int) -> bytes:
 
 
 def start(container: Container) -> str:
-    """Create (with its secret files) and start ``container``; start it again if it exists."""
+    """Create (with its secret files) and start ``container``; start it again if it exists, and
+    create it anew if its image has been rebuilt."""
     state = container_state(container.name)
+    if state is not None and docker("inspect", "-f", "{{.Image}}", container.name) != \
+            docker("image", "inspect", "-f", "{{.Id}}", container.image):
+        # Built again since (`make images`): the part runs the new image; volumes stay.
+        docker("rm", "-f", container.name, timeout=180)
+        state = None
     if state == "running":
         return "running"
     if state is None:
