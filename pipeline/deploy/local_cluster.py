@@ -219,7 +219,7 @@ def containers(settings: ClusterSettings, keys: Secrets) -> list[Container]:
         out.append(Container(name, cpu, entrypoint="ray",
                              args=tuple(parts.ray_worker_args(num_cpus=settings.worker_cpus,
                                                               object_store_bytes=settings.object_store_bytes)),
-                             env={**ray_env, "RAY_NUM_REDIS_GET_RETRIES": "120"}, shm_size=settings.shm_size,
+                             env=ray_env, shm_size=settings.shm_size,
                              files=worker_files, restart="on-failure:10"))
     return out
 
@@ -316,6 +316,17 @@ def postgres_ready() -> bool:
     return done.returncode == 0
 
 
+def head_started() -> bool:
+    """Whether ``ray start --head`` said it started, in this run of the container: its GCS can
+    answer before `ray start` gives up (Ray allows a node 30 s to register) and is restarted."""
+    since = docker("inspect", "-f", "{{.State.StartedAt}}", parts.RAY_HEAD_HOST, check=False)
+    if not since:
+        return False
+    done = subprocess.run(["docker", "logs", "--since", since, parts.RAY_HEAD_HOST], capture_output=True,
+                          text=True, timeout=60)
+    return "Ray runtime started" in done.stdout + done.stderr
+
+
 def ray_auth_headers(keys: Secrets) -> dict[str, str]:
     return {"Authorization": f"Bearer {keys.ray_token}"}
 
@@ -371,7 +382,8 @@ def up(settings: ClusterSettings) -> Secrets:
     bring(parts.RAY_HEAD_HOST)
     # Workers only once the head answers: a worker that reached a head which then restarted
     # holds the old cluster id and never joins the new one.
-    wait_for("Ray head", lambda: any(n.get("is_head_node") for n in alive_ray_nodes(settings, keys)),
+    wait_for("Ray head",
+             lambda: head_started() and any(n.get("is_head_node") for n in alive_ray_nodes(settings, keys)),
              settings.ready_timeout_s, parts.RAY_HEAD_HOST)
     for name in settings.worker_names():
         bring(name)
