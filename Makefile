@@ -49,8 +49,9 @@ sweep: setup ## the main job: extract -> filter/split -> Tune+Optuna sweep -> fi
 
 UI_PORT ?= 5000
 ui: setup ## the MLflow UI over the default tracking store (a tracking server has its own UI)
-	@if [[ "$${MLFLOW_TRACKING_URI:-}" == http* ]]; then echo "MLflow UI: $$MLFLOW_TRACKING_URI"; \
-	else $(BIN)/mlflow ui --backend-store-uri $${MLFLOW_TRACKING_URI:-sqlite:///mlruns.db} --host 127.0.0.1 --port $(UI_PORT); fi
+	@uri=$$($(BIN)/python -c 'from pipeline.tracking import resolve_tracking_uri; print(resolve_tracking_uri())'); \
+	if [[ "$$uri" == http* ]]; then echo "MLflow UI: $$uri"; \
+	else $(BIN)/mlflow ui --backend-store-uri "$$uri" --host 127.0.0.1 --port $(UI_PORT); fi
 
 REPRO_ARGS ?=
 repro: setup ## re-run the pinned configs/repro.yaml and compare with repro/reference.json (exit 1 on drift)
@@ -81,11 +82,11 @@ images: ## build the images here: offline Debian base, CPU, launcher, PostgreSQL
 sweep-k8s: setup ## the sweep as a RayJob on the current kubectl context: make sweep-k8s IMAGE=... CONFIG=...
 	@command -v kubectl >/dev/null || { echo "make sweep-k8s: kubectl not found; install it and point it at the cluster" >&2; exit 1; }
 	@kubectl cluster-info >/dev/null 2>&1 || { echo "make sweep-k8s: no reachable cluster (kubectl cluster-info failed); check KUBECONFIG / the context" >&2; exit 1; }
-	$(BIN)/python -m pipeline.rayjob submit --config $(CONFIG) --cpu-image $(IMAGE) --gpu-image $(GPU_IMAGE) \
+	$(BIN)/python -m pipeline.deploy.rayjob submit --config $(CONFIG) --cpu-image $(IMAGE) --gpu-image $(GPU_IMAGE) \
 		--results $(RESULTS) --run-id $(RUN_ID) $(if $(K8S_NAMESPACE),--namespace $(K8S_NAMESPACE))
 
 pipeline: setup ## compile the Kubeflow pipeline to k8s/kubeflow/pipeline.yaml (images: configs/kubeflow.yaml)
-	$(BIN)/python -m pipeline.kubeflow k8s/kubeflow/pipeline.yaml
+	$(BIN)/python -m pipeline.deploy.kubeflow k8s/kubeflow/pipeline.yaml
 
 # --- local container cluster: the sweep on Ray nodes in containers, MLflow on PostgreSQL, S3 (README)
 CLUSTER_WORKERS ?= 2
@@ -106,7 +107,7 @@ test-cluster: setup images ## the cluster suite: builds the images, starts the c
 	$(BIN)/pytest -m cluster -q -p no:cacheprovider tests/pipeline/deploy
 
 k8s-validate: setup ## validate k8s/ offline: strict core kinds, KubeRay CRD schemas, pod templates
-	$(BIN)/python -m pipeline.manifests k8s
+	$(BIN)/python -m pipeline.deploy.manifests k8s
 
 clean:
 	rm -rf build/base-image runs ray_results mlruns mlartifacts mlruns.db optuna.db $(SYNTH_DIR)

@@ -1,6 +1,6 @@
 """CLEAR vs FREEDOM, its two ablations and LightGCN on TikTok; CLEAR as a plug-in too.
 
-Protocol (../shared/docs/protocol.md, MMRec's defaults): Adam lr 1e-3, batch 2,048, up to 1,000
+Protocol (MMRec's defaults): Adam lr 1e-3, batch 2,048, up to 1,000
 epochs, early stopping on validation Recall@20 with patience 20, full ranking, test metrics at the
 best-validation epoch. Every method gets its own grid:
 
@@ -71,7 +71,7 @@ GRID: dict[str, list[dict]] = {
                    reg_weight=[1e-4, 1e-3, 1e-2]),
     # The ablation gets the same grid minus the projection's own parameters.
     "clear_noproj": _grid(projection=["none"], reg_weight=[1e-4, 1e-3, 1e-2]),
-    # FREEDOM's own grid (protocol.md).
+    # FREEDOM's own grid (its paper).
     "freedom": _grid(edge_dropout=[0.8, 0.9], reg_weight=[0.0, 1e-5, 1e-4, 1e-3]),
     # reg 0.3, 1.0 and then 3.0 were added each time the selected reg sat on the grid's edge.
     "lightgcn": _grid(n_layers=[2, 3], reg_weight=[1e-4, 1e-3, 1e-2, 1e-1, 0.3, 1.0, 3.0]),

@@ -37,9 +37,10 @@ def profile(job: dict) -> dict:
     import numpy as np
     import torch
 
+    from clear_core.checkpoints import BEST_NAME
     from clear_core.data.loading import load_dataset
     from clear_core.models import build_model
-    from clear_core.trainer import BEST_NAME, TrainConfig, fit, resolve_params
+    from clear_core.trainer import TrainConfig, fit, resolve_params
 
     torch.set_num_threads(1)
     ds = load_dataset(job["data"])

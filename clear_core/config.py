@@ -20,13 +20,20 @@ CONFIG_DIR_ENV = "CLEARREC_CONFIG_DIR"
 
 
 def config_dir() -> Path:
-    """Where the YAML defaults live: ``$CLEARREC_CONFIG_DIR``, else the repository's ``configs/``."""
+    """Where the YAML defaults live: ``$CLEARREC_CONFIG_DIR`` when set, else the configs shipped
+    with the package, ``clear_core/configs``.
+
+    The repository's ``configs/`` is the one source: in a checkout ``clear_core/configs`` is a
+    link to it (resolved here, so the folder's parent is the repository root, against which the
+    relative ``path`` of a dataset config is read); a wheel holds a copy of it made at build time
+    (``package-data`` in pyproject.toml), so an installed clearrec needs no variable.
+    """
     env = os.environ.get(CONFIG_DIR_ENV)
-    path = Path(env) if env else Path(__file__).resolve().parents[1] / "configs"
+    path = Path(env) if env else (Path(__file__).resolve().parent / "configs").resolve()
     if not path.is_dir():
         raise ConfigError(
             f"configuration folder {path} does not exist; set {CONFIG_DIR_ENV} to the clearrec "
-            "configs/ folder"
+            "configs/ folder (or reinstall clearrec: its wheel ships them)"
         )
     return path
 

@@ -1,6 +1,6 @@
 """Full-ranking evaluation on the model's device, batched over users, no per-user Python loop.
 
-Protocol (``protocol.md``): every item is ranked; only the user's TRAINING items are masked
+The MMRec evaluation protocol: every item is ranked; only the user's TRAINING items are masked
 (validation items are not masked at test time); every user with at least one row in a split
 is evaluated on that split; metrics are averaged over those users.
 

@@ -1,6 +1,6 @@
 """Top-K ranking metrics, computed for a whole batch of users at once.
 
-Definitions follow ``protocol.md`` (the MMRec evaluation protocol), for a user with relevant
+Definitions follow the MMRec evaluation protocol, for a user with relevant
 set ``R`` and a ranked list whose position ``i`` (1-based) is a hit ``h_i`` in {0, 1}:
 
 * ``recall@K    = sum_{i<=K} h_i / |R|`` (not capped by K);

@@ -18,8 +18,8 @@ Names used in code and configuration (paper symbol in brackets):
   reaches ``energy_ratio``) or ``"none"`` (no projection, the "w/o null-space" ablation).
 
 Refresh cadence. Algorithm 1 line 2 reads ``e mod τ = 0 or e = 1``, which for τ = 5 refreshes at
-epochs 1, 5, 10, ... (the first interval is shorter than the others). We follow the issue's
-cadence instead: epochs 1, 1+τ, 1+2τ, ..., so every projector is used for exactly τ epochs.
+epochs 1, 5, 10, ... (the first interval is shorter than the others). We refresh at epochs
+1, 1+τ, 1+2τ, ... instead, so that every projector is used for exactly τ epochs.
 With τ = 1 (the paper's default, "at the beginning of each training epoch") both agree.
 
 Projection is applied as ``X - λ (X U_k) U_k^T`` rather than ``X (I - λ U_k U_k^T)``: the same

@@ -1,6 +1,6 @@
 """Uniform BPR negative sampling, vectorised.
 
-Negatives are drawn uniformly from the items that occur in training (protocol.md), and a
+Negatives are drawn uniformly from the items that occur in training (the MMRec protocol), and a
 draw that hits one of the user's own training items is re-drawn. Rejection is vectorised:
 the training pairs are kept as sorted ``user * n_items + item`` keys, a whole batch of draws
 is checked with one ``searchsorted``, and only the rejected entries are drawn again.

@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from clear_core.atomic_io import write_atomic
+from clear_core import checkpoints
+from clear_core.checkpoints import BEST_NAME, LAST_NAME
 from clear_core.config import load_defaults, validate_fields
 from clear_core.data.dataset import Dataset
 from clear_core.errors import ClearrecError, ConfigError
@@ -39,9 +40,6 @@ from clear_core.sampling import NegativeSampler
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_NAME = "last.pt"
-BEST_NAME = "best.pt"
-_CHECKPOINT_FORMAT = 1
 
 TRAIN_SCHEMA: dict[str, Any] = {
     "learning_rate": float,
@@ -164,25 +162,6 @@ def resolve_device(requested: str) -> torch.device:
     raise ConfigError(f"device: expected auto, cpu or cuda, got {requested!r}")
 
 
-def _run_signature(
-    dataset: Dataset, model_name: str, model_params: dict[str, Any], config: TrainConfig
-) -> dict[str, Any]:
-    """What must match for a checkpoint to belong to this run (max_epochs and device may differ)."""
-    cfg = asdict(config)
-    for free in ("max_epochs", "device", "eval_batch_size"):
-        cfg.pop(free)
-    return {
-        "model": model_name,
-        "model_params": model_params,
-        "train": cfg,
-        "dataset": dataset.fingerprint or dataset.name,
-    }
-
-
-def _atomic_save(payload: dict[str, Any], path: Path) -> None:
-    write_atomic(path, lambda handle: torch.save(payload, handle))
-
-
 def _numpy_rng_state() -> dict[str, Any]:
     name, keys, pos, has_gauss, cached = np.random.get_state()
     return {
@@ -217,24 +196,6 @@ class _EarlyStop:
         return self.since_best > patience
 
 
-def _load_checkpoint(path: Path, device: torch.device, signature: dict[str, Any]) -> dict[str, Any]:
-    try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except Exception as exc:  # a truncated or foreign file: say which and why
-        raise ConfigError(f"checkpoint {path}: cannot be read ({exc})") from None
-    if state.get("format") != _CHECKPOINT_FORMAT:
-        raise ConfigError(f"checkpoint {path}: unknown format {state.get('format')!r}")
-    saved = json.loads(state["signature"])
-    if saved != json.loads(json.dumps(signature)):
-        diffs = [
-            f"checkpoint {path}: {key} differs (checkpoint {saved.get(key)!r}, now {value!r})"
-            for key, value in json.loads(json.dumps(signature)).items()
-            if saved.get(key) != value
-        ]
-        raise ConfigError(diffs + ["use another --checkpoint-dir or remove the old one"])
-    return state
-
-
 def fit(
     dataset: Dataset,
     model_name: str,
@@ -258,7 +219,7 @@ def fit(
         raise ConfigError(f"dataset {dataset.name!r}: the train split is empty")
     if len(dataset.valid) == 0:
         raise ConfigError(f"dataset {dataset.name!r}: the valid split is empty; early stopping needs it")
-    signature = _run_signature(dataset, model_name, params, config)
+    signature = checkpoints.run_signature(dataset, model_name, params, config)
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     if ckpt_dir is not None:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -310,9 +271,9 @@ def _fit(
     history: list[dict[str, Any]] = []
     start_epoch = 1
     stop_reason = ""
-    last_path = ckpt_dir / CHECKPOINT_NAME if ckpt_dir else None
+    last_path = ckpt_dir / LAST_NAME if ckpt_dir else None
     if last_path is not None and last_path.exists():
-        state = _load_checkpoint(last_path, device, signature)
+        state = checkpoints.load_for_resume(last_path, device, signature)
         model.load_state_dict(state["model"])
         model.load_extra_state(state["extra"])
         optimizer.load_state_dict(state["optimizer"])
@@ -333,9 +294,9 @@ def _fit(
     )
 
     def save_last(epoch: int, stop: _EarlyStop, history: list, stop_reason: str) -> None:
-        _atomic_save(
+        checkpoints.save(
             {
-                "format": _CHECKPOINT_FORMAT,
+                "format": checkpoints.FORMAT,
                 "signature": json.dumps(signature, sort_keys=True),
                 "epoch": epoch,
                 "model": model.state_dict(),
@@ -415,7 +376,7 @@ def _fit(
             # Written before the callback, so that what the callback reports (a Tune result)
             # already has this epoch's checkpoint on disk.
             if is_best:
-                _atomic_save(
+                checkpoints.save(
                     {"epoch": epoch, "model": model.state_dict(),
                      "extra": model.extra_state_for_checkpoint()},
                     ckpt_dir / BEST_NAME,

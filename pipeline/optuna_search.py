@@ -2,9 +2,10 @@
 
 Ray 2.60's ``OptunaSearch`` tells Optuna COMPLETE for any trial whose last result carries the
 metric, so a trial that ASHA stopped after 3 of 30 epochs enters the study as COMPLETE with its
-under-trained value and TPE learns from it (stack-notes.md); it also tells COMPLETE for a trial
-that errored after reporting. Here the trainable marks its last natural result with
-``finished: True`` (training ended by early stopping or the epoch budget), and:
+under-trained value and TPE learns from it as if it were a finished trial's; it also tells
+COMPLETE for a trial that errored after reporting. Here the trainable marks its last natural
+result with ``finished: True`` (training ended by early stopping or the epoch budget; the fields
+of a result are defined in :mod:`pipeline.trial_report`), and:
 
 * finished and not errored -> COMPLETE, valued at the trial's best validation score
   (``best_valid`` when reported: early stopping selects the best epoch, not the last);
@@ -37,12 +38,9 @@ from ray.tune.search.optuna import OptunaSearch
 
 from clear_core.errors import ConfigError
 from pipeline.sweep_config import SearchSpec
+from pipeline.trial_report import BEST_VALID, EPOCH, FINISHED
 
 log = logging.getLogger(__name__)
-
-FINISHED_KEY = "finished"
-BEST_VALUE_KEY = "best_valid"
-EPOCH_KEY = "epoch"
 
 
 def optuna_space(search: Mapping[str, SearchSpec]) -> dict[str, BaseDistribution]:
@@ -108,7 +106,7 @@ class PruningAwareOptunaSearch(OptunaSearch):
         value = result.get(self.metric)
         if value is None or not math.isfinite(value):
             return
-        step = int(result.get(EPOCH_KEY, result.get("training_iteration", 0)))
+        step = int(result.get(EPOCH, result.get("training_iteration", 0)))
         try:
             self._ot_trials[trial_id].report(float(value), step)
         except Exception as exc:  # e.g. closed by an earlier driver; the sweep goes on
@@ -135,9 +133,9 @@ class PruningAwareOptunaSearch(OptunaSearch):
         if error:
             return TrialState.FAIL, None
         result = result or {}
-        if not result.get(FINISHED_KEY):
+        if not result.get(FINISHED):
             return TrialState.PRUNED, None
-        value = result.get(BEST_VALUE_KEY, result.get(metric))
+        value = result.get(BEST_VALID, result.get(metric))
         if value is None or not math.isfinite(value):
             return TrialState.FAIL, None
         return TrialState.COMPLETE, float(value)

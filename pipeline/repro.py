@@ -33,6 +33,7 @@ from typing import Any
 from clear_core.atomic_io import write_json_atomic, write_text_atomic
 from clear_core.config import config_dir, load_yaml, validate_fields
 from clear_core.errors import ConfigError
+from pipeline.tags import GIT_COMMIT, REPRO
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ DEVICE_KINDS = ("cpu", "cuda")
 REFERENCE_SCHEMA_VERSION = 1
 SHARED_ENV = "CLEARREC_SHARED"
 REPO = Path(__file__).resolve().parents[1]
-TAG_REPRO = "clearrec.repro"
+TAG_REPRO = REPRO
 SHOWN_DRIFTS = 8  # drifted values repeated under the table
 EXPERIMENT = "clearrec-repro"
 
@@ -481,7 +482,7 @@ def log_to_mlflow(
     tracker = Tracker(tracking_uri, EXPERIMENT)
     status = "update" if update_reason else ("drift" if comparison.drifted else "pass")
     tags = {TAG_REPRO: "true", f"{TAG_REPRO}.status": status, f"{TAG_REPRO}.device": device,
-            "clearrec.git_commit": git_commit()}
+            GIT_COMMIT: git_commit()}
     if update_reason:
         tags[f"{TAG_REPRO}.reason"] = update_reason
     params = {part: res.config for part, res in results.items()}

@@ -1,7 +1,9 @@
-"""The pipeline's stages as plain functions: synthesize -> extract -> prepare -> sweep -> evaluate.
+"""The pipeline's stages as plain functions, and the cache that lets an unchanged stage be reused.
 
-Each stage takes and returns plain values (paths, dicts), so the CLI calls it directly, a Ray
-task runs it on a worker (:func:`run_as_task`) and a Kubeflow step runs it in a container.
+The dataset stages are here (synthesize -> extract -> prepare, chained by :func:`dataset_stages`);
+the sweep stage and the final evaluation are run by :mod:`pipeline.run`. Each stage takes and
+returns plain values (paths, dicts), so the CLI calls it directly, a Ray task runs it on a worker
+(:func:`pipeline.ray_runtime.run_as_task`) and a Kubeflow step runs it in a container.
 
 Reuse. A stage's output folder is ``<runs_dir>/<stage>/<key>/`` where ``key`` hashes the stage
 name, the fingerprints of its inputs (file contents, upstream stage keys, dataset fingerprints)
@@ -24,7 +26,10 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pipeline.sweep_config import SweepConfig
 
 log = logging.getLogger(__name__)
 
@@ -260,396 +265,46 @@ def prepare(
     return info
 
 
-def find_checkpoint(checkpoint: str | Path) -> Path:
-    """The trainer checkpoint file in ``checkpoint`` (a file, or a folder holding ``best.pt``,
-    preferred: the weights of the best-validation epoch, else ``last.pt``)."""
-    from clear_core.errors import ConfigError
-    from clear_core.trainer import BEST_NAME, CHECKPOINT_NAME
-
-    path = Path(checkpoint)
-    if path.is_dir():
-        found = [path / n for n in (BEST_NAME, CHECKPOINT_NAME) if (path / n).exists()]
-        found += sorted(path.rglob(BEST_NAME)) + sorted(path.rglob(CHECKPOINT_NAME))
-        if not found:
-            raise ConfigError(f"checkpoint {path}: no {BEST_NAME} or {CHECKPOINT_NAME} in this folder")
-        return found[0]
-    if not path.exists():
-        raise ConfigError(f"checkpoint {path}: file not found")
-    return path
+# --- the dataset a sweep needs ----------------------------------------------------------------
 
 
-def load_trained_model(dataset: Any, checkpoint: str | Path, *, model: str,
-                       model_params: Mapping[str, Any] | None, device: Any) -> tuple[Any, int, Path]:
-    """A model built from ``dataset`` with the weights of ``checkpoint``: (model, epoch, file)."""
-    import torch
-
-    from clear_core.errors import ConfigError
-    from clear_core.models import build_model
-
-    path = find_checkpoint(checkpoint)
-    net = build_model(model, dataset, dict(model_params or {})).to(device)
-    try:
-        state = torch.load(path, map_location=device, weights_only=True)
-        net.load_state_dict(state["model"])
-    except (RuntimeError, KeyError, OSError, ValueError, EOFError) as exc:
-        raise ConfigError(
-            f"checkpoint {path}: does not fit model {model!r} on {dataset.name!r} ({str(exc).splitlines()[0]})"
-        ) from None
-    net.load_extra_state(state.get("extra", {}))
-    net.eval()
-    return net, int(state.get("epoch", 0)), path
-
-
-def evaluate_checkpoint(
-    dataset_path: str | Path,
-    checkpoint: str | Path,
-    *,
-    model: str,
-    model_params: Mapping[str, Any] | None = None,
-    train: Mapping[str, Any] | None = None,
-    splits: tuple[str, ...] = ("valid", "test"),
-    spectrum: bool = False,
-) -> dict[str, Any]:
-    """Metrics of a trained model on ``splits``: the final evaluation of the chosen configuration.
-
-    ``spectrum``: also the cross-modal covariance spectrum before/after projection of the
-    trained model's encoded features (Figure 5), for models that project (CLEAR)."""
-    from clear_core.data.loading import load_dataset
-    from clear_core.evaluation import evaluate
-    from clear_core.models import resolve_params
-    from clear_core.trainer import TrainConfig, resolve_device
-
-    config = TrainConfig.resolve(dict(train or {}))
-    device = resolve_device(config.device)
-    find_checkpoint(checkpoint)  # a wrong path is reported before the dataset is read
-    dataset = load_dataset(dataset_path)
-    net, epoch, path = load_trained_model(dataset, checkpoint, model=model, model_params=model_params,
-                                          device=device)
-    metrics = evaluate(net, dataset, splits=splits, topk=config.topk, batch_size=config.eval_batch_size)
-    out: dict[str, Any] = {
-        "checkpoint": str(path),
-        "epoch": epoch,
-        "model": model,
-        "model_params": resolve_params(model, model_params),
-        "dataset": dataset.name,
-        "dataset_fingerprint": dataset.fingerprint,
-        "device": str(device),
-        **{s: metrics[s] for s in splits},
-    }
-    if spectrum and hasattr(net, "projection"):
-        import torch
-
-        from clear_core.diagnostics import model_diagnostics, to_jsonable
-        from clear_core.errors import ClearrecError
-
-        try:
-            with torch.no_grad():
-                diag = model_diagnostics(net, neighbours=min(10, dataset.n_items - 1))
-            out["spectrum"] = to_jsonable(diag["spectrum"])
-        except (ClearrecError, RuntimeError, AttributeError) as exc:
-            # A figure must not sink an evaluation that has already succeeded.
-            log.warning("no spectrum for %s: %s", model, exc)
-    return out
-
-
-# --- Ray --------------------------------------------------------------------------------------
-
-
-def run_as_task(fn: Callable[..., Any], *args: Any, num_cpus: float = 1, num_gpus: float = 0,
-                on_driver_node: bool = True, **kwargs: Any) -> Any:
-    """Run a stage as a Ray task and wait for it.
-
-    ``on_driver_node`` pins the task to the driver's node: stage outputs are folders on a local
-    (or mounted) disk, which a task on another node could not hand back. Ray must be initialised.
-    """
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    options: dict[str, Any] = {"num_cpus": num_cpus, "num_gpus": num_gpus, "max_retries": 1}
-    if on_driver_node and _node_cpus() < num_cpus:
-        # A head node started with num-cpus 0 accepts no task: pinned there, it would wait forever.
-        log.warning("the driver's node offers fewer than %s CPUs to Ray; running %s in the driver",
-                    num_cpus, getattr(fn, "__name__", fn))
-        return fn(*args, **kwargs)
-    if on_driver_node:
-        options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(
-            node_id=ray.get_runtime_context().get_node_id(), soft=False
-        )
-    return ray.get(ray.remote(fn).options(**options).remote(*args, **kwargs))
-
-
-# --- the whole pipeline ---------------------------------------------------------------------
-
-
-def dataset_stages(config: Any, runs_dir: str | Path, *, as_tasks: bool = False,
+def dataset_stages(config: SweepConfig, runs_dir: str | Path, *, as_tasks: bool = False,
                    on_stage: Callable[[dict[str, Any]], None] | None = None) -> str:
     """The dataset a sweep config names, built by the stages it needs; returns its folder.
 
     ``{path: DIR}``: that folder as it is. ``{synthetic: true, raw: false}``: the generator's
     MMRec folder. ``{synthetic: true, raw: true}``: raw catalogue -> extract (real encoders) ->
-    k-core + split (k, split and seed from the synthetic dataset config)."""
+    k-core + split (k, split and seed from the synthetic dataset config). ``as_tasks``: each
+    stage runs as a Ray task on the driver's node; ``on_stage`` is called with each stage's output.
+    """
     from clear_core.data.synthetic import resolve_config
+    from pipeline.ray_runtime import node_cpus
 
     spec = dict(config.dataset)
     if "path" in spec:
         return str(Path(spec["path"]).absolute())
-    note = on_stage or (lambda out: None)
-
-    def call(fn: Callable[..., dict[str, Any]], *args: Any, cpus: float = 1, **kwargs: Any) -> dict[str, Any]:
-        out = run_as_task(fn, *args, num_cpus=cpus, **kwargs) if as_tasks else fn(*args, **kwargs)
-        note(out)
-        return out
-
     overrides = dict(spec.get("set") or {})
     runs_dir = str(Path(runs_dir).absolute())
     if not spec.get("raw"):
-        return call(synthesize, runs_dir, overrides=overrides, raw=False)["info"]["dataset"]
-    raw = call(synthesize, runs_dir, overrides=overrides, raw=True)["info"]
-    feats = call(extract, runs_dir, meta=raw["meta"], images=raw["images"],
-                 cpus=max(1.0, _node_cpus()) if as_tasks else 1)
+        synthetic = _run_one(synthesize, runs_dir, as_tasks=as_tasks, on_stage=on_stage, overrides=overrides, raw=False)
+        return synthetic["info"]["dataset"]
+    raw = _run_one(synthesize, runs_dir, as_tasks=as_tasks, on_stage=on_stage, overrides=overrides, raw=True)["info"]
+    # Encoders are the only work running during extraction, so the extract task takes every CPU.
+    feats = _run_one(extract, runs_dir, as_tasks=as_tasks, on_stage=on_stage, cpus=max(1.0, node_cpus()) if as_tasks else 1,
+                     meta=raw["meta"], images=raw["images"])
     cfg = resolve_config(overrides)
-    prepared = call(prepare, runs_dir, reviews=raw["reviews"], features=feats["info"]["features"],
-                    k=cfg["k_core"], split=cfg["split"], seed=cfg["seed"], name=raw["name"])
+    prepared = _run_one(prepare, runs_dir, as_tasks=as_tasks, on_stage=on_stage, reviews=raw["reviews"],
+                        features=feats["info"]["features"], k=cfg["k_core"], split=cfg["split"], seed=cfg["seed"],
+                        name=raw["name"])
     return prepared["info"]["dataset"]
 
 
-def _node_cpus() -> float:
-    """The CPUs Ray may use on the driver's node (encoders are the only work running during
-    extraction, so the extract task takes them all)."""
-    import ray
+def _run_one(stage: Callable[..., dict[str, Any]], runs_dir: str, *, as_tasks: bool,
+             on_stage: Callable[[dict[str, Any]], None] | None, cpus: float = 1, **kwargs: Any) -> dict[str, Any]:
+    """One dataset stage, in this process or as a Ray task, its output handed to ``on_stage``."""
+    from pipeline.ray_runtime import run_as_task
 
-    node = ray.get_runtime_context().get_node_id()
-    for entry in ray.nodes():
-        if entry.get("NodeID") == node:
-            return float(entry.get("Resources", {}).get("CPU", 0.0))
-    return 0.0
-
-
-def _fetch_checkpoint(uri: str, dest: Path, endpoint_url: str | None) -> Path:
-    """A trial checkpoint as a local folder (downloaded when it lies on S3)."""
-    if not uri.startswith("s3://"):
-        return Path(uri)
-    import pyarrow.fs as pafs
-
-    from pipeline.storage import s3_filesystem
-
-    dest.mkdir(parents=True, exist_ok=True)
-    pafs.copy_files(uri[len("s3://"):], str(dest), source_filesystem=s3_filesystem(endpoint_url),
-                    destination_filesystem=pafs.LocalFileSystem())
-    return dest
-
-
-def run_pipeline(
-    config: Any,
-    *,
-    runs_dir: str | Path | None = None,
-    tracking_uri: str | None = None,
-    study_storage: str | None = None,
-    progress: bool = True,
-    as_tasks: bool = True,
-    on_stage: Callable[[dict[str, Any]], None] | None = None,
-) -> dict[str, Any]:
-    """dataset stages -> sweep (Tune + Optuna, tracked in MLflow) -> final evaluation -> reports.
-
-    Checks the tracking backend first (an unreachable server fails here, before any work).
-    Returns the sweep stage's summary: best trial, counts, final evaluation, MLflow ids, output
-    paths and the closing summary text. A finished sweep with the same inputs and its MLflow
-    parent run still present is reused without starting a trial. Ray is started (or joined at
-    ``RAY_ADDRESS``) for the dataset stages when ``as_tasks``, else only when the sweep runs.
-    """
-    import yaml
-
-    from clear_core.data.loading import load_dataset
-    from clear_core.models import resolve_params
-    from clear_core.trainer import TrainConfig
-    from pipeline import reporting, tracking
-    from pipeline.optuna_search import rdb_storage
-    from pipeline.provenance import git_commit
-    from pipeline.ray_runtime import init_ray
-    from pipeline.storage import check_reachable, resolve_storage
-    from pipeline.sweep import run_sweep, sweep_id_for
-
-    pcfg = tracking.load_pipeline_config()
-    uri = tracking.resolve_tracking_uri(tracking_uri, pcfg)
-    # Everything remote is probed before any stage: an unreachable server or bucket is reported
-    # now, with its address, not after minutes of feature extraction.
-    tracking.check_reachable(uri, pcfg["health_timeout_s"])
-    check_reachable(resolve_storage(config.storage.path, config.storage.endpoint_url))
-    runs_dir = Path(runs_dir or pcfg["runs_dir"]).absolute()
-    study = (study_storage or config.study.storage
-             or tracking.default_study_storage(uri, pcfg["study_storage"]))
-    rdb_storage(study)
-
-    probe_ray_address(os.environ.get("RAY_ADDRESS"))
-    try:
-        ray_started = init_ray() if as_tasks else False
-    except (ConnectionError, RuntimeError) as exc:
-        from clear_core.errors import ConfigError
-
-        raise ConfigError(
-            f"RAY_ADDRESS={_ray_address()}: cannot join the Ray cluster ({str(exc).splitlines()[0]}); a cluster "
-            "with token authentication also needs RAY_AUTH_MODE=token and its token "
-            "(RAY_AUTH_TOKEN or ~/.ray/auth_token)"
-        ) from None
-    try:
-        dataset_path = dataset_stages(config, runs_dir, as_tasks=as_tasks, on_stage=on_stage)
-        dataset = load_dataset(dataset_path)
-        sweep_id = sweep_id_for(config, dataset)
-        experiment = config.tracking.experiment or tracking.experiment_name(dataset.name, pcfg)
-        tracker = tracking.Tracker(uri, experiment, artifact_root=pcfg["artifact_root"])
-        commit = git_commit()
-        common_tags = {
-            "clearrec.git_commit": commit, "mlflow.source.git.commit": commit,
-            "clearrec.dataset": dataset.name, "clearrec.dataset_fingerprint": dataset.fingerprint,
-            "clearrec.seed": config.seed, "clearrec.model": config.model, TAG_SWEEP_ID_KEY: sweep_id,
-        }
-
-        def resolve_trial(trial_config: Mapping[str, Any]) -> dict[str, Any]:
-            model_params, train = config.split_params(trial_config)
-            train = {**train, "valid_metric": config.metric.split("/", 1)[1]}
-            return {"model": resolve_params(config.model, model_params),
-                    "train": asdict(TrainConfig.resolve(train))}
-
-        def parent_alive(info: Mapping[str, Any]) -> bool:
-            found = tracker.find_run(**{TAG_SWEEP_ID_KEY: sweep_id, "clearrec.role": "sweep"})
-            return found is not None and found.info.run_id == info.get("parent_run_id") \
-                and found.info.status == "FINISHED"
-
-        def produce(work: Path) -> dict[str, Any]:
-            resolved = config.to_dict()
-            config_file = work / "sweep_config.yaml"
-            config_file.write_text(yaml.safe_dump(resolved, sort_keys=False), encoding="utf-8")
-            parent_params = {"sweep": resolved, **resolve_trial({})}
-            parent_tags = {**common_tags, "optuna.storage": study, "ray.address": _ray_address(),
-                           "clearrec.tracking_uri": uri}
-            with tracker.parent_run(f"{config.model} sweep {config.name}", sweep_id=sweep_id,
-                                    tags=parent_tags, params=parent_params) as parent:
-                tracker.log_artifact(parent, config_file)
-                callback = tracking.MLflowTrialCallback(
-                    tracker, parent, model=config.model, resolve=resolve_trial,
-                    tags=common_tags, search_keys=list(config.search),
-                )
-                outcome = run_sweep(config, dataset_path, study_storage=study, callbacks=[callback],
-                                    progress=progress)
-                if callback.interrupted:
-                    raise KeyboardInterrupt(f"sweep {sweep_id} interrupted")
-                tracker.set_tags(parent, {"optuna.study_name": outcome.study_name,
-                                          "clearrec.storage_path": outcome.storage_path,
-                                          "clearrec.best_trial": outcome.best.trial_id})
-                return _finish_sweep(config, outcome, dataset_path, work, tracker, parent, uri)
-
-        sweep_out = run_stage(
-            "sweep", runs_dir,
-            inputs={"dataset": dataset.fingerprint},
-            config={"sweep": config.fingerprint(), "tracking": uri, "experiment": experiment},
-            produce=produce, still_valid=parent_alive,
-        )
-    finally:
-        if ray_started:
-            import ray
-
-            ray.shutdown()
-    info = dict(sweep_out.info)
-    info.update(reused=sweep_out.reused, outputs=sweep_out.path, dataset_path=dataset_path,
-                experiment=experiment, experiment_id=tracker.experiment_id, tracking_uri=uri)
-    info["summary"] = reporting.closing_summary(
-        model=config.model, dataset=dataset.name, best=info["best"], final_test=info["final"].get("test"),
-        counts=info["counts"], experiment=experiment, experiment_id=tracker.experiment_id,
-        parent_run_id=info["parent_run_id"], tracking_uri=uri, study_storage=info["study_storage"],
-        study_name=info["study_name"], outputs=sweep_out.path, resumed=info.get("resumed", False),
-    ) + ("\n(reused: inputs unchanged since the last run)" if sweep_out.reused else "")
-    return info
-
-
-TAG_SWEEP_ID_KEY = "clearrec.sweep_id"
-
-
-def probe_ray_address(address: str | None, timeout_s: float = 5.0) -> None:
-    """Fail in seconds when ``RAY_ADDRESS`` names a host:port where nothing listens: ``ray.init``
-    would otherwise retry for many minutes before giving up."""
-    import socket
-    from urllib.parse import urlparse
-
-    from clear_core.errors import ConfigError
-
-    if not address or address in ("auto", "local"):
-        return
-    parsed = urlparse(address if "://" in address else f"tcp://{address}")
-    if not parsed.hostname or not parsed.port:
-        return
-    try:
-        with socket.create_connection((parsed.hostname, parsed.port), timeout=timeout_s):
-            pass
-    except OSError as exc:
-        raise ConfigError(
-            f"RAY_ADDRESS={address}: cannot join the Ray cluster (nothing answers at "
-            f"{parsed.hostname}:{parsed.port}: {exc.strerror or exc}); start it or unset RAY_ADDRESS "
-            "for a local Ray"
-        ) from None
-
-
-def _ray_address() -> str:
-    return os.environ.get("RAY_ADDRESS") or "local"
-
-
-def _finish_sweep(config: Any, outcome: Any, dataset_path: str, work: Path, tracker: Any, parent: str,
-                  uri: str) -> dict[str, Any]:
-    """After the trials: final evaluation of the best checkpoint, tables, figures, artifacts."""
-    from pipeline import reporting
-
-    best = outcome.best
-    model_params, train = config.split_params(best.params)
-    train = {**train, "valid_metric": config.metric.split("/", 1)[1]}
-    final: dict[str, Any] = {}
-    if best.checkpoint:
-        local = _fetch_checkpoint(best.checkpoint, work / "downloaded_checkpoint", config.storage.endpoint_url)
-        final = evaluate_checkpoint(dataset_path, local, model=config.model, model_params=model_params,
-                                    train=train, spectrum=True)
-        ckpt_dir = work / "best_checkpoint"
-        ckpt_dir.mkdir(exist_ok=True)
-        shutil.copy2(final["checkpoint"], ckpt_dir / Path(final["checkpoint"]).name)
-        final["checkpoint"] = str(ckpt_dir / Path(final["checkpoint"]).name)
-        shutil.rmtree(work / "downloaded_checkpoint", ignore_errors=True)
-        tracker.log_artifact(parent, ckpt_dir, "best_checkpoint")
-        for split in ("valid", "test"):
-            tracker.log_metrics(parent, {f"final/{split}/{k}": v for k, v in final[split].items()},
-                                step=final["epoch"])
-    else:
-        log.warning("best trial %s left no checkpoint; no final evaluation", best.trial_id)
-    tracker.log_metrics(parent, {f"best/valid/{k}": v for k, v in best.valid.items()}, step=best.best_epoch or 0)
-    tracker.log_metrics(parent, {f"best/test/{k}": v for k, v in best.test.items()}, step=best.best_epoch or 0)
-
-    rows = reporting.results_rows(outcome.trials, metric=config.metric, mode=config.mode)
-    for path in reporting.write_results_table(rows, work):
-        tracker.log_artifact(parent, path)
-    heatmap = reporting.plot_heatmap(outcome.trials, work / "heatmap_recall_lambda_k.png")
-    if heatmap is not None:
-        tracker.log_artifact(parent, heatmap)
-    if final.get("spectrum"):
-        from pipeline.plots import plot_spectrum
-
-        spectrum = plot_spectrum(final["spectrum"], work / "spectrum_best_trial.png",
-                                 title=f"best trial {best.trial_id}: cross-modal spectrum before/after projection")
-        tracker.log_artifact(parent, spectrum)
-    counts = {s: sum(1 for t in outcome.trials if t.status == s) for s in ("COMPLETE", "PRUNED", "FAIL")}
-    outcome_json = {
-        "sweep_id": outcome.sweep_id,
-        "model": config.model,
-        "dataset_path": str(dataset_path),
-        "best_model_params": model_params,
-        "best_train": train,
-        "best": asdict(best),
-        "trials": [asdict(t) for t in outcome.trials],
-        "counts": counts,
-        "final": final,
-        "parent_run_id": parent,
-        "study_storage": outcome.study_storage,
-        "study_name": outcome.study_name,
-        "storage_path": outcome.storage_path,
-        "resumed": outcome.resumed,
-        "tracking_uri": uri,
-    }
-    (work / "outcome.json").write_text(json.dumps(outcome_json, indent=2, default=str) + "\n", encoding="utf-8")
-    tracker.log_artifact(parent, work / "outcome.json")
-    tracker.set_tags(parent, {f"clearrec.trials_{k.lower()}": v for k, v in counts.items()})
-    return outcome_json
+    out = run_as_task(stage, runs_dir, num_cpus=cpus, **kwargs) if as_tasks else stage(runs_dir, **kwargs)
+    if on_stage is not None:
+        on_stage(out)
+    return out

@@ -1,7 +1,8 @@
 """The sweep engine: Ray Tune trials of ``clear_core.trainer.fit``, chosen by Optuna (TPE), stopped
 early by ASHA, checkpointed every epoch, retried and resumable.
 
-What a trial reports each epoch (one Tune result per epoch, with a checkpoint of that epoch)::
+What a trial reports each epoch (one Tune result per epoch, with a checkpoint of that epoch;
+the fields are defined once in :mod:`pipeline.trial_report`)::
 
     epoch, train_loss, valid/<metric>@K, test/<metric>@K (all metrics of the train config),
     best_epoch, best_valid, best: {valid: {...}, test: {...}} (metrics at best_epoch),
@@ -17,8 +18,8 @@ scheduler stopped. A trial's checkpoint holds the trainer's checkpoint folder (`
 Re-running :func:`run_sweep` with the same configuration and data finds the experiment folder
 (``<storage>/<sweep_id>``) and resumes it: finished trials are kept, unfinished ones continue from
 their checkpoints, and only the missing trials are started. Errored trials are not resumed: Optuna
-already holds them as FAIL and would never see their new results (stack-notes.md); retries
-within a run (``max_failures``) are the way to survive a crash.
+already holds them as FAIL and would never see their new results (a told trial cannot be told
+again); retries within a run (``max_failures``) are the way to survive a crash.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from typing import Any
 from clear_core.data.dataset import Dataset
 from clear_core.errors import ClearrecError, ConfigError
 from pipeline.sweep_config import SweepConfig, dataset_problems
+from pipeline.trial_report import FINISHED, RESUMED_FROM, TrialReport, is_finished
 
 log = logging.getLogger(__name__)
 
@@ -97,9 +99,9 @@ def _disk_epoch(trainer_dir: Path) -> int:
     """
     import torch
 
-    from clear_core.trainer import CHECKPOINT_NAME
+    from clear_core.checkpoints import LAST_NAME
 
-    path = trainer_dir / CHECKPOINT_NAME
+    path = trainer_dir / LAST_NAME
     if not path.exists():
         return 0
     state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -182,11 +184,9 @@ def run_trial(trial_config: dict[str, Any], *, dataset: Dataset, sweep: SweepCon
                     )
             if report.is_best:
                 best_state["valid"], best_state["test"] = dict(report.valid), dict(report.test)
-            metrics = {
+            fields: TrialReport = {
                 "epoch": report.epoch,
                 "train_loss": report.train_loss,
-                **{f"valid/{k}": v for k, v in report.valid.items()},
-                **{f"test/{k}": v for k, v in report.test.items()},
                 "best_epoch": report.best_epoch,
                 "best_valid": report.best_valid,
                 "best": {"valid": dict(best_state["valid"]), "test": dict(best_state["test"])},
@@ -196,6 +196,11 @@ def run_trial(trial_config: dict[str, Any], *, dataset: Dataset, sweep: SweepCon
                 "train_seconds": report.train_seconds,
                 "eval_seconds": report.eval_seconds,
                 "finished": report.final,
+            }
+            metrics = {
+                **fields,
+                **{f"valid/{k}": v for k, v in report.valid.items()},
+                **{f"test/{k}": v for k, v in report.test.items()},
                 **report.diagnostics,
             }
             # The trainer wrote this epoch's checkpoint before calling back: report them together.
@@ -214,7 +219,7 @@ def run_trial(trial_config: dict[str, Any], *, dataset: Dataset, sweep: SweepCon
             # Resumed from the checkpoint of a trial that had already ended (the driver died
             # before it recorded so): say again how it ended, so its last result is truthful.
             ended_by_itself = result.stop_reason in ("patience", "max_epochs")
-            tune.report({**last_metrics, "finished": ended_by_itself, "resumed_from": resumed_from})
+            tune.report({**last_metrics, FINISHED: ended_by_itself, RESUMED_FROM: resumed_from})
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -268,7 +273,7 @@ def _reporter(config: SweepConfig):
 def _status(result) -> str:
     if result.error is not None:
         return "FAIL"
-    return "COMPLETE" if (result.metrics or {}).get("finished") else "PRUNED"
+    return "COMPLETE" if is_finished(result.metrics) else "PRUNED"
 
 
 def _error_line(error: BaseException | None) -> str | None:

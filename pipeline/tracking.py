@@ -1,11 +1,13 @@
 """MLflow tracking for sweeps: one experiment per dataset, one parent run per sweep, one nested
 child run per trial, each closed with the status that says what happened to it.
 
-Why a driver-side Tune callback (:class:`MLflowTrialCallback`) and not Ray's ``setup_mlflow``:
-trials run in worker processes, possibly on other nodes, where ``setup_mlflow`` with defaults
-fails every trial, leaves runs RUNNING and names every run alike (stack-notes.md). The driver
-sees every trial start, report, stop, error and retry, so it alone can give each child run a
-name, its parameters, its per-epoch metrics and a truthful terminal status.
+The child runs are written by a driver-side Tune callback
+(:class:`pipeline.trial_tracking.MLflowTrialCallback`), not by Ray's ``setup_mlflow``: trials run
+in worker processes, possibly on other nodes, where ``setup_mlflow`` with defaults fails every
+trial, leaves runs RUNNING and names every run alike. The driver sees every trial start, report,
+stop, error and retry, so it alone can give each child run a name, its parameters, its per-epoch
+metrics and a truthful terminal status. This module imports neither Ray nor MLflow at import
+time, so the CLI and the tools that only read the tracking settings start fast.
 
 Metric keys: MLflow rejects ``@`` in keys, so ``valid/recall@20`` is logged as
 ``valid_recall_at_20`` (``/`` -> ``_``, ``@`` -> ``_at_``; see :func:`mlflow_key`). Each metric is
@@ -25,7 +27,7 @@ import os
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,7 @@ from urllib.parse import urlparse
 
 from clear_core.config import config_dir, load_yaml, validate_fields
 from clear_core.errors import ClearrecError
+from pipeline.tags import MLFLOW_PARENT_RUN, ROLE, SWEEP_ID, TRIAL_ID
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +50,11 @@ PIPELINE_SCHEMA: dict[str, Any] = {
     "experiment_prefix": str,
 }
 
-# Tags under this namespace are ours; mlflow.* tags are MLflow's own (runName, parentRunId).
-TAG_SWEEP_ID = "clearrec.sweep_id"
-TAG_TRIAL_ID = "clearrec.trial_id"
-TAG_ROLE = "clearrec.role"
-PARENT_TAG = "mlflow.parentRunId"
+# Tag names live in pipeline.tags; these aliases keep tracking.TAG_* working for its callers.
+TAG_SWEEP_ID = SWEEP_ID
+TAG_TRIAL_ID = TRIAL_ID
+TAG_ROLE = ROLE
+PARENT_TAG = MLFLOW_PARENT_RUN
 
 # Short names for run names; the paper's symbols (k, lambda, tau) are what people scan for.
 SHORT_PARAM_NAMES = {
@@ -59,7 +62,7 @@ SHORT_PARAM_NAMES = {
     "projection_strength": "lam",
     "refresh_every": "tau",
     "learning_rate": "lr",
-    "embedding_dim": "d",
+    "embedding_size": "d",
     "n_layers": "L",
     "reg_weight": "reg",
 }
@@ -362,146 +365,3 @@ def experiment_name(dataset: str, config: Mapping[str, Any] | None = None) -> st
     """One experiment per dataset, so the UI compares CLEAR and baselines side by side."""
     prefix = (config or load_pipeline_config())["experiment_prefix"]
     return f"{prefix}-{dataset}"
-
-
-def _ray_node_id(node_ip: str | None) -> str | None:
-    """The id of the alive Ray node at ``node_ip`` (None without Ray or when not found)."""
-    if not node_ip:
-        return None
-    try:
-        import ray
-
-        if not ray.is_initialized():
-            return None
-        for node in ray.nodes():
-            if node.get("Alive") and node.get("NodeManagerAddress") == node_ip:
-                return node.get("NodeID")
-    except Exception:  # noqa: BLE001 - a tag is never worth failing a sweep for
-        log.debug("could not look up the Ray node at %s", node_ip, exc_info=True)
-    return None
-
-
-def _tune_callback_base() -> type:
-    from ray.tune import Callback
-
-    return Callback
-
-
-class MLflowTrialCallback(_tune_callback_base()):  # type: ignore[misc]
-    """Driver-side Tune callback: a nested child run per trial.
-
-    ``resolve`` maps a trial's config to its full resolved parameters (e.g. ``{"model": {...},
-    "train": {...}}``), logged on every child so each run is complete on its own; without it,
-    ``base_params`` plus the trial's config are logged. The run name shows the searched values.
-    A trial is FINISHED when its last report has ``finished_key`` true, KILLED when the
-    scheduler stopped it before that, FAILED when it errored for good.
-    """
-
-    def __init__(
-        self,
-        tracker: Tracker,
-        parent_run_id: str,
-        *,
-        model: str,
-        base_params: Mapping[str, Any] | None = None,
-        resolve: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None,
-        tags: Mapping[str, Any] | None = None,
-        finished_key: str = "finished",
-        search_keys: list[str] | None = None,
-    ) -> None:
-        self.tracker = tracker
-        self.parent_run_id = parent_run_id
-        self.model = model
-        self.base_params = flatten(dict(base_params or {}))
-        self.resolve = resolve
-        self.tags = dict(tags or {})
-        self.finished_key = finished_key
-        self.search_keys = search_keys
-        self.run_ids: dict[str, str] = {}
-        self.retries: dict[str, int] = {}
-        self.hosts: dict[str, list[str]] = {}
-        self.interrupted = False
-
-    # Tune keys that are bookkeeping, not metrics of the model.
-    _SKIP = {
-        "time_this_iter_s", "time_total_s", "timestamp", "training_iteration", "pid", "time_since_restore",
-        "iterations_since_restore", "timesteps_total", "episodes_total", "epoch", "done", "finished",
-        "checkpoint_dir_name", "should_checkpoint",
-    }
-
-    def _trial_params(self, trial: Any) -> dict[str, Any]:
-        flat = flatten(dict(trial.config or {}))
-        if self.search_keys is not None:
-            flat = {k: v for k, v in flat.items() if k in self.search_keys}
-        return {k: v for k, v in flat.items() if isinstance(v, (int, float, str, bool)) or v is None}
-
-    def _run_for(self, trial: Any) -> str:
-        run_id = self.run_ids.get(trial.trial_id)
-        if run_id is None:
-            searched = self._trial_params(trial)
-            if self.resolve is not None:
-                # Every resolved field (model defaults + fixed + searched), so each run stands alone.
-                params = {**self.base_params, **flatten(dict(self.resolve(dict(trial.config or {}))))}
-            else:
-                params = {**self.base_params, **searched}
-            run_id = self.tracker.start_run(
-                run_name(self.model, searched),
-                tags={**self.tags, TAG_TRIAL_ID: trial.trial_id, TAG_ROLE: "trial", "model": self.model},
-                params=params,
-                parent_run_id=self.parent_run_id,
-                resume_tags={TAG_TRIAL_ID: trial.trial_id, PARENT_TAG: self.parent_run_id},
-            )
-            self.run_ids[trial.trial_id] = run_id
-        return run_id
-
-    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._run_for(trial)
-
-    def on_trial_restore(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._run_for(trial)
-
-    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        run_id = self._run_for(trial)
-        step = result.get("epoch", result.get("training_iteration", 0))
-        metrics = {k: v for k, v in result.items() if k not in self._SKIP and k != "config"}
-        self.tracker.log_metrics(run_id, metrics, step=int(step))
-        self._note_node(run_id, trial, result)
-
-    def _note_node(self, run_id: str, trial: Any, result: Mapping[str, Any]) -> None:
-        """Tag the child run with the Ray node its trial reports from (hostname, node id), and
-        every node it has run on, in order: on a cluster, where a trial ran and whether a retry
-        moved it to another node are questions people ask of a sweep."""
-        host = result.get("hostname")
-        seen = self.hosts.setdefault(trial.trial_id, [])
-        if not host or (seen and seen[-1] == host):
-            return
-        seen.append(str(host))
-        tags = {"clearrec.ray_hostname": host, "clearrec.ray_hostnames": ",".join(seen)}
-        node_id = _ray_node_id(result.get("node_ip"))
-        if node_id:
-            tags["clearrec.ray_node_id"] = node_id
-        self.tracker.set_tags(run_id, tags)
-
-    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        # A retry (FailureConfig) continues the same child run from its checkpoint.
-        self.retries[trial.trial_id] = self.retries.get(trial.trial_id, 0) + 1
-        self.tracker.set_tags(self._run_for(trial), {"clearrec.retries": self.retries[trial.trial_id]})
-
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        finished = bool((trial.last_result or {}).get(self.finished_key))
-        self._close(trial, "FINISHED" if finished else "KILLED")
-
-    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._close(trial, "FAILED")
-
-    def on_experiment_end(self, trials: list, **info: Any) -> None:
-        # Tune returns normally after Ctrl-C with trials left PENDING/RUNNING/PAUSED: the sweep
-        # was interrupted, not finished, and the caller must not report it as done.
-        self.interrupted = any(getattr(t, "status", "TERMINATED") not in ("TERMINATED", "ERROR") for t in trials)
-        self.tracker.close_children(self.parent_run_id, "KILLED")
-
-    def _close(self, trial: Any, status: str) -> None:
-        run_id = self._run_for(trial)
-        self.tracker.set_tags(run_id, {"clearrec.outcome": "PRUNED" if status == "KILLED" else status})
-        self.tracker.end_run(run_id, status)
-        self.run_ids.pop(trial.trial_id, None)

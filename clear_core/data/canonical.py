@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from clear_core.atomic_io import write_json_atomic
 from clear_core.data.dataset import SPLITS, Dataset
 from clear_core.data.fingerprint import fingerprint_content, fingerprinted, sorted_pairs
-from clear_core.data.five_core import write_id_maps
+from clear_core.data.k_core import write_id_maps
 from clear_core.data.loading import CANONICAL_INTERACTIONS, FEATURE_SUFFIX, load_feature
 from clear_core.errors import DataError
 

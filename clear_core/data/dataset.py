@@ -20,7 +20,8 @@ class Dataset:
     ``(n_items, d)`` float32 array; its order is the order modalities were found in.
     ``fingerprint`` is the sha256 of the canonical content (see ``canonical.py``).
     ``dropped`` counts valid/test rows removed because their user has no training row
-    (protocol.md: "Valid/test rows of users absent from train are dropped").
+    (the MMRec protocol drops valid/test rows of users absent from train: they cannot be ranked
+    from anything the model learnt).
     """
 
     name: str

@@ -3,7 +3,7 @@
 Optional features come from the extraction stage: ``<modality>_feat.npy`` whose row ``j``
 belongs to the raw item on line ``j + 1`` of ``items.txt`` (one asin a line). Rows are
 re-ordered to the new item ids; kept items without a row get the modality's mean vector
-(protocol.md), and how many did is reported.
+(as the MMRec preprocessing does), and how many did is reported.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from clear_core.data.amazon import read_reviews
 from clear_core.data.canonical import atomic_output_dir, write_canonical_into
 from clear_core.data.dataset import SPLITS
 from clear_core.data.fingerprint import fingerprinted
-from clear_core.data.five_core import k_core
+from clear_core.data.k_core import filter_k_core
 from clear_core.data.loading import feature_files, load_feature
 from clear_core.data.splitting import SPLIT_METHODS, split_labels
 from clear_core.errors import ConfigError, DataError
@@ -119,7 +119,7 @@ def prepare_dataset(
         raise ConfigError(problems, source="prepare")
     reviews_path = Path(reviews_path)
     reviews = read_reviews(reviews_path)
-    mask, kept = k_core(reviews.user, reviews.item, k)
+    mask, kept = filter_k_core(reviews.user, reviews.item, k)
     if not mask.any():
         raise DataError(reviews_path, f"nothing survives {k}-core filtering ({len(reviews)} reviews)")
     timestamps = reviews.timestamp[mask] if reviews.has_timestamps else None

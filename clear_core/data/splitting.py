@@ -1,8 +1,8 @@
-"""The two per-user splits of protocol.md, seeded and vectorised.
+"""The two per-user splits of the MMRec protocol, seeded and vectorised.
 
 * ``random``: LATTICE's random per-user 8:1:1 (what the Baby, Sports and Clothing files use):
   each user's rows are shuffled; ``max(1, floor(0.1 n))`` go to valid, as many to test, the
-  rest to train. (Checked against ../shared/data/baby: 5-19 rows -> 1/1, 20-29 -> 2/2.)
+  rest to train. (Checked against the published Baby files: 5-19 rows -> 1/1, 20-29 -> 2/2.)
 * ``mmrec``: MMRec's rule: users with fewer than 10 rows send their last row to test and the
   one before to valid; others send 20 % (rounded) of their latest rows to valid+test, half
   each (test gets the later ones). "Last" is by timestamp when given, ties and missing

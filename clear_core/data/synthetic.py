@@ -32,7 +32,7 @@ import numpy as np
 from clear_core.config import load_defaults, validate_fields
 from clear_core.data.dataset import SPLITS, Dataset
 from clear_core.data.fingerprint import fingerprinted
-from clear_core.data.five_core import k_core
+from clear_core.data.k_core import filter_k_core
 from clear_core.data.splitting import SPLIT_METHODS, split_labels
 from clear_core.errors import ConfigError
 
@@ -206,7 +206,7 @@ def generate_synthetic(**overrides: Any) -> SyntheticData:
         )
         features_raw[m] = x.astype(np.float32)
 
-    mask, kept = k_core(user, item, cfg["k_core"])
+    mask, kept = filter_k_core(user, item, cfg["k_core"])
     labels = split_labels(kept.user, cfg["split"], cfg["seed"], timestamp[mask])
     rows = {
         s: np.stack([kept.user[labels == i], kept.item[labels == i]], axis=1)
@@ -234,7 +234,7 @@ def write_mmrec_into(folder: Path, synthetic: SyntheticData) -> None:
     """Write the MMRec layout (``<name>.inter`` with rating/timestamp + ``*_feat.npy``)."""
     ds = synthetic.dataset
     raw = synthetic.raw_interactions
-    mask, _ = k_core(raw.user, raw.item, synthetic.config["k_core"])
+    mask, _ = filter_k_core(raw.user, raw.item, synthetic.config["k_core"])
     # Ratings/timestamps of kept rows, looked up by (raw user, raw item).
     n_raw_items = int(raw.item.max()) + 1
     key_raw = raw.user[mask] * n_raw_items + raw.item[mask]

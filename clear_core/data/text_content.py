@@ -10,7 +10,7 @@ skipped instead of stopping the run:
 * ``duplicate_asin``: a later record of an asin already seen (the first one wins).
 
 The item text is title + brand + categories + description, as in the MMRec/LATTICE
-preprocessing (``protocol.md``), whitespace collapsed. The image reference is a local path
+preprocessing, whitespace collapsed. The image reference is a local path
 (``image_path``/``imPath``/``image``), else the ``imUrl`` file name; where it points is decided
 by the extraction stage, which checks containment in the image folder.
 """

@@ -1,4 +1,4 @@
-"""FREEDOM (Zhou & Shen, MM'23) as MMRec implements it (protocol.md), and FREEDOM + CLEAR.
+"""FREEDOM (Zhou & Shen, MM'23) as MMRec implements it, and FREEDOM + CLEAR.
 
 * Item-item graph: cosine kNN (``knn_k``) on each raw modality, unit weights, symmetric
   normalisation, mixed by ``modality_weights`` (0.1 image + 0.9 text; audio plays text's part

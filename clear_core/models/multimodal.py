@@ -283,8 +283,8 @@ class GraphMixin:
     def setup_graphs(self, dataset: Dataset, params: Mapping[str, Any], modality_weights: Mapping[str, float]) -> None:
         """The graphs and the settings that shape them, from the model's ``GRAPH_PARAMS``:
         ``n_layers``, ``item_graph_layers``, ``edge_dropout``, ``knn_k`` and ``knn_chunk_size``."""
-        from clear_core.graph import normalized_adjacency
-        from clear_core.modality_graph import edge_weights, mixed_item_graph, to_csr_pair
+        from clear_core.graph import edge_weights, normalized_adjacency
+        from clear_core.item_graph import mixed_item_graph, to_csr_pair
 
         train = torch.as_tensor(dataset.train, dtype=torch.long)
         users, items = train[:, 0].contiguous(), train[:, 1].contiguous()
@@ -313,7 +313,7 @@ class GraphMixin:
 
     def drop_edges(self) -> None:
         """Resample this epoch's user-item graph (done by ``on_epoch_start``)."""
-        from clear_core.modality_graph import dropped_adjacency
+        from clear_core.graph import dropped_adjacency
 
         if self.edge_dropout <= 0.0:
             self._epoch_adjacency = None
@@ -340,7 +340,7 @@ class GraphMixin:
 
     def propagate_items(self, x: torch.Tensor) -> torch.Tensor:
         """``item_graph @ x`` (the kNN graph is not symmetric: backward uses its transpose)."""
-        from clear_core.modality_graph import propagate_with_transpose
+        from clear_core.item_graph import propagate_with_transpose
 
         return propagate_with_transpose(self.item_graph, self.item_graph_t, x)
 

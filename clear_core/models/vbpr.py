@@ -38,14 +38,16 @@ class VBPR(MultimodalRecommender):
         self.item_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, d)))
         self._items: torch.Tensor | None = None
 
-    def items(self, items: torch.Tensor | None = None) -> torch.Tensor:
-        feats = self.encode(items)
+    def item_representations(self, item_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """``[ID embedding, encoded features summed over modalities]`` of the items ``item_ids``
+        (all items when None): the vectors users are scored against."""
+        feats = self.encode(item_ids)
         visual = torch.stack([feats[m] for m in self.modality_names]).sum(dim=0)
-        ids = self.item_embedding if items is None else self.item_embedding.index_select(0, items)
+        ids = self.item_embedding if item_ids is None else self.item_embedding.index_select(0, item_ids)
         return torch.cat([ids, visual], dim=1)
 
     def loss(self, users: torch.Tensor, pos_items: torch.Tensor, neg_items: torch.Tensor) -> torch.Tensor:
-        both = self.items(torch.cat([pos_items, neg_items]))
+        both = self.item_representations(torch.cat([pos_items, neg_items]))
         pos_e, neg_e = both[: len(pos_items)], both[len(pos_items) :]
         user_e = self.user_embedding.index_select(0, users)
         loss = bpr_loss((user_e * pos_e).sum(-1), (user_e * neg_e).sum(-1))
@@ -53,10 +55,10 @@ class VBPR(MultimodalRecommender):
         return loss + self.reg_weight * reg
 
     def prepare_scoring(self) -> None:
-        self._items = self.items()
+        self._items = self.item_representations()
 
     def score(self, users: torch.Tensor) -> torch.Tensor:
-        items = self._items if self._items is not None else self.items()
+        items = self._items if self._items is not None else self.item_representations()
         return self.user_embedding[users] @ items.T
 
     def finish_scoring(self) -> None:

@@ -78,36 +78,16 @@ def resolve_settings(pairs: list[str]) -> dict[str, Any]:
 
 
 def load_trained_model(checkpoint: str | Path, dataset):
-    """Rebuild the model a checkpoint belongs to (name and parameters from the run signature
-    saved in ``last.pt``) and load its weights (``weights_only``: never unpickles code)."""
-    import torch
+    """The model a checkpoint belongs to (name and parameters from its run signature), with its
+    weights; analyze needs one with modality features."""
+    from clear_core.checkpoints import load_trained_model as load_checkpoint
 
-    from clear_core.models import build_model
-
-    path = Path(checkpoint)
-    if path.is_dir():
-        path = path / "best.pt" if (path / "best.pt").exists() else path / "last.pt"
-    if not path.exists():
-        raise ConfigError(f"--checkpoint {checkpoint}: no such file (expected last.pt or best.pt)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's input error
-        raise ConfigError(f"--checkpoint {path}: cannot be read ({exc})") from None
-    signature = state.get("signature")
-    if signature is None and (path.parent / "last.pt").exists():
-        signature = torch.load(path.parent / "last.pt", map_location="cpu", weights_only=True).get("signature")
-    if signature is None:
-        raise ConfigError(f"--checkpoint {path}: no run signature here or in last.pt beside it")
-    sig = json.loads(signature)
-    model = build_model(sig["model"], dataset, sig["model_params"])
+    model, _, path = load_checkpoint(dataset, checkpoint)
     if not hasattr(model, "projection"):
         raise ConfigError(
-            f"--checkpoint {path}: model {sig['model']!r} uses no modality features; "
+            f"--checkpoint {path}: model {model.name!r} uses no modality features; "
             "analyze needs a multimodal model (clear, vbpr, freedom)"
         )
-    model.load_state_dict(state["model"])
-    model.load_extra_state(state.get("extra", {}))
-    model.eval()
     return model, path
 
 

@@ -44,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="train.yaml: device")
     parser.add_argument("--out", metavar="FILE", help="also write the metrics JSON here (atomically)")
     parser.add_argument("--tracking-uri", metavar="URI",
-                        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns.db)")
+                        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else tracking_uri in configs/pipeline.yaml)")
     parser.add_argument("--experiment", help="MLflow experiment (default: one per dataset)")
     parser.add_argument("--no-track", action="store_true", help="do not log to MLflow")
     parser.set_defaults(func=run)
@@ -72,9 +72,10 @@ def from_sweep_folder(path: str) -> dict | None:
 def run(args: argparse.Namespace) -> int:
     from clear_core.atomic_io import write_text_atomic
     from clear_core.config import parse_overrides
-    from pipeline import tracking
+    from pipeline import tags, tracking
+    from pipeline.checkpoint_evaluation import evaluate_checkpoint
     from pipeline.provenance import git_commit
-    from pipeline.stages import evaluate_checkpoint, path_fingerprint
+    from pipeline.stages import path_fingerprint
 
     params = parse_overrides(args.set)
     train = {"device": args.device} if args.device else {}
@@ -104,12 +105,12 @@ def run(args: argparse.Namespace) -> int:
             "evaluate " + tracking.run_name(model, parse_overrides(args.set) if sweep is None else
                                             {**sweep["params"], **parse_overrides(args.set)}),
             tags={
-                tracking.TAG_ROLE: "evaluate", "clearrec.model": model,
-                "clearrec.checkpoint": result["checkpoint"],
-                "clearrec.checkpoint_sha256": path_fingerprint(result["checkpoint"]),
-                "clearrec.dataset": result["dataset"],
-                "clearrec.dataset_fingerprint": result["dataset_fingerprint"],
-                "clearrec.git_commit": git_commit(),
+                tags.ROLE: "evaluate", tags.MODEL: model,
+                tags.CHECKPOINT: result["checkpoint"],
+                tags.CHECKPOINT_SHA256: path_fingerprint(result["checkpoint"]),
+                tags.DATASET: result["dataset"],
+                tags.DATASET_FINGERPRINT: result["dataset_fingerprint"],
+                tags.GIT_COMMIT: git_commit(),
             },
             params={"model": result["model_params"]},
         )

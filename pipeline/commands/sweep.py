@@ -7,9 +7,9 @@ and figures, and tracks everything in MLflow (one parent run per sweep, one chil
 Each stage's output lies under ``runs/<stage>/<key>/`` and is reused while its inputs are
 unchanged; re-running after an interruption resumes the sweep.
 
-Where things go: ``MLFLOW_TRACKING_URI`` (default ``sqlite:///mlruns.db``, artifacts in
-``./mlartifacts``), ``RAY_ADDRESS`` (default: a private local Ray), Optuna study in
-``sqlite:///optuna.db`` beside the MLflow database unless the sweep config says otherwise.
+Where things go: ``MLFLOW_TRACKING_URI`` (default: ``tracking_uri`` and ``artifact_root`` in
+``configs/pipeline.yaml``), ``RAY_ADDRESS`` (default: a private local Ray), Optuna study in
+``optuna.db`` beside a SQLite MLflow database unless the sweep config says otherwise.
 
 MLflow metric keys: ``valid/recall@20`` is logged as ``valid_recall_at_20`` (MLflow rejects ``@``).
 
@@ -48,7 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--set resources.gpu=0.25 (repeatable)",
     )
     parser.add_argument("--tracking-uri", metavar="URI",
-                        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns.db)")
+                        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else tracking_uri in configs/pipeline.yaml)")
     parser.add_argument("--study-storage", metavar="URL", help="Optuna RDB storage URL")
     parser.add_argument("--runs-dir", metavar="DIR", help="stage outputs (default: runs)")
     parser.add_argument("--in-process", action="store_true",
@@ -72,7 +72,7 @@ def sweep_overrides(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.stages import run_pipeline
+    from pipeline.run import run_pipeline
     from pipeline.sweep_config import load_sweep_config
 
     config = load_sweep_config(args.config, sweep_overrides(args))

@@ -1,5 +1,5 @@
 """Full-ranking evaluation: masking rules, users evaluated, batching, and a cross-check against
-a slow per-user reference written straight from protocol.md."""
+a slow per-user reference written straight from the MMRec protocol."""
 
 from __future__ import annotations
 

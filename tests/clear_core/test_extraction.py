@@ -377,7 +377,7 @@ def test_synthetic_raw_catalogue_extract_then_prepare_keeps_rows_with_their_item
     prepare_dataset(raw / "reviews.json.gz", tmp_path / "prepared", features_dir=feats, k=synthetic.config["k_core"])
     dataset = load_dataset(tmp_path / "prepared")
 
-    from clear_core.data.five_core import read_id_map
+    from clear_core.data.k_core import read_id_map
 
     asins = (feats / "items.txt").read_text().split()
     manifest = json.loads((tmp_path / "prepared" / "manifest.json").read_text())

@@ -1,11 +1,18 @@
-"""The normalised user-item adjacency and its propagation step."""
+"""The normalised user-item graph, its degree-sensitive edge dropout and its propagation step."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from clear_core.graph import normalized_adjacency, symmetric_propagate
+from clear_core.graph import (
+    degree_sensitive_keep,
+    dropped_adjacency,
+    edge_weights,
+    normalized_adjacency,
+    symmetric_propagate,
+    user_item_adjacency,
+)
 
 
 def dense_reference(train, n_users, n_items):
@@ -44,3 +51,49 @@ def test_propagation_gradient_equals_dense_autograd():
     dense = adj.to_dense()
     (dense @ (dense @ x_ref) * weights).sum().backward()
     torch.testing.assert_close(x.grad, x_ref.grad)
+
+
+def _star_and_pairs():
+    # User 0 links to items 0..9 (a hub); users 1..10 each link to one private item 10..19.
+    users = torch.tensor([0] * 10 + list(range(1, 11)))
+    items = torch.tensor(list(range(10)) + list(range(10, 20)))
+    return users, items
+
+
+def test_edges_between_low_degree_nodes_survive_more_often():
+    users, items = _star_and_pairs()
+    w = edge_weights(users, items, 11, 20)
+    torch.testing.assert_close(w[:10], torch.full((10,), 10**-0.5))
+    torch.testing.assert_close(w[10:], torch.ones(10))
+    torch.manual_seed(0)
+    kept = torch.zeros(20)
+    for _ in range(400):
+        kept[degree_sensitive_keep(w, 0.5)] += 1
+    assert kept[10:].mean() > 1.5 * kept[:10].mean()
+
+
+def test_keep_count_is_exact_and_without_replacement():
+    w = torch.rand(1000) + 0.1
+    keep = degree_sensitive_keep(w, 0.2)
+    assert len(keep) == 200 and len(set(keep.tolist())) == 200
+    assert len(degree_sensitive_keep(w, 1.0)) == 1000
+
+
+def test_one_rule_float64_inverse_roots_rounded_once_and_no_epsilon():
+    rng = np.random.default_rng(0)
+    pairs = np.unique(np.stack([rng.integers(0, 15, 80), rng.integers(0, 12, 80)], 1), axis=0)
+    expected = torch.from_numpy(dense_reference(pairs, 15, 12)).float()  # float64, rounded once
+    assert torch.equal(normalized_adjacency(pairs, 15, 12).to_dense(), expected)
+    t = torch.as_tensor(pairs)
+    assert torch.equal(user_item_adjacency(t[:, 0], t[:, 1], 15, 12).to_dense(), expected)
+    # No dropout: the epoch's graph is the full graph, to the bit.
+    full = dropped_adjacency(t[:, 0], t[:, 1], edge_weights(t[:, 0], t[:, 1], 15, 12), 15, 12, 0.0)
+    assert torch.equal(full.to_dense(), expected)
+
+
+def test_dropped_adjacency_is_symmetric_and_renormalised():
+    users, items = _star_and_pairs()
+    torch.manual_seed(1)
+    adj = dropped_adjacency(users, items, edge_weights(users, items, 11, 20), 11, 20, 0.5).to_dense()
+    torch.testing.assert_close(adj, adj.T)
+    assert int((adj > 0).sum()) == 20  # 10 kept edges, both directions

@@ -1,4 +1,4 @@
-"""Ranking metrics: hand-computed examples from protocol.md's definitions, and tie handling."""
+"""Ranking metrics: hand-computed examples from the MMRec protocol's definitions, and tie handling."""
 
 from __future__ import annotations
 

@@ -1,10 +1,9 @@
 """Pipeline stages: outputs keyed by input fingerprints and config, reused when unchanged, never
-half-written; the real stages chained on tiny synthetic data; a stage run as a Ray task."""
+half-written; the real stages chained on tiny synthetic data."""
 
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 
@@ -131,50 +130,3 @@ def test_raw_catalogue_to_prepared_dataset_with_real_text_encoder(tmp_path):
     again = chain()
     assert [s["reused"] for s in again] == [True, True, True]
     assert (tmp_path / "cache" / "encoders").is_dir()
-
-
-def test_final_evaluation_of_a_checkpoint_matches_the_trained_best_epoch(tmp_path):
-    from clear_core.trainer import TrainConfig, fit
-
-    out = stages.synthesize(tmp_path, overrides=TINY)
-    from clear_core.data.loading import load_dataset
-
-    dataset = load_dataset(out["info"]["dataset"])
-    train = {"max_epochs": 3, "patience": 5, "batch_size": 256, "device": "cpu"}
-    result = fit(dataset, "mf", None, TrainConfig.resolve(train), checkpoint_dir=tmp_path / "ckpt")
-    evaluated = stages.evaluate_checkpoint(out["info"]["dataset"], tmp_path / "ckpt", model="mf", train=train)
-    assert evaluated["epoch"] == result.best_epoch
-    assert evaluated["test"]["recall@20"] == pytest.approx(result.test["recall@20"], abs=1e-6)
-    assert evaluated["valid"]["ndcg@20"] == pytest.approx(result.valid["ndcg@20"], abs=1e-6)
-
-
-def test_a_folder_without_a_checkpoint_is_refused_by_name(tmp_path):
-    from clear_core.errors import ConfigError
-
-    with pytest.raises(ConfigError, match="no best.pt"):
-        stages.evaluate_checkpoint(tmp_path, tmp_path, model="mf")
-
-
-def test_a_stage_runs_as_a_ray_task_on_the_driver_node(tmp_path):
-    import ray
-    from ray import cloudpickle
-
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
-    try:
-        remote = stages.run_as_task(stages.synthesize, tmp_path, overrides=TINY)
-    finally:
-        ray.shutdown()
-    assert not remote["reused"]
-    assert stages.synthesize(tmp_path, overrides=TINY)["reused"]
-
-
-def test_a_driver_node_without_cpus_runs_the_stage_in_the_driver_instead_of_waiting(tmp_path):
-    import ray
-
-    ray.init(address="local", num_cpus=0, include_dashboard=False, log_to_driver=False)
-    try:
-        out = stages.run_as_task(stages.synthesize, tmp_path, overrides=TINY)
-    finally:
-        ray.shutdown()
-    assert not out["reused"] and (tmp_path / "synthesize" / out["key"] / "stage.json").exists()

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from pipeline import tracking
-from pipeline.tracking import MLflowTrialCallback, Tracker, TrackingError
+from pipeline.tracking import Tracker, TrackingError
+from pipeline.trial_tracking import MLflowTrialCallback
 
 BIN = Path(sys.executable).parent
 

@@ -107,7 +107,7 @@ def test_edited_content_no_longer_matches_the_manifest(mmrec_folder, tmp_path):
 
 
 def test_id_maps_are_persisted(mmrec_folder, tmp_path):
-    from clear_core.data.five_core import read_id_map
+    from clear_core.data.k_core import read_id_map
 
     ds = load_dataset(mmrec_folder)
     users = np.array([f"u{i}" for i in range(ds.n_users)])

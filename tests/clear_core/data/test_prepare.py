@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from clear_core.data.five_core import read_id_map
+from clear_core.data.k_core import read_id_map
 from clear_core.data.loading import load_dataset
 from clear_core.data.prepare import prepare_dataset
 from clear_core.data.synthetic import generate_synthetic

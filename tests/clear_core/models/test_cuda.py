@@ -11,8 +11,9 @@ import pytest
 import torch
 from multimodal_support import all_scores, tiny_dataset, train_epochs
 
+from clear_core.checkpoints import LAST_NAME
 from clear_core.models import build_model
-from clear_core.trainer import CHECKPOINT_NAME, TrainConfig, fit
+from clear_core.trainer import TrainConfig, fit
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
 
@@ -95,9 +96,9 @@ def test_the_trainer_fits_and_resumes_on_cuda(name, tmp_path):
     assert whole.device.startswith("cuda") and whole.epochs_run == 3
     first = fit(ds, name, None, config, checkpoint_dir=tmp_path, on_epoch_end=lambda r: r.epoch == 2)
     assert first.epochs_run == 2
-    state = torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True)
+    state = torch.load(tmp_path / LAST_NAME, weights_only=True)
     state["stop_reason"] = ""  # the stop request is part of the checkpoint: resume a run still going
-    torch.save(state, tmp_path / CHECKPOINT_NAME)
+    torch.save(state, tmp_path / LAST_NAME)
     resumed = fit(ds, name, None, config, checkpoint_dir=tmp_path)
     assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
     # CUDA sums in a different order from run to run: the same run, within the repro tolerance.

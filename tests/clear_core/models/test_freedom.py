@@ -7,7 +7,7 @@ import torch
 from multimodal_support import all_scores, tiny_dataset, train_epochs
 
 from clear_core.errors import ConfigError
-from clear_core.modality_graph import knn_neighbours
+from clear_core.item_graph import knn_neighbours
 from clear_core.models import build_model, resolve_params
 
 

@@ -24,7 +24,7 @@ def test_item_vector_is_id_embedding_next_to_encoded_features():
     ds = tiny_dataset()
     model = build_model("vbpr", ds, {"embedding_size": 8})
     items = torch.tensor([0, 5])
-    vec = model.items(items)
+    vec = model.item_representations(items)
     assert vec.shape == (2, 16)
     torch.testing.assert_close(vec[:, :8], model.item_embedding[items])
     assert model.user_embedding.shape == (ds.n_users, 16)

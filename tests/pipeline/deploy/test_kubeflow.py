@@ -12,9 +12,9 @@ from clear_core.errors import ConfigError
 
 pytest.importorskip("kfp", reason="kfp is in the optional `kfp` extra")
 
-from pipeline import kubeflow  # noqa: E402
+from pipeline.deploy import kubeflow  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 COMMITTED = REPO / "k8s" / "kubeflow" / "pipeline.yaml"
 
 
@@ -89,7 +89,7 @@ def test_sweep_is_never_cached_and_waits_on_the_rayjob_status(spec):
     assert tasks["sweep"]["cachingOptions"].get("enableCache", False) is False
     assert tasks["evaluate"]["cachingOptions"].get("enableCache", False) is False
     container = pipeline["deploymentSpec"]["executors"]["exec-sweep"]["container"]
-    assert container["command"] == ["python", "-m", "pipeline.rayjob", "submit"]
+    assert container["command"] == ["python", "-m", "pipeline.deploy.rayjob", "submit"]
     assert "--run-id" in container["args"] and "--dataset-path" in container["args"]
 
 

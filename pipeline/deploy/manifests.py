@@ -1,6 +1,6 @@
 """Offline validation of the Kubernetes manifests under ``k8s/``.
 
-``python -m pipeline.manifests k8s/`` renders every kustomization (base and overlays) and checks
+``python -m pipeline.deploy.manifests k8s/`` renders every kustomization (base and overlays) and checks
 each resulting object, then checks every other manifest file on its own:
 
 * core kinds (Deployment, Service, ...): ``kubernetes-validate`` in strict mode, so an unknown
@@ -96,7 +96,7 @@ def default_schema_dir() -> Path:
     if env:
         return Path(env)
     shared = os.environ.get("CLEARREC_SHARED")
-    base = Path(shared) if shared else Path(__file__).resolve().parents[2] / "shared"
+    base = Path(shared) if shared else Path(__file__).resolve().parents[3] / "shared"
     return base / "schemas" / "kuberay"
 
 
@@ -122,7 +122,7 @@ def resource_name(obj: Any) -> str:
 
 
 def is_kfp_pipeline_spec(doc: Any) -> bool:
-    """A compiled Kubeflow pipeline (IR YAML) is not a Kubernetes object; tests/pipeline/test_kubeflow.py checks it."""
+    """A compiled Kubeflow pipeline (IR YAML) is not a Kubernetes object; tests/pipeline/deploy/test_kubeflow.py checks it."""
     return isinstance(doc, dict) and ("pipelineInfo" in doc or "platforms" in doc) and "kind" not in doc
 
 
@@ -657,7 +657,7 @@ def policy_errors(obj: dict[str, Any], others: list[dict[str, Any]] | None = Non
     if obj.get("kind") == "RayJob" and config_maps is not None:
         out += _entrypoint_config_errors(obj, config_maps)
     if obj.get("kind") == "ConfigMap" and (obj.get("metadata") or {}).get("name") == SETTINGS_CONFIG_MAP:
-        from pipeline.kubeflow import SETTINGS_KEYS  # the keys the Kubeflow steps require
+        from pipeline.deploy.kubeflow import SETTINGS_KEYS  # the keys the Kubeflow steps require
 
         missing = sorted(set(SETTINGS_KEYS) - set(obj.get("data") or {}))
         if missing:
@@ -719,14 +719,14 @@ def _referenced_files(kdir: Path) -> set[Path]:
 
 def check_pipeline_is_fresh(path: Path) -> str | None:
     """A compiled Kubeflow pipeline is not a Kubernetes object: it is checked by compiling
-    pipeline/kubeflow.py afresh and comparing the text (all but the kfp version line), so a
+    pipeline/deploy/kubeflow.py afresh and comparing the text (all but the kfp version line), so a
     hand edit (or a stale file) fails."""
     try:
-        from pipeline import kubeflow
+        from pipeline.deploy import kubeflow
     except ImportError as exc:  # kfp is an optional extra
         return f"cannot check: kfp not installed ({exc}); install the kfp extra"
     if not kubeflow.is_fresh_compile(path):
-        return "differs from a fresh compile of pipeline/kubeflow.py; run `make pipeline`"
+        return "differs from a fresh compile of pipeline/deploy/kubeflow.py; run `make pipeline`"
     return None
 
 
@@ -773,7 +773,7 @@ def validate_tree(
             if problem:
                 report.problems.append(Problem(str(path), "Kubeflow pipeline", problem))
             else:
-                report.checked.append(f"{path}: Kubeflow pipeline: equals a fresh compile of pipeline/kubeflow.py")
+                report.checked.append(f"{path}: Kubeflow pipeline: equals a fresh compile of pipeline/deploy/kubeflow.py")
             continue
         for doc in docs:
             problems, note = validate_object(doc, str(path), crds, version)
@@ -784,7 +784,7 @@ def validate_tree(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.manifests", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m pipeline.deploy.manifests", description=__doc__.split("\n\n")[0])
     parser.add_argument("paths", nargs="*", default=["k8s"], help="folders or files (default k8s/)")
     parser.add_argument("--schemas", help=f"KubeRay CRD folder (default ${SCHEMAS_ENV} or ../shared/schemas/kuberay)")
     parser.add_argument("--kubernetes-version", default=KUBERNETES_VERSION)

@@ -15,10 +15,10 @@ import pytest
 import yaml
 
 from clear_core.errors import ConfigError
-from pipeline import manifests, rayjob
-from pipeline.rayjob import RayJobFailed, RayJobStatus, wait_for_rayjob
+from pipeline.deploy import manifests, rayjob
+from pipeline.deploy.rayjob import RayJobFailed, RayJobStatus, wait_for_rayjob
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def schema_dir() -> Path:

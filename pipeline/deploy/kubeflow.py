@@ -5,7 +5,7 @@
 Each step runs the same ``clearrec`` CLI as a laptop does, in the project's images. Steps hand
 data to each other through the ReadWriteMany volume ``clearrec-data`` mounted at ``/data`` (the
 Ray pods mount it too): ``/data/runs/<pipeline job id>/{features,dataset}``. The sweep step does
-not train: ``python -m pipeline.rayjob submit`` creates a RayJob through the Kubernetes API and
+not train: ``python -m pipeline.deploy.rayjob submit`` creates a RayJob through the Kubernetes API and
 waits on its ``status.jobStatus``, so the step fails exactly when the Ray job fails. Its results
 go to ``<results_uri>/<pipeline job id>`` on S3, where a retried RayJob resumes.
 
@@ -16,7 +16,7 @@ Volumes, Secrets and tolerations are written as the Kubernetes platform config t
 ``kfp-kubernetes`` would produce (``task.platform_config``), because that package is not
 installable next to ``kfp`` here; the format is the one KFP's backend reads.
 
-``python -m pipeline.kubeflow [OUT]`` (``make pipeline``) compiles to ``k8s/kubeflow/pipeline.yaml``;
+``python -m pipeline.deploy.kubeflow [OUT]`` (``make pipeline``) compiles to ``k8s/kubeflow/pipeline.yaml``;
 a test fails when the committed file differs from a fresh compile (in anything but the compiling
 kfp's version, which a fresh machine may resolve to another patch release). Images and step
 resources come from ``configs/kubeflow.yaml``.
@@ -35,7 +35,7 @@ from typing import Any
 from clear_core.config import config_dir, load_yaml, validate_fields
 
 PIPELINE_NAME = "clearrec-sweep"
-DEFAULT_OUTPUT = Path(__file__).resolve().parents[1] / "k8s" / "kubeflow" / "pipeline.yaml"
+DEFAULT_OUTPUT = Path(__file__).resolve().parents[2] / "k8s" / "kubeflow" / "pipeline.yaml"
 SETTINGS_SCHEMA = {
     "images": dict,
     "accelerator": str,
@@ -136,7 +136,7 @@ def build_pipeline(settings: dict[str, Any]):
         """Create the sweep RayJob and wait until its status.jobStatus is SUCCEEDED or FAILED."""
         return dsl.ContainerSpec(
             image=images["launcher"],
-            command=["python", "-m", "pipeline.rayjob", "submit"],
+            command=["python", "-m", "pipeline.deploy.rayjob", "submit"],
             args=["--cpu-image", images["cpu"], "--gpu-image", images["cuda"],
                   "--config", sweep_config, "--dataset-path", f"{mount}/runs/{run_id}/dataset",
                   "--results", f"{results_uri}/{run_id}", "--run-id", run_id],
@@ -148,7 +148,7 @@ def build_pipeline(settings: dict[str, Any]):
         return dsl.ContainerSpec(
             image=images["cuda"],
             command=["sh", "-c",
-                     'python -m pipeline.rayjob write-config --config "$0" --dataset-path "$1" '
+                     'python -m pipeline.deploy.rayjob write-config --config "$0" --dataset-path "$1" '
                      '--results "$2" --out /tmp/sweep.yaml && exec clearrec evaluate --config /tmp/sweep.yaml'],
             args=[sweep_config, f"{mount}/runs/{run_id}/dataset", f"{results_uri}/{run_id}"],
         )
@@ -228,7 +228,7 @@ def is_fresh_compile(path: str | Path) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.kubeflow", description="compile the clearrec Kubeflow pipeline")
+    parser = argparse.ArgumentParser(prog="python -m pipeline.deploy.kubeflow", description="compile the clearrec Kubeflow pipeline")
     parser.add_argument("out", nargs="?", default=str(DEFAULT_OUTPUT))
     for image in IMAGES:
         parser.add_argument(f"--{image}-image", help=f"override images.{image} of configs/kubeflow.yaml")

@@ -13,9 +13,9 @@ sweep from its S3 storage there.
 
 Command line (the Kubeflow sweep step and ``make sweep-k8s``)::
 
-    python -m pipeline.rayjob submit --cpu-image IMG --gpu-image IMG --config FILE \
+    python -m pipeline.deploy.rayjob submit --cpu-image IMG --gpu-image IMG --config FILE \
         [--dataset-path DIR] [--results URI] [--run-id ID | --name N] [--namespace NS] [--timeout S]
-    python -m pipeline.rayjob write-config --config FILE [--dataset-path DIR] [--results URI] --out FILE
+    python -m pipeline.deploy.rayjob write-config --config FILE [--dataset-path DIR] [--results URI] --out FILE
 
 The Kubernetes client (``kubernetes``, in the ``kfp`` extra) is imported only by ``submit``.
 """
@@ -92,7 +92,7 @@ def default_template_path() -> Path:
     image_copy = Path("/app/k8s/rayjob-sweep.yaml")
     if image_copy.exists():
         return image_copy
-    return Path(__file__).resolve().parents[1] / "k8s" / "base" / "rayjob-sweep.yaml"
+    return Path(__file__).resolve().parents[2] / "k8s" / "base" / "rayjob-sweep.yaml"
 
 
 def load_template(path: str | Path | None = None) -> dict[str, Any]:
@@ -318,7 +318,7 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.rayjob", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m pipeline.deploy.rayjob", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     submit = sub.add_parser("submit", help="create the sweep RayJob and wait on status.jobStatus")
     _add_config_args(submit)
@@ -385,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
             return run_submit(args)
         return run_write_config(args)
     except ClearrecError as exc:
-        print(f"pipeline.rayjob {args.command}: error: {exc}", file=sys.stderr)
+        print(f"pipeline.deploy.rayjob {args.command}: error: {exc}", file=sys.stderr)
         return 2
 
 

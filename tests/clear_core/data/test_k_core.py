@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clear_core.data.five_core import k_core, k_core_mask, read_id_map, reindex, write_id_maps
+from clear_core.data.k_core import filter_k_core, k_core_mask, read_id_map, reindex, write_id_maps
 
 
 def _naive_k_core(pairs, k):
@@ -63,7 +63,7 @@ def test_reindex_gives_contiguous_ids_and_maps_back():
 def test_k_core_then_reindex_with_string_ids(tmp_path):
     raw_u = np.array(["u1"] * 3 + ["u2"] * 3 + ["u3"])
     raw_i = np.array(["a", "b", "c", "a", "b", "c", "a"])
-    mask, kept = k_core(raw_u, raw_i, 2)
+    mask, kept = filter_k_core(raw_u, raw_i, 2)
     assert mask.tolist() == [True] * 6 + [False]
     assert kept.user_ids.tolist() == ["u1", "u2"]
     names = write_id_maps(tmp_path, kept.user_ids, kept.item_ids)

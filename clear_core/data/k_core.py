@@ -62,7 +62,7 @@ def reindex(raw_users: np.ndarray, raw_items: np.ndarray) -> Reindexed:
     return Reindexed(user.astype(np.int64).ravel(), item.astype(np.int64).ravel(), user_ids, item_ids)
 
 
-def k_core(raw_users, raw_items, k: int = 5) -> tuple[np.ndarray, Reindexed]:
+def filter_k_core(raw_users, raw_items, k: int = 5) -> tuple[np.ndarray, Reindexed]:
     """Filter to the ``k``-core, then re-index what remains. Returns (row mask, reindexed)."""
     u = reindex(raw_users, raw_items)
     mask = k_core_mask(u.user, u.item, k)

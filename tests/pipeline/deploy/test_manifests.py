@@ -13,8 +13,8 @@ import yaml
 from pins_support import constraint_pins
 
 from clear_core.errors import ConfigError
-from pipeline import manifests
-from pipeline.manifests import (
+from pipeline.deploy import manifests
+from pipeline.deploy.manifests import (
     CrdSchemas,
     render_kustomization,
     strict_schema,
@@ -23,7 +23,7 @@ from pipeline.manifests import (
     validate_tree,
 )
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 K8S = REPO / "k8s"
 OVERLAYS = [K8S / "base", K8S / "overlays" / "dev", K8S / "overlays" / "prod"]
 

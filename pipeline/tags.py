@@ -1,0 +1,51 @@
+"""The MLflow tag names clearrec writes, in one place.
+
+Tags under ``clearrec.`` are ours; ``mlflow.*`` tags are MLflow's own (run name, parent run,
+source commit) and ``optuna.*`` / ``ray.*`` say where the study and the cluster of a sweep are.
+Searches in the MLflow UI and in :meth:`pipeline.tracking.Tracker.find_run` use these names, so a
+rename here is a change of the tracking schema.
+"""
+
+from __future__ import annotations
+
+# What a run is and which sweep or trial it belongs to.
+ROLE = "clearrec.role"  # "sweep", "trial" or "evaluate"
+SWEEP_ID = "clearrec.sweep_id"
+TRIAL_ID = "clearrec.trial_id"
+MODEL = "clearrec.model"
+SEED = "clearrec.seed"
+
+# Provenance: the code, the data and the checkpoint a run used.
+GIT_COMMIT = "clearrec.git_commit"
+DATASET = "clearrec.dataset"
+DATASET_FINGERPRINT = "clearrec.dataset_fingerprint"
+CHECKPOINT = "clearrec.checkpoint"
+CHECKPOINT_SHA256 = "clearrec.checkpoint_sha256"
+
+# A sweep's parent run: where its parts live and how it ended.
+TRACKING_URI = "clearrec.tracking_uri"
+STORAGE_PATH = "clearrec.storage_path"
+BEST_TRIAL = "clearrec.best_trial"
+TRIALS_PREFIX = "clearrec.trials_"  # + complete / pruned / fail: how many trials ended so
+
+# A trial's child run.
+RETRIES = "clearrec.retries"
+OUTCOME = "clearrec.outcome"  # FINISHED, PRUNED or FAILED
+RAY_HOSTNAME = "clearrec.ray_hostname"  # the host its last result came from
+RAY_HOSTNAMES = "clearrec.ray_hostnames"  # every host it ran on, in order (a retry may move it)
+RAY_NODE_ID = "clearrec.ray_node_id"
+
+# The reproducibility check's run (``clearrec.repro=true``, with .status, .device, .reason).
+REPRO = "clearrec.repro"
+
+# Other tools' namespaces.
+MLFLOW_PARENT_RUN = "mlflow.parentRunId"
+MLFLOW_SOURCE_COMMIT = "mlflow.source.git.commit"
+OPTUNA_STORAGE = "optuna.storage"
+OPTUNA_STUDY_NAME = "optuna.study_name"
+RAY_ADDRESS = "ray.address"
+
+
+def trials_count_tag(status: str) -> str:
+    """The parent run's tag counting the trials that ended with ``status`` (COMPLETE, PRUNED, FAIL)."""
+    return f"{TRIALS_PREFIX}{status.lower()}"
