@@ -102,9 +102,9 @@ sweep-cluster: cluster-up ## the sweep as a Ray job on the local cluster: make s
 cluster-down: setup ## remove the cluster's containers; MLflow runs and studies stay in the volume (PURGE=1 removes them)
 	$(CLUSTER) down $(if $(PURGE),--purge)
 
-test-cluster: setup images ## the cluster suite: builds the images, starts the cluster, kills a worker and MLflow mid-sweep
-	docker/engine.sh up
-	$(BIN)/pytest -m cluster -q -p no:cacheprovider tests/pipeline/deploy
+test-cluster: setup ## the cluster suite: builds the images it needs, starts the cluster, kills a worker and MLflow mid-sweep
+	IMAGE_REPO=$(IMAGE_REPO) IMAGE_TAG=$(IMAGE_TAG) $(if $(PYTHON_IMAGE),PYTHON_IMAGE=$(PYTHON_IMAGE)) docker/images.sh base cpu postgres s3
+	$(BIN)/pytest -m cluster -q tests/pipeline/deploy
 
 k8s-validate: setup ## validate k8s/ offline: strict core kinds, KubeRay CRD schemas, pod templates
 	$(BIN)/python -m pipeline.deploy.manifests k8s
