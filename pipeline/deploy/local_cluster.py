@@ -300,14 +300,20 @@ def http_ok(url: str, headers: Mapping[str, str] | None = None, timeout: float =
 
 def wait_for(what: str, ready: Callable[[], bool], timeout_s: float, logs_of: str | None = None) -> None:
     deadline = time.monotonic() + timeout_s
+    problem = f"not ready after {timeout_s:.0f}s"
     while time.monotonic() < deadline:
         if ready():
             return
-        if logs_of and container_state(logs_of) not in ("running", "created", "restarting"):
+        state = container_state(logs_of) if logs_of else None
+        if logs_of and state not in ("running", "created", "restarting"):
+            problem = f"stopped (container {state or 'gone'})"
             break
         time.sleep(1.0)
-    tail = docker("logs", "--tail", "30", logs_of, check=False) if logs_of else ""
-    raise ClusterError(f"{what} not ready after {timeout_s:.0f}s" + (f"; last log lines of {logs_of}:\n{tail}" if tail else ""))
+    tail = ""
+    if logs_of:
+        done = subprocess.run(["docker", "logs", "--tail", "30", logs_of], capture_output=True, text=True, timeout=60)
+        tail = (done.stdout + done.stderr).strip()
+    raise ClusterError(f"{what} {problem}" + (f"; last log lines of {logs_of}:\n{tail}" if tail else ""))
 
 
 def postgres_ready() -> bool:
