@@ -49,6 +49,7 @@ sweep: setup ## the main job: extract -> filter/split -> Tune+Optuna sweep -> fi
 
 UI_PORT ?= 5000
 ui: setup ## the MLflow UI over the default tracking store (a tracking server has its own UI)
+	@$(BIN)/python -m pipeline.mlflow_logging || true
 	@uri=$$($(BIN)/python -c 'from pipeline.tracking import resolve_tracking_uri; print(resolve_tracking_uri())'); \
 	if [[ "$$uri" == http* ]]; then echo "MLflow UI: $$uri"; \
 	else $(BIN)/mlflow ui --backend-store-uri "$$uri" --host 127.0.0.1 --port $(UI_PORT); fi

@@ -6,6 +6,7 @@ and a failed write leaves nothing behind. Every module that writes a result goes
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -13,24 +14,55 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+from clear_core.errors import DiskFullError
+
+# Out of space: the device is full, or the user's quota is.
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full_cause(exc: BaseException) -> OSError | None:
+    """The ENOSPC/EDQUOT ``OSError`` behind ``exc``, if any.
+
+    Writers that wrap the OS error hide it: ``torch.save`` into a file handle raises
+    ``RuntimeError: [enforce fail at inline_container.cc...]`` with the real cause only as the
+    exception's context. So the whole cause/context chain is searched.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in _FULL:
+            return current
+        current = current.__cause__ or current.__context__
+    return None
+
 
 def write_atomic(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
     """Call ``write(handle)`` on a binary temporary file beside ``path``, then rename it there.
 
     The temporary file is unique (concurrent writers of the same target never share it) and
-    hidden (``.<name>.<random>.tmp``); it is removed if ``write`` raises.
+    hidden (``.<name>.<random>.tmp``); it is removed if ``write`` raises. Running out of space
+    (at the write, the flush, the fsync or the rename) is raised as one
+    :class:`~clear_core.errors.DiskFullError` naming ``path``, whatever the writer wrapped it in.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        if disk_full_cause(exc) is not None:
+            raise DiskFullError(path) from None
+        raise
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if disk_full_cause(exc) is not None:
+            raise DiskFullError(path) from None
         raise
     return path
 

@@ -130,6 +130,13 @@ def load_trained_model(
     path = find(checkpoint)
     if model is None:
         signature = saved_signature(path)
+        trained_on = signature.get("dataset")
+        if trained_on and trained_on not in (dataset.fingerprint, dataset.name):
+            raise ConfigError(
+                f"checkpoint {path}: trained on another dataset (fingerprint {str(trained_on)[:12]}...), "
+                f"not {dataset.name!r} (fingerprint {(dataset.fingerprint or '')[:12]}...); pass the "
+                "dataset folder the model was trained on"
+            )
         model, model_params = signature["model"], signature["model_params"]
     net = build_model(model, dataset, dict(model_params or {})).to(device)
     state = read(path, device)

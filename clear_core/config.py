@@ -8,6 +8,7 @@ single :class:`~clear_core.errors.ConfigError` lists every bad field at once.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -66,8 +67,18 @@ def load_defaults(kind: str, name: str) -> dict[str, Any]:
     return load_yaml(path)
 
 
+# A number as people write it. YAML 1.1 (PyYAML) reads a float only with a dot and a signed
+# exponent, so `1e-4`, `1E-3` and `5e3` would stay strings and be refused as "expected float".
+_NUMBER = re.compile(r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?$")
+
+
 def parse_value(text: str) -> Any:
-    """Parse a ``--set key=value`` right-hand side with YAML scalar rules (1e-3, true, [1,2])."""
+    """Parse a ``--set key=value`` right-hand side with YAML scalar rules (true, [1,2], null),
+    reading numbers as users write them: ``1e-4``, ``1E-3``, ``.5``, ``5e3``."""
+    stripped = text.strip()
+    if _NUMBER.match(stripped):
+        # int() for plain integers: float() would turn 12345678901234567891 into 1.2e19.
+        return int(stripped) if stripped.lstrip("+-").isdigit() else float(stripped)
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError:

@@ -21,6 +21,7 @@ from torch.nn import functional as F
 
 from clear_core.data.dataset import Dataset
 from clear_core.errors import ConfigError
+from clear_core.param_rules import rank_problem
 from clear_core.projection import cross_covariance, singular_decomposition, soft_project
 
 
@@ -63,8 +64,9 @@ def covariance_spectrum(
     a = a.detach().double()
     b = b.detach().double()
     k_max = min(a.shape[1], b.shape[1])
-    if not 1 <= redundancy_rank <= k_max:
-        raise ConfigError(f"redundancy_rank: expected 1..{k_max} for these features, got {redundancy_rank}")
+    detail = f"feature sizes {a.shape[1]} and {b.shape[1]}"
+    if (problem := rank_problem(redundancy_rank, k_max, "min(d_a, d_b)", detail)):
+        raise ConfigError(problem)
     u, s, w = singular_decomposition(cross_covariance(a, b))
     if bases is None:
         u_k, w_k = u[:, :redundancy_rank], w[:, :redundancy_rank]

@@ -76,6 +76,21 @@ def normalized_adjacency(
     return user_item_adjacency(pairs[:, 0], pairs[:, 1], n_users, n_items, dtype=dtype)
 
 
+def user_item_matrix(
+    users: torch.Tensor, items: torch.Tensor, n_users: int, n_items: int, values: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``n_users x n_items`` matrix with ``values`` on the edges ``(users[e], items[e])``
+    (duplicates summed) and its transpose, both CSR, for
+    :func:`~clear_core.item_graph.propagate_with_transpose`: with ``values = edge_weights(...)``
+    it is the user-item block of the symmetric-normalised graph (MGCN's ``R``); with ones, the
+    raw interaction matrix (LGMRec's ``adj``)."""
+    with quiet_sparse_notices():
+        coo = torch.sparse_coo_tensor(
+            torch.stack([users, items]), values.float(), (n_users, n_items), check_invariants=False
+        ).coalesce()
+        return coo.to_sparse_csr(), coo.t().coalesce().to_sparse_csr()
+
+
 # --- degree-sensitive edge dropout (FREEDOM, CLEAR) -------------------------------------------
 
 

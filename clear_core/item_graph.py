@@ -54,6 +54,30 @@ def knn_item_graph(features: torch.Tensor, k: int, chunk_size: int = DEFAULT_CHU
         ).coalesce()
 
 
+def similarity_knn_graph(features: torch.Tensor, k: int, chunk_size: int = DEFAULT_CHUNK) -> torch.Tensor:
+    """kNN graph weighted by the cosine similarities themselves (self included), normalised
+    ``D^{-1/2} S D^{-1/2}`` with ``D`` the row sums of the kept similarities: MMRec's
+    ``build_knn_normalized_graph(..., norm_type='sym')`` (MGCN), chunked like :func:`knn_neighbours`.
+    A row whose kept similarities sum to 0 or less gets weight 0 (MMRec masks the inf)."""
+    n = features.shape[0]
+    k = min(k, n)
+    unit = F.normalize(features.float(), dim=1)
+    values = torch.empty(n, k, dtype=torch.float32, device=features.device)
+    cols = torch.empty(n, k, dtype=torch.long, device=features.device)
+    for start in range(0, n, chunk_size):
+        values[start : start + chunk_size], cols[start : start + chunk_size] = torch.topk(
+            unit[start : start + chunk_size] @ unit.T, k, dim=1
+        )
+    rows = torch.arange(n, device=features.device).repeat_interleave(k)
+    values, cols = values.reshape(-1), cols.reshape(-1)
+    deg = torch.zeros(n, device=features.device).index_add_(0, rows, values)
+    inv = torch.where(deg > 0, deg.clamp_min(1e-30).rsqrt(), torch.zeros_like(deg))
+    with quiet_sparse_notices():
+        return torch.sparse_coo_tensor(
+            torch.stack([rows, cols]), inv[rows] * values * inv[cols], (n, n), check_invariants=False
+        ).coalesce()
+
+
 def mixed_item_graph(
     features: Mapping[str, torch.Tensor],
     weights: Mapping[str, float],

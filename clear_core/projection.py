@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from clear_core.errors import ConfigError
+from clear_core.param_rules import range_problems, rank_problem, value_problem
 
 MODES = ("fixed", "dynamic", "none")
 
@@ -102,33 +103,19 @@ def validate_projection(
     dims: tuple[int, int] | None = None,
     source: str = "projection",
 ) -> None:
-    """Raise one ConfigError listing every bad projection setting."""
+    """Raise one ConfigError listing every bad projection setting (rules in
+    :mod:`clear_core.param_rules`; ``dims``: the two feature sizes k is taken from)."""
     problems = []
     if mode not in MODES:
         problems.append(f"projection: expected one of {', '.join(MODES)}, got {mode!r}")
-    if not isinstance(redundancy_rank, int) or isinstance(redundancy_rank, bool) or redundancy_rank < 1:
-        problems.append(f"redundancy_rank (k): expected an integer >= 1, got {redundancy_rank!r}")
-    elif dims is not None and mode != "none" and redundancy_rank > min(dims):
-        problems.append(
-            f"redundancy_rank (k): expected <= min(d_a, d_b) = {min(dims)} "
-            f"(feature sizes {dims[0]} and {dims[1]}), got {redundancy_rank}"
-        )
-    if (
-        not isinstance(projection_strength, (int, float))
-        or isinstance(projection_strength, bool)
-        or not (0.0 <= float(projection_strength) <= 1.0)
-    ):
-        problems.append(
-            f"projection_strength (lambda): expected a number in [0, 1], got {projection_strength!r}"
-        )
-    if not isinstance(refresh_every, int) or isinstance(refresh_every, bool) or refresh_every < 1:
-        problems.append(f"refresh_every (tau): expected an integer >= 1, got {refresh_every!r}")
-    if (
-        not isinstance(energy_ratio, (int, float))
-        or isinstance(energy_ratio, bool)
-        or not (0.0 < float(energy_ratio) <= 1.0)
-    ):
-        problems.append(f"energy_ratio: expected a number in (0, 1], got {energy_ratio!r}")
+    problems += range_problems({
+        "redundancy_rank": redundancy_rank, "projection_strength": projection_strength,
+        "refresh_every": refresh_every, "energy_ratio": energy_ratio,
+    })
+    if dims is not None and mode != "none" and not value_problem("redundancy_rank", redundancy_rank):
+        detail = f"feature sizes {dims[0]} and {dims[1]}"
+        if (p := rank_problem(redundancy_rank, min(dims), "min(d_a, d_b)", detail)):
+            problems.append(p)
     if problems:
         raise ConfigError(problems, source=source)
 

@@ -237,8 +237,10 @@ def fit(
 
 def adam_optimizer(model: torch.nn.Module, learning_rate: float) -> torch.optim.Adam:
     """Adam, with the fused kernel where the parameters allow it (one pass per parameter
-    instead of several: same maths, deterministic on CPU)."""
-    params = [p for p in model.parameters() if p.requires_grad]
+    instead of several: same maths, deterministic on CPU), over what the model says the trainer
+    trains (:meth:`~clear_core.models.base.Recommender.trained_parameters`)."""
+    trained = getattr(model, "trained_parameters", None)
+    params = trained() if trained is not None else [p for p in model.parameters() if p.requires_grad]
     try:
         return torch.optim.Adam(params, lr=learning_rate, fused=True)
     except (RuntimeError, ValueError):  # e.g. a parameter dtype the fused kernel lacks
@@ -328,7 +330,7 @@ def _fit(
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         for s in range(0, n_train, config.batch_size):
             e = min(s + config.batch_size, n_train)
-            loss = model.loss(users[s:e], pos[s:e], neg[s:e])
+            loss = model.training_loss(users[s:e], pos[s:e], neg[s:e])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

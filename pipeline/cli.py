@@ -29,26 +29,53 @@ def build_parser() -> argparse.ArgumentParser:
         prog="clearrec",
         description="Train, tune and compare CLEAR multimodal recommenders.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging (anywhere on the line)")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in COMMAND_MODULES:
         importlib.import_module(module).register(sub)
+    for command in sub.choices.values():
+        _plain_help(command)
     return parser
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("clearrec")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _plain_help(parser: argparse.ArgumentParser) -> None:
+    """Docstrings use reStructuredText's double backticks; a terminal shows single ones."""
+    if parser.description:
+        parser.description = parser.description.replace("``", "`")
+    for action in parser._actions:
+        if isinstance(action.help, str):
+            action.help = action.help.replace("``", "`")
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _plain_help(child)
+
+
 def main(argv: list[str] | None = None) -> int:
+    from pipeline.console import configure_logging
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # -v means the same before or after the command (argparse takes it before only).
+    verbose = any(a in ("-v", "--verbose") for a in argv)
+    argv = [a for a in argv if a not in ("-v", "--verbose")]
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    args.verbose = verbose
+    configure_logging(verbose)
     try:
         return int(args.func(args) or 0)
     except ClearrecError as exc:
         print(f"clearrec {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
     except KeyboardInterrupt:
         print(f"clearrec {args.command}: interrupted", file=sys.stderr)
         return 130

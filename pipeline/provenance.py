@@ -1,7 +1,7 @@
 """Which code produced a result: the git commit of the checkout.
 
 Its own module, free of Ray and MLflow imports, so that commands which only record
-provenance (``clearrec repro --update --no-tracking``, on a GPU machine without Ray) can use it.
+provenance (``clearrec repro --update --no-track``, on a GPU machine without Ray) can use it.
 """
 
 from __future__ import annotations

@@ -35,11 +35,13 @@ def _short(key: str) -> str:
 
 def results_rows(
     trials: Iterable[Any], *, metric: str = "valid/recall@20", mode: str = "max",
-    metrics: Sequence[str] = TABLE_METRICS,
+    metrics: Sequence[str] = TABLE_METRICS, selected: str | None = None,
 ) -> list[dict[str, Any]]:
     """One row per trial: id, status, each searched parameter, best epoch, epochs run, then
-    valid and test metrics at the best-validation epoch. Complete trials first, best first on
-    ``metric`` (the selection metric, validation); then pruned, then failed ones."""
+    valid metrics at the best-validation epoch and, for the ``selected`` trial only (the one
+    chosen on validation), its test metrics: a test column for every trial would invite
+    selecting on test. Complete trials first, best first on ``metric`` (the selection metric,
+    validation); then pruned, then failed ones."""
     trials = list(trials)
     param_names = sorted({_short(k) for t in trials for k in (field(t, "params") or {})})
     split, _, key = metric.partition("/")
@@ -58,10 +60,12 @@ def results_rows(
         row.update({name: params.get(name) for name in param_names})
         row["best_epoch"] = field(t, "best_epoch")
         row["epochs"] = field(t, "epochs")
-        for s in ("valid", "test"):
-            values = field(t, s) or {}
-            for m in metrics:
-                row[f"{s}/{m}"] = values.get(m)
+        for m in metrics:
+            row[f"valid/{m}"] = (field(t, "valid") or {}).get(m)
+        is_selected = selected is not None and field(t, "trial_id") == selected
+        row["selected"] = "yes" if is_selected else ""
+        for m in metrics:
+            row[f"test/{m}"] = (field(t, "test") or {}).get(m) if is_selected else None
         rows.append(row)
     return rows
 
@@ -107,13 +111,15 @@ def write_results_table(rows: Sequence[Mapping[str, Any]], out_dir: str | Path, 
 def grid_values(
     trials: Iterable[Any], *, x: str = "projection_strength", y: str = "redundancy_rank",
     metric: str = "valid/recall@20",
-) -> tuple[list[Any], list[Any], list[list[float]]]:
-    """The best ``metric`` per (y, x) cell over complete trials (other parameters, such as tau,
-    maximised over); NaN where no complete trial landed. Rows are ``y`` values, columns ``x``.
-    Axes list every value any trial tried, so cells visited only by pruned trials show as empty
-    rather than vanish (a pruned trial's score is under-trained and is not compared)."""
+) -> tuple[list[Any], list[Any], list[list[float]], list[list[str]]]:
+    """The best ``metric`` per (y, x) cell over every trial that reported it, complete or
+    pruned (other parameters, such as tau, maximised over); NaN where no trial reported.
+    Each trial counts with the value it reached (its best-validation epoch before it ended or
+    was stopped). Also, per cell, the status of the trial that gave the value, so that a value
+    of an under-trained (pruned) trial can be marked. Rows are ``y`` values, columns ``x``;
+    axes list every value any trial tried."""
     split, _, key = metric.partition("/")
-    cells: dict[tuple[Any, Any], float] = {}
+    cells: dict[tuple[Any, Any], tuple[float, str]] = {}
     xs_seen, ys_seen = set(), set()
     for t in trials:
         params = {_short(k): v for k, v in (field(t, "params") or {}).items()}
@@ -122,24 +128,27 @@ def grid_values(
         xs_seen.add(params[x])
         ys_seen.add(params[y])
         value = (field(t, split) or {}).get(key)
-        if field(t, "status") != "COMPLETE" or not isinstance(value, (int, float)):
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
             continue
         cell = (params[y], params[x])
-        cells[cell] = max(cells.get(cell, -math.inf), float(value))
+        if cell not in cells or float(value) > cells[cell][0]:
+            cells[cell] = (float(value), str(field(t, "status")))
     if not cells:
-        return [], [], []
+        return [], [], [], []
     xs, ys = sorted(xs_seen), sorted(ys_seen)
-    grid = [[cells.get((yv, xv), math.nan) for xv in xs] for yv in ys]
-    return xs, ys, grid
+    grid = [[cells.get((yv, xv), (math.nan, ""))[0] for xv in xs] for yv in ys]
+    status = [[cells.get((yv, xv), (math.nan, ""))[1] for xv in xs] for yv in ys]
+    return xs, ys, grid, status
 
 
 def plot_heatmap(
     trials: Iterable[Any], out_path: str | Path, *, x: str = "projection_strength", y: str = "redundancy_rank",
     metric: str = "valid/recall@20", title: str | None = None,
 ) -> Path | None:
-    """Figure 4 of the paper: ``metric`` over lambda (x) x k (y), as a PNG. ``None`` when no
-    complete trial searched both parameters (e.g. a baseline sweep)."""
-    xs, ys, grid = grid_values(trials, x=x, y=y, metric=metric)
+    """Figure 4 of the paper: ``metric`` over lambda (x) x k (y), as a PNG, every trial at the
+    value it reached; a cell whose value comes from a pruned trial is hatched and marked "P".
+    ``None`` when no trial searched both parameters (e.g. a baseline sweep)."""
+    xs, ys, grid, status = grid_values(trials, x=x, y=y, metric=metric)
     if not xs or not ys:
         return None
     import matplotlib
@@ -147,6 +156,7 @@ def plot_heatmap(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.patches import Rectangle
 
     data = np.array(grid, dtype=float)
     fig, ax = plt.subplots(figsize=(1.2 * len(xs) + 2.5, 0.8 * len(ys) + 1.8))
@@ -157,10 +167,16 @@ def plot_heatmap(
     ax.set_ylabel(f"{y} (k)" if y == "redundancy_rank" else y)
     for i in range(len(ys)):
         for j in range(len(xs)):
-            if math.isfinite(data[i, j]):
-                ax.text(j, i, f"{data[i, j]:.4f}", ha="center", va="center", color="white", fontsize=8)
+            if not math.isfinite(data[i, j]):
+                continue
+            pruned = status[i][j] == "PRUNED"
+            if pruned:
+                ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="//", edgecolor="white",
+                                       linewidth=0))
+            ax.text(j, i, f"{data[i, j]:.4f}" + (" P" if pruned else ""), ha="center", va="center",
+                    color="white", fontsize=8)
     fig.colorbar(image, ax=ax, label=metric)
-    ax.set_title(title or f"{metric}, complete trials (empty: none or pruned only)", fontsize=9)
+    ax.set_title(title or f"{metric}, best trial per cell (P, hatched: pruned, value when stopped)", fontsize=9)
     fig.tight_layout()
     try:
         return write_atomic(out_path, lambda fh: fig.savefig(fh, format="png", dpi=120))
@@ -171,6 +187,23 @@ def plot_heatmap(
 def _metrics_line(values: Mapping[str, Any] | None, keys: Sequence[str] = ("recall@20", "ndcg@20")) -> str:
     values = values or {}
     return ", ".join(f"{k} {values[k]:.4f}" for k in keys if isinstance(values.get(k), (int, float))) or "n/a"
+
+
+def coverage_lines(grid: Mapping[str, Any] | None, duplicate_proposals: int = 0) -> list[str]:
+    """How much of its search a sweep covered: a grid's points run and skipped (each named), and
+    proposals of an already-run point that were not run again."""
+    lines = []
+    if grid:
+        size, ran, skipped = grid["size"], grid["ran"], grid.get("skipped") or []
+        if not skipped:
+            lines.append(f"Grid: all {size} points ran, each once")
+        else:
+            names = "; ".join(" ".join(f"{_short(k)}={v}" for k, v in point.items()) for point in skipped)
+            lines.append(f"Grid: {ran} of {size} points ran; {len(skipped)} skipped by the num_samples cap: {names}")
+    if duplicate_proposals:
+        lines.append(f"  {duplicate_proposals} proposal(s) of an already-run point were not run again "
+                     "(their known result was told to Optuna)")
+    return lines
 
 
 def closing_summary(
@@ -188,6 +221,10 @@ def closing_summary(
     study_name: str,
     outputs: str,
     resumed: bool = False,
+    grid: Mapping[str, Any] | None = None,
+    duplicate_proposals: int = 0,
+    ui_link: str | None = None,
+    trial_name: str | None = None,
 ) -> str:
     """The text the CLI prints when a sweep ends: best configuration, its valid and test
     metrics, where to look in MLflow and how to open it."""
@@ -195,8 +232,10 @@ def closing_summary(
     lines = [
         f"Sweep of {model} on {dataset} {'(resumed) ' if resumed else ''}finished: "
         + ", ".join(f"{n} {counts.get(n, 0)}" for n in ("COMPLETE", "PRUNED", "FAIL")),
+        *coverage_lines(grid, duplicate_proposals),
         "Best configuration (selected on validation): "
         + (" ".join(f"{_short(k)}={v}" for k, v in sorted(params.items())) or "(defaults)"),
+        *([f"  trial {trial_name}"] if trial_name else []),
         f"  best epoch {field(best, 'best_epoch')} of {field(best, 'epochs')}",
         f"  valid: {_metrics_line(field(best, 'valid'))}",
         f"  test:  {_metrics_line(field(best, 'test'))} (at the best-validation epoch)",
@@ -205,7 +244,8 @@ def closing_summary(
         lines.append(f"  final test evaluation of the best checkpoint: {_metrics_line(final_test)}")
     lines += [
         f"MLflow: experiment {experiment!r} (id {experiment_id}), parent run {parent_run_id}",
-        f"  tracking {tracking_uri}; open the UI with `make ui` (http://127.0.0.1:5000)",
+        f"  tracking {tracking_uri}; open the UI with `make ui`, then the sweep's runs at",
+        f"  {ui_link or 'http://127.0.0.1:5000'}",
         f"Optuna study {study_name!r} in {study_storage}",
         f"Outputs: {outputs}",
     ]

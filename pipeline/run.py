@@ -52,6 +52,7 @@ class SweepPlan:
     tracker: Tracker
     common_tags: Mapping[str, Any]
     progress: bool
+    register_model: str | None = None
 
 
 def run_pipeline(
@@ -63,6 +64,7 @@ def run_pipeline(
     progress: bool = True,
     as_tasks: bool = True,
     on_stage: Callable[[dict[str, Any]], None] | None = None,
+    register_model: str | None = None,
 ) -> dict[str, Any]:
     """dataset stages -> sweep (Tune + Optuna, tracked in MLflow) -> final evaluation -> reports.
 
@@ -70,15 +72,17 @@ def run_pipeline(
     Returns the sweep stage's summary: best trial, counts, final evaluation, MLflow ids, output
     paths and the closing summary text. A finished sweep with the same inputs and its MLflow
     parent run still present is reused without starting a trial. Ray is started (or joined at
-    ``RAY_ADDRESS``) for the dataset stages when ``as_tasks``, else only when the sweep runs.
+    ``RAY_ADDRESS``) before the dataset stages, so that the trials' resources are checked first.
     """
     from clear_core.data.loading import load_dataset
-    from pipeline import reporting, tracking
+    from pipeline import mlflow_logging, reporting, tracking
+    from pipeline.locks import SweepLock, ensure_tracking_store
     from pipeline.optuna_search import rdb_storage
     from pipeline.ray_runtime import join_or_start_ray, probe_ray_address
     from pipeline.storage import check_reachable, resolve_storage
-    from pipeline.sweep import sweep_id_for
+    from pipeline.sweep import check_trial_resources, sweep_id_for
 
+    check_trial_resources(config)  # a local Ray's limits are known before anything starts
     pcfg = tracking.load_pipeline_config()
     uri = tracking.resolve_tracking_uri(tracking_uri, pcfg)
     # Everything remote is probed before any stage: an unreachable server or bucket is reported
@@ -89,19 +93,25 @@ def run_pipeline(
     study = (study_storage or config.study.storage
              or tracking.default_study_storage(uri, pcfg["study_storage"]))
     rdb_storage(study)
+    ensure_tracking_store(uri)
     probe_ray_address(os.environ.get("RAY_ADDRESS"))
 
-    ray_started = join_or_start_ray() if as_tasks else False
+    # Ray is needed now even for in-process stages: the trials' resources are checked first.
+    ray_started = join_or_start_ray()
+    sweep_lock = None
     try:
+        check_trial_resources(config)
         dataset_path = dataset_stages(config, runs_dir, as_tasks=as_tasks, on_stage=on_stage)
         dataset = load_dataset(dataset_path)
         sweep_id = sweep_id_for(config, dataset)
+        # Held from before the MLflow parent run opens until the end (pipeline.locks).
+        sweep_lock = SweepLock(study, sweep_id, describe=f"clearrec sweep {config.source}").acquire()
         experiment = config.tracking.experiment or tracking.experiment_name(dataset.name, pcfg)
         tracker = tracking.Tracker(uri, experiment, artifact_root=pcfg["artifact_root"])
         plan = SweepPlan(
             config=config, dataset_path=dataset_path, dataset=dataset, sweep_id=sweep_id, study_storage=study,
             tracking_uri=uri, tracker=tracker, common_tags=common_run_tags(config, dataset, sweep_id),
-            progress=progress,
+            progress=progress, register_model=register_model,
         )
         sweep_out = run_stage(
             "sweep", runs_dir,
@@ -111,6 +121,8 @@ def run_pipeline(
             still_valid=partial(parent_run_alive, tracker, sweep_id),
         )
     finally:
+        if sweep_lock is not None:
+            sweep_lock.release()
         if ray_started:
             import ray
 
@@ -118,12 +130,21 @@ def run_pipeline(
     info = dict(sweep_out.info)
     info.update(reused=sweep_out.reused, outputs=sweep_out.path, dataset_path=dataset_path,
                 experiment=experiment, experiment_id=tracker.experiment_id, tracking_uri=uri)
+    view = mlflow_logging.share_runs_view(
+        tracker.client, tracker.experiment_id, parent_run_id=info["parent_run_id"],
+        param_columns=[f"{spec.target}.{spec.param}" for spec in config.search.values()])
+    link = mlflow_logging.ui_link(uri, tracker.experiment_id, view)
+    info["ui_link"] = link
     info["summary"] = reporting.closing_summary(
         model=config.model, dataset=dataset.name, best=info["best"], final_test=info["final"].get("test"),
         counts=info["counts"], experiment=experiment, experiment_id=tracker.experiment_id,
         parent_run_id=info["parent_run_id"], tracking_uri=uri, study_storage=info["study_storage"],
         study_name=info["study_name"], outputs=sweep_out.path, resumed=info.get("resumed", False),
+        grid=info.get("grid"), duplicate_proposals=info.get("duplicate_proposals", 0),
+        ui_link=link, trial_name=info.get("best_trial_name"),
     ) + ("\n(reused: inputs unchanged since the last run)" if sweep_out.reused else "")
+    if not sweep_out.reused:
+        mlflow_logging.set_description(tracker.client, info["parent_run_id"], info["summary"])
     return info
 
 
@@ -164,6 +185,8 @@ def sweep_stage(work: Path, *, plan: SweepPlan) -> dict[str, Any]:
     stage is not recorded as finished."""
     import yaml
 
+    from pipeline import mlflow_logging
+    from pipeline.console import SweepProgress
     from pipeline.ray_runtime import ray_address
     from pipeline.sweep import run_sweep
     from pipeline.trial_tracking import MLflowTrialCallback
@@ -172,33 +195,43 @@ def sweep_stage(work: Path, *, plan: SweepPlan) -> dict[str, Any]:
     resolved = config.to_dict()
     config_file = work / "sweep_config.yaml"
     config_file.write_text(yaml.safe_dump(resolved, sort_keys=False), encoding="utf-8")
-    parent_params = {"sweep": resolved, **resolve_trial(config, {})}
+    # The best trial's configuration is logged when it is known; the search space is an artifact.
+    parent_params = mlflow_logging.sweep_params(config)
+    data_input = mlflow_logging.dataset_input(plan.dataset, plan.dataset_path)
     parent_tags = {**plan.common_tags, tags.OPTUNA_STORAGE: plan.study_storage, tags.RAY_ADDRESS: ray_address(),
                    tags.TRACKING_URI: plan.tracking_uri}
     with tracker.parent_run(f"{config.model} sweep {config.name}", sweep_id=plan.sweep_id,
                             tags=parent_tags, params=parent_params) as parent:
         tracker.log_artifact(parent, config_file)
+        tracker.log_artifact(parent, mlflow_logging.write_search_space(config, work / "search_space.json"))
+        mlflow_logging.log_dataset(tracker.client, parent, data_input)
         callback = MLflowTrialCallback(
             tracker, parent, model=config.model, resolve=partial(resolve_trial, config),
             tags=dict(plan.common_tags), search_keys=list(config.search),
+            dataset_input=data_input, modalities=plan.dataset.modalities,
         )
-        outcome = run_sweep(config, plan.dataset_path, study_storage=plan.study_storage, callbacks=[callback],
-                            progress=plan.progress)
+        # A progress bar (done / pruned / failed, best so far) instead of Tune's status table.
+        bar = [SweepProgress(config.num_samples, config.metric, config.mode)] if plan.progress else []
+        outcome = run_sweep(config, plan.dataset_path, study_storage=plan.study_storage,
+                            callbacks=[callback, *bar], progress=False)
         if callback.interrupted:
             raise KeyboardInterrupt(f"sweep {plan.sweep_id} interrupted")
         tracker.set_tags(parent, {tags.OPTUNA_STUDY_NAME: outcome.study_name,
                                   tags.STORAGE_PATH: outcome.storage_path,
                                   tags.BEST_TRIAL: outcome.best.trial_id})
-        return finish_sweep(config, outcome, plan.dataset_path, work, tracker, parent, plan.tracking_uri)
+        return finish_sweep(config, outcome, plan.dataset_path, work, tracker, parent, plan.tracking_uri,
+                            modalities=plan.dataset.modalities, register_model=plan.register_model)
 
 
 def finish_sweep(config: SweepConfig, outcome: SweepOutcome, dataset_path: str, work: Path, tracker: Tracker,
-                 parent: str, uri: str) -> dict[str, Any]:
+                 parent: str, uri: str, *, modalities: list[str] | None = None,
+                 register_model: str | None = None) -> dict[str, Any]:
     """After the trials: final evaluation of the best checkpoint, tables, figures, artifacts.
 
     Writes ``outcome.json`` into ``work`` and returns what it holds (the sweep stage's summary)."""
-    from pipeline import reporting
+    from pipeline import mlflow_logging, reporting
     from pipeline.checkpoint_evaluation import evaluate_checkpoint, fetch_checkpoint
+    from pipeline.sweep import coverage_report
 
     best = outcome.best
     model_params, train = config.split_params(best.params)
@@ -214,17 +247,21 @@ def finish_sweep(config: SweepConfig, outcome: SweepOutcome, dataset_path: str, 
         final["checkpoint"] = str(ckpt_dir / Path(final["checkpoint"]).name)
         shutil.rmtree(work / "downloaded_checkpoint", ignore_errors=True)
         tracker.log_artifact(parent, ckpt_dir, "best_checkpoint")
-        for split in ("valid", "test"):
-            tracker.log_metrics(parent, {f"final/{split}/{k}": v for k, v in final[split].items()},
-                                step=final["epoch"])
     else:
         log.warning("best trial %s left no checkpoint; no final evaluation", best.trial_id)
     tracker.log_metrics(parent, {f"best/valid/{k}": v for k, v in best.valid.items()}, step=best.best_epoch or 0)
     tracker.log_metrics(parent, {f"best/test/{k}": v for k, v in best.test.items()}, step=best.best_epoch or 0)
+    tracker.log_metrics(parent, {"best/epoch": best.best_epoch or 0}, step=best.best_epoch or 0)
+    record = mlflow_logging.record_sweep_end(
+        tracker, parent, config=config, outcome=outcome, final=final, train=train, work=work,
+        best_params=resolve_trial(config, best.params), modalities=modalities, dataset_path=dataset_path,
+        register_model=register_model,
+    )
 
-    rows = reporting.results_rows(outcome.trials, metric=config.metric, mode=config.mode)
+    rows = reporting.results_rows(outcome.trials, metric=config.metric, mode=config.mode, selected=best.trial_id)
     for path in reporting.write_results_table(rows, work):
         tracker.log_artifact(parent, path)
+    mlflow_logging.log_results_table(tracker.client, parent, rows)
     heatmap = reporting.plot_heatmap(outcome.trials, work / "heatmap_recall_lambda_k.png")
     if heatmap is not None:
         tracker.log_artifact(parent, heatmap)
@@ -251,8 +288,12 @@ def finish_sweep(config: SweepConfig, outcome: SweepOutcome, dataset_path: str, 
         "storage_path": outcome.storage_path,
         "resumed": outcome.resumed,
         "tracking_uri": uri,
+        **record,
     }
+    coverage, coverage_tags = coverage_report(outcome)
+    outcome_json.update(coverage)
     (work / "outcome.json").write_text(json.dumps(outcome_json, indent=2, default=str) + "\n", encoding="utf-8")
     tracker.log_artifact(parent, work / "outcome.json")
-    tracker.set_tags(parent, {tags.trials_count_tag(k): v for k, v in counts.items()})
+    tracker.set_tags(parent, {**{tags.trials_count_tag(k): v for k, v in counts.items()}, **coverage_tags})
+    mlflow_logging.prune_after_sweep(config, outcome)
     return outcome_json

@@ -227,7 +227,10 @@ def extract(
         inputs["images"] = path_fingerprint(images)
 
     def produce(work: Path) -> dict[str, Any]:
-        sidecar = extract_features(meta, images, work / "features", cache_dir=cache_dir, **options)
+        from pipeline.console import ExtractionProgress
+
+        sidecar = extract_features(meta, images, work / "features", cache_dir=cache_dir,
+                                   **{"progress": ExtractionProgress(), **options})
         return {"features": str(work / "features"), "counts": sidecar.get("counts", {}),
                 "device": sidecar.get("device")}
 

@@ -48,12 +48,14 @@ TRAINER_DIR = "trainer"
 PROGRESS_FILE = "progress.json"
 FAULT_MARKER = "fault_injection_crashed_once"
 # Tune deletes a trial's oldest checkpoint the moment a new one is registered, but writes the
-# experiment snapshot (what a resumed run restores from) only later. Keeping three and
-# snapshotting at least every second means a killed driver's last snapshot still names a
-# checkpoint that exists, unless a trial checkpoints three times within about a second (CI
-# hit that with toy data); restore_missing_checkpoints mends that case before a resume.
-KEEP_CHECKPOINTS = 3
+# experiment snapshot (what a resumed run restores from) only later. Keeping a few
+# (storage.keep_checkpoints) and snapshotting at least every second means a killed driver's
+# last snapshot usually still names a checkpoint that exists; restore_missing_checkpoints mends
+# the other case before a resume.
 SNAPSHOT_EVERY_S = "1"
+
+
+CONFIG_ERROR_KEY = "config_error"
 
 
 class SweepFailedError(ClearrecError):
@@ -87,6 +89,11 @@ class SweepOutcome:
     metric: str = ""
     mode: str = "max"
     config: dict[str, Any] = field(default_factory=dict)
+    # A grid sweep: its size and the points no trial ran (a num_samples cap); 0 and [] for TPE.
+    grid_size: int = 0
+    skipped_points: list[dict[str, Any]] = field(default_factory=list)
+    # Proposals of a point already run, told their twin's result instead of running again.
+    duplicate_proposals: int = 0
 
 
 # --- the trial ---------------------------------------------------------------------------------
@@ -211,10 +218,16 @@ def run_trial(trial_config: dict[str, Any], *, dataset: Dataset, sweep: SweepCon
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(work)))
             reported["epoch"] = report.epoch
 
-        result = fit(
-            dataset, sweep.model, model_params, train_config,
-            checkpoint_dir=trainer_dir, on_epoch_end=on_epoch_end,
-        )
+        try:
+            result = fit(
+                dataset, sweep.model, model_params, train_config,
+                checkpoint_dir=trainer_dir, on_epoch_end=on_epoch_end,
+            )
+        except ConfigError as exc:
+            # The same parameters fail the same way every time: tell the driver not to retry
+            # (NoRetryOnConfigError), then fail.
+            tune.report({CONFIG_ERROR_KEY: str(exc), "epoch": reported["epoch"], "finished": False})
+            raise
         if reported["epoch"] == resumed_from and resumed_from and last_metrics is not None:
             # Resumed from the checkpoint of a trial that had already ended (the driver died
             # before it recorded so): say again how it ended, so its last result is truthful.
@@ -249,14 +262,44 @@ def _env(**values: str | None) -> Iterator[None]:
                 os.environ[k] = v
 
 
-def _resources(config: SweepConfig) -> dict[str, float]:
+def _resources(config: SweepConfig, gpus: float | None = None) -> dict[str, float]:
+    """One trial's demand; the GPU share only where there are GPUs (the cluster's, or ``gpus``)."""
     from pipeline.ray_runtime import cluster_gpus
 
     res: dict[str, float] = {"cpu": config.resources.cpu}
-    if config.resources.gpu > 0 and cluster_gpus() > 0:
+    if config.resources.gpu > 0 and (cluster_gpus() if gpus is None else gpus) > 0:
         res["gpu"] = config.resources.gpu
     res.update(config.resources.custom)
     return res
+
+
+def check_trial_resources(config: SweepConfig) -> None:
+    """Before anything starts: can a node of the connected Ray cluster (present, or one an
+    autoscaler may add) ever run one trial? See :func:`pipeline.ray_runtime.ensure_trial_resources`."""
+    import ray
+
+    from pipeline.ray_runtime import ensure_trial_resources, local_offer
+
+    request = _resources(config) if ray.is_initialized() else _resources(config, gpus=local_offer()["GPU"])
+    ensure_trial_resources(request, wait_s=config.resources.scale_up_wait_s)
+
+
+def _no_retry_callback():
+    """A driver-side Tune callback: a trial that reported a configuration error is not retried.
+
+    Tune retries any failed trial ``max_failures`` times; the trial reports the error (the
+    result reaches the driver before the failure does) and this sets the trial's own retry
+    budget to zero, so the failure that follows is final."""
+    from ray.tune import Callback
+
+    class NoRetryOnConfigError(Callback):
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            if result.get(CONFIG_ERROR_KEY):
+                trial.max_failures = 0
+                log.error("trial %s: configuration error, not retried: %s", trial.trial_id,
+                          result[CONFIG_ERROR_KEY].splitlines()[-1].strip())
+
+    return NoRetryOnConfigError()
 
 
 def _reporter(config: SweepConfig):
@@ -343,7 +386,7 @@ def restore_missing_checkpoints(restore_path: str, filesystem) -> list[str]:
     snapshot naming the new one reaches storage only later. A driver killed in between leaves
     a snapshot naming a deleted checkpoint, and Tune then fails that trial on restore ("does not
     exist on storage anymore"). With epochs of well under a second (toy data, or a GPU) the
-    window is hit (see KEEP_CHECKPOINTS). Every checkpoint holds the trial's whole state (the
+    window is hit (see storage.keep_checkpoints). Every checkpoint holds the trial's whole state (the
     trainer's checkpoint and progress.json), and ``run_trial`` resumes from what a checkpoint
     holds, not from its name; a checkpoint newer than the snapshot's loses no epoch.
     """
@@ -416,6 +459,7 @@ def run_sweep(
     from ray import tune
 
     from clear_core.data.loading import load_dataset
+    from pipeline.locks import SweepLock
     from pipeline.optuna_search import PruningAwareOptunaSearch, fail_orphaned_trials, rdb_storage
     from pipeline.ray_runtime import ray_session
     from pipeline.storage import check_reachable, resolve_storage
@@ -433,7 +477,13 @@ def run_sweep(
     # With an explicit filesystem Tune wants "bucket/prefix", not a URI.
     restore_path = storage.filesystem_and_path(sweep_id)[1]
 
-    with ray_session():
+    if config.grid_size and config.num_samples < config.grid_size:
+        log.warning("grid sweep capped by num_samples=%d: %d of its %d points will not run",
+                    config.num_samples, config.grid_size - config.num_samples, config.grid_size)
+
+    # One driver per sweep: a second start is refused, naming the running one (pipeline.locks).
+    with SweepLock(study_storage, sweep_id, describe=f"sweep {config.name}"), ray_session():
+        check_trial_resources(config)
         trainable = tune.with_resources(
             tune.with_parameters(run_trial, dataset=dataset, sweep=config), _resources(config)
         )
@@ -460,13 +510,14 @@ def run_sweep(
                     metric=config.metric,
                     mode=config.mode,
                     reuse_actors=False,
+                    trial_name_creator=_trial_namer(config.model),
                 ),
                 run_config=tune.RunConfig(
                     name=sweep_id,
                     storage_path=storage.path,
                     storage_filesystem=storage.filesystem,
                     failure_config=tune.FailureConfig(max_failures=config.max_failures),
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=config.storage.keep_checkpoints),
                     verbose=1 if progress else 0,
                 ),
             )
@@ -476,13 +527,13 @@ def run_sweep(
         from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
         run_config = tuner._local_tuner.get_run_config()
-        run_config.callbacks = [JsonLoggerCallback(), CSVLoggerCallback(), *(callbacks or [])]
+        run_config.callbacks = [JsonLoggerCallback(), CSVLoggerCallback(), _no_retry_callback(), *(callbacks or [])]
         run_config.progress_reporter = _reporter(config) if progress else None
         run_config.verbose = 1 if progress else 0
         # The old output engine is the one that honours a CLIReporter. TensorBoard files are
         # left out (JSON and CSV results are kept): TensorBoard rejects every '@' metric name.
         # Frequent snapshots keep the resume state in step with the kept checkpoints (see
-        # KEEP_CHECKPOINTS); that is intended, so Tune's warning about them is silenced.
+        # storage.keep_checkpoints); that is intended, so Tune's warning about them is silenced.
         with _env(
             RAY_AIR_NEW_OUTPUT="0" if progress else None,
             TUNE_DISABLE_AUTO_CALLBACK_LOGGERS="1",
@@ -509,7 +560,52 @@ def run_sweep(
         sweep_id=sweep_id, best=best, trials=trials, storage_path=exp_path,
         study_storage=study_storage, study_name=study_name, resumed=resumed,
         metric=config.metric, mode=config.mode, config=config.to_dict(),
+        grid_size=config.grid_size, skipped_points=skipped_grid_points(config, trials),
+        duplicate_proposals=duplicate_proposals(study_storage, study_name),
     )
+
+
+def coverage_report(outcome: SweepOutcome) -> tuple[dict[str, Any], dict[str, str]]:
+    """What a sweep's outputs say about its coverage: fields for ``outcome.json`` (and the closing
+    summary) and tags for the parent run. A grid says its size, how many points ran and which
+    were skipped; every sweep says how many duplicate proposals were not run."""
+    fields: dict[str, Any] = {"duplicate_proposals": outcome.duplicate_proposals}
+    tags = {"clearrec.duplicate_proposals": str(outcome.duplicate_proposals)}
+    if outcome.grid_size:
+        skipped = outcome.skipped_points
+        fields["grid"] = {"size": outcome.grid_size, "ran": outcome.grid_size - len(skipped), "skipped": skipped}
+        tags.update({
+            "clearrec.grid_points": str(outcome.grid_size),
+            "clearrec.grid_skipped": str(len(skipped)),
+            # MLflow tag values hold up to 8000 characters; outcome.json lists them all.
+            "clearrec.grid_skipped_points": json.dumps(skipped)[:7900],
+        })
+    return fields, tags
+
+
+def skipped_grid_points(config: SweepConfig, trials: list[TrialSummary]) -> list[dict[str, Any]]:
+    """The points of a grid sweep that no trial ran (a ``num_samples`` cap), in grid order."""
+    ran = {tuple(t.params.get(n) for n in config.search) for t in trials}
+    return [p for p in config.grid_points() if tuple(p[n] for n in config.search) not in ran]
+
+
+def duplicate_proposals(study_storage: str, study_name: str) -> int:
+    import optuna
+
+    from pipeline.optuna_search import DUPLICATE_OF, rdb_storage
+
+    study = optuna.load_study(study_name=study_name, storage=rdb_storage(study_storage))
+    return sum(1 for t in study.get_trials(deepcopy=False) if DUPLICATE_OF in t.user_attrs)
+
+
+def _trial_namer(model: str):
+    """Ray's name for a trial: the one MLflow and the summary use (``clear k=8 lam=0.9 tau=2 [id]``)."""
+    from pipeline.tracking import trial_name
+
+    def name(trial) -> str:
+        return trial_name(model, dict(trial.config or {}), trial.trial_id)
+
+    return name
 
 
 def _scheduler(config: SweepConfig):

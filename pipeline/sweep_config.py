@@ -15,7 +15,10 @@ so that one sweep file serves CLEAR and its baselines. ``model_params`` or ``sea
 ``overrides`` win over ``per_model``.
 
 ``sampler``: ``tpe`` (Optuna's TPE, seeded) or ``grid`` (every combination of the choice
-values once, in a seeded order; ``num_samples`` at most the grid size).
+values exactly once, in a seeded order). A grid runs all its points: the ``num_samples`` of
+``default.yaml`` (a TPE budget) does not apply to it. A ``num_samples`` written in the sweep file or
+given on the command line caps the grid; the sweep then says, at its start and in its summary and
+parent run, how many points and which ones it skipped (:meth:`SweepConfig.grid_points`).
 
 Search specs (the parameter may be a model parameter or a train-config field; prefix it with
 ``model.`` or ``train.`` only when the name is both):
@@ -76,8 +79,9 @@ SCHEDULER_SCHEMA = {
     "reduction_factor": int,
     "max_t": (int, type(None)),
 }
-RESOURCES_SCHEMA = {"cpu": float, "gpu": float, "custom": (dict, type(None))}
-STORAGE_SCHEMA = {"path": str, "endpoint_url": (str, type(None))}
+RESOURCES_SCHEMA = {"cpu": float, "gpu": float, "custom": (dict, type(None)), "scale_up_wait_s": float}
+STORAGE_SCHEMA = {"path": str, "endpoint_url": (str, type(None)), "keep_checkpoints": int, "keep_after_sweep": str}
+KEEP_AFTER_SWEEP = ("best", "all")
 STUDY_SCHEMA = {"storage": (str, type(None)), "name": (str, type(None))}
 TRACKING_SCHEMA = {"experiment": (str, type(None))}
 FAULT_SCHEMA = {"crash_once_at_epoch": int}
@@ -136,12 +140,18 @@ class ResourcesConfig:
     cpu: float
     gpu: float
     custom: dict[str, float] = field(default_factory=dict)
+    # How long to wait for an autoscaler to add a node that can run a trial.
+    scale_up_wait_s: float = 600.0
 
 
 @dataclass(frozen=True)
 class StorageConfig:
     path: str
     endpoint_url: str | None = None
+    #: Checkpoints each trial keeps while the sweep runs (Tune's num_to_keep).
+    keep_checkpoints: int = 2
+    #: After the sweep: ``best`` keeps only the best trial's checkpoints, ``all`` keeps every trial's.
+    keep_after_sweep: str = "best"
 
 
 @dataclass(frozen=True)
@@ -179,6 +189,19 @@ class SweepConfig:
     tracking: TrackingConfig
     fault_injection: dict[str, Any] | None = None
     source: str = ""
+
+    def grid_points(self) -> list[dict[str, Any]]:
+        """Every point of a ``grid`` sweep, in the order of the search's values (``[]`` for TPE)."""
+        if self.sampler != "grid":
+            return []
+        import itertools
+
+        names = list(self.search)
+        return [dict(zip(names, values, strict=True)) for values in itertools.product(*(self.search[n].values for n in names))]
+
+    @property
+    def grid_size(self) -> int:
+        return math.prod(len(spec.values) for spec in self.search.values()) if self.sampler == "grid" else 0
 
     @property
     def max_epochs(self) -> int:
@@ -223,6 +246,8 @@ class SweepConfig:
         payload = self.to_dict()
         for key in ("storage", "study", "tracking"):
             payload.pop(key)
+        # How long to wait for a node changes nothing the trials compute.
+        payload["resources"].pop("scale_up_wait_s", None)
         # The defaults in configs/models/*.yaml and train.yaml shape the trials as much as the
         # sweep file does: after a default changes, the same command must start a new sweep,
         # not resume (and report) the one computed with the old default.
@@ -276,18 +301,24 @@ def load_sweep_config(path: str | Path | None, overrides: Mapping[str, Any] | No
     """Read a sweep file (``None``: the defaults alone), apply ``overrides``, validate."""
     merged = load_defaults("sweeps", "default")
     source = "configs/sweeps/default.yaml"
+    written: set[str] = set()
     if path is not None:
-        merged = _merge(merged, load_yaml(path))
+        own = load_yaml(path)
+        written = set(own) if isinstance(own, Mapping) else set()
+        merged = _merge(merged, own)
         source = str(path)
     nested = _nest(overrides or {})
     # A model override must not inherit the previous model's parameters and search through
     # the merge; per_model (or the overrides themselves) then says what they are.
     explicit = set(nested)
     merged = _merge(merged, nested)
-    return _build(merged, source=source, explicit=explicit)
+    # A grid's size, not the TPE budget of default.yaml, is how many trials it runs; only a
+    # num_samples the user wrote (sweep file or command line) caps it.
+    grid_cap_given = "num_samples" in written or "num_samples" in explicit
+    return _build(merged, source=source, explicit=explicit, grid_cap_given=grid_cap_given)
 
 
-def _build(raw: dict[str, Any], *, source: str, explicit: set[str]) -> SweepConfig:
+def _build(raw: dict[str, Any], *, source: str, explicit: set[str], grid_cap_given: bool = True) -> SweepConfig:
     raw = dict(raw)
     problems: list[str] = []
     for key in raw:
@@ -358,9 +389,23 @@ def _build(raw: dict[str, Any], *, source: str, explicit: set[str]) -> SweepConf
         max_t = scheduler.get("max_t")
         if max_t is not None and max_t < 1:
             problems.append(f"scheduler.max_t: expected >= 1 or null (= train max_epochs), got {max_t}")
+        # ASHA asserts grace_period <= max_t only once Ray runs it, after the stages, the study
+        # and the MLflow parent exist; both numbers are known now.
+        horizon = max_t if max_t is not None else (train_cfg.max_epochs if train_cfg is not None else None)
+        grace = scheduler.get("grace_period")
+        if (scheduler.get("type") == "asha" and isinstance(horizon, int) and horizon >= 1
+                and isinstance(grace, int) and grace > horizon):
+            where = "scheduler.max_t" if max_t is not None else "train.max_epochs"
+            problems.append(
+                f"scheduler.grace_period: {grace} epochs before ASHA may stop a trial, but trials run at "
+                f"most {horizon} ({where}); lower scheduler.grace_period to <= {horizon} "
+                "(--set scheduler.grace_period=N) or set scheduler.type: none"
+            )
     if resources:
         if resources.get("cpu", 1) <= 0:
             problems.append(f"resources.cpu: expected > 0, got {resources['cpu']}")
+        if resources.get("scale_up_wait_s", 0) < 0:
+            problems.append(f"resources.scale_up_wait_s: expected >= 0, got {resources['scale_up_wait_s']}")
         if resources.get("gpu", 0) < 0:
             problems.append(f"resources.gpu: expected >= 0 (a fraction such as 0.25 shares a GPU), got {resources['gpu']}")
         for key, amount in (resources.get("custom") or {}).items():
@@ -368,6 +413,11 @@ def _build(raw: dict[str, Any], *, source: str, explicit: set[str]) -> SweepConf
                 problems.append(f"resources.custom.{key}: expected a number >= 0, got {amount!r}")
     if storage and not storage.get("path"):
         problems.append("storage.path: expected a local folder or s3://bucket/prefix")
+    if storage and isinstance(storage.get("keep_checkpoints"), int) and storage["keep_checkpoints"] < 1:
+        problems.append(f"storage.keep_checkpoints: expected >= 1, got {storage['keep_checkpoints']}")
+    if storage and storage.get("keep_after_sweep", "best") not in KEEP_AFTER_SWEEP:
+        problems.append(f"storage.keep_after_sweep: expected one of {', '.join(KEEP_AFTER_SWEEP)}, "
+                        f"got {storage['keep_after_sweep']!r}")
     if fault and fault.get("crash_once_at_epoch", 1) < 1:
         problems.append(f"fault_injection.crash_once_at_epoch: expected >= 1, got {fault['crash_once_at_epoch']}")
 
@@ -379,6 +429,8 @@ def _build(raw: dict[str, Any], *, source: str, explicit: set[str]) -> SweepConf
             else:
                 problems += _value_problems(f"model_params.{key}", value, model_schema[key])
     search = _search_specs(top["search"], model, model_schema, problems)
+    if model_schema is not None and not any(p.startswith(("model_params", "search", "train")) for p in problems):
+        problems += search_value_problems(model, top["model_params"], top["train"], search)
     if not top["search"]:
         problems.append(
             f"search: nothing to search for model {model!r}; name at least one parameter "
@@ -396,7 +448,9 @@ def _build(raw: dict[str, Any], *, source: str, explicit: set[str]) -> SweepConf
             )
         else:
             size = math.prod(len(spec.values) for spec in search.values())
-            if top["num_samples"] > size:
+            if not grid_cap_given:
+                top["num_samples"] = size
+            elif top["num_samples"] > size:
                 problems.append(
                     f"num_samples: {top['num_samples']} is more than the {size} points of the grid"
                 )
@@ -420,6 +474,7 @@ def _build(raw: dict[str, Any], *, source: str, explicit: set[str]) -> SweepConf
         resources=ResourcesConfig(
             cpu=resources["cpu"], gpu=resources["gpu"],
             custom={k: float(v) for k, v in (resources.get("custom") or {}).items()},
+            scale_up_wait_s=resources["scale_up_wait_s"],
         ),
         max_failures=top["max_failures"],
         storage=StorageConfig(**storage),
@@ -503,6 +558,67 @@ def _resolve_target(name: str, model: str, model_schema: Mapping[str, Any]) -> t
         f"search.{name}: unknown sweep parameter: not a parameter of model {model!r} "
         f"({', '.join(sorted(model_schema)) or 'none'}) nor a train-config field ({', '.join(sorted(TRAIN_SCHEMA))})"
     )
+
+
+# The projection's settings are checked by the projection's own validator (clear_core.projection).
+PROJECTION_FIELDS = ("projection", "redundancy_rank", "projection_strength", "refresh_every", "energy_ratio")
+
+
+def model_rule_problems(model: str, params: Mapping[str, Any]) -> list[str]:
+    """What the model's own validation says about these parameters (types, then ranges), without
+    the data: :func:`clear_core.models.resolve_params`, then the projection's validator for
+    models that project. No rule is restated here."""
+    from clear_core.models import model_class, resolve_params
+    from clear_core.projection import validate_projection
+
+    try:
+        resolved = resolve_params(model, params)
+    except ConfigError as exc:
+        return list(exc.problems)
+    if all(name in model_class(model).params for name in PROJECTION_FIELDS):
+        try:
+            validate_projection(
+                mode=resolved["projection"], redundancy_rank=resolved["redundancy_rank"],
+                projection_strength=resolved["projection_strength"], refresh_every=resolved["refresh_every"],
+                energy_ratio=resolved["energy_ratio"],
+            )
+        except ConfigError as exc:
+            return list(exc.problems)
+    return []
+
+
+def _train_rule_problems(train: Mapping[str, Any]) -> list[str]:
+    from clear_core.trainer import TrainConfig
+
+    try:
+        TrainConfig.resolve(dict(train))
+    except ConfigError as exc:
+        return list(exc.problems)
+    return []
+
+
+def search_value_problems(
+    model: str, model_params: Mapping[str, Any], train: Mapping[str, Any], search: Mapping[str, SearchSpec]
+) -> list[str]:
+    """Every value a trial can be given, checked by the model's (or trainer's) own rules before
+    anything starts: each value of a choice list (k = 0 among good ones included), both ends of
+    a range. A value that breaks a rule would otherwise fail inside Ray, in every trial that
+    draws it."""
+    base_model = set(model_rule_problems(model, model_params))
+    problems = [f"model_params: {p}" for p in sorted(base_model)]
+    base_train = set(_train_rule_problems(train))
+    for name, spec in search.items():
+        if spec.type == "choice":
+            tried = [(f"search.{name}.values[{i}]", v) for i, v in enumerate(spec.values)]
+        else:
+            tried = [(f"search.{name}.low", spec.low), (f"search.{name}.high", spec.high)]
+        for where, value in tried:
+            if spec.target == "model":
+                found = [p for p in model_rule_problems(model, {**model_params, spec.param: value}) if p not in base_model]
+            else:
+                found = [p for p in _train_rule_problems({**train, spec.param: value}) if p not in base_train]
+            problems += [f"{where} = {value!r}: {p}" for p in found]
+    return problems
 
 
 def _is_number(x: Any) -> bool:

@@ -9,8 +9,8 @@ stop, error and retry, so it alone can give each child run a name, its parameter
 metrics and a truthful terminal status. This module imports neither Ray nor MLflow at import
 time, so the CLI and the tools that only read the tracking settings start fast.
 
-Metric keys: MLflow rejects ``@`` in keys, so ``valid/recall@20`` is logged as
-``valid_recall_at_20`` (``/`` -> ``_``, ``@`` -> ``_at_``; see :func:`mlflow_key`). Each metric is
+Metric keys: one vocabulary for parents and children, grouped by ``/`` (``valid/recall_at_20``,
+``train/loss``, ``best/test/recall_at_20``; see :mod:`pipeline.mlflow_logging`). Each metric is
 logged with ``step = epoch``.
 
 Statuses: FINISHED for a trial that trained to its own end (early stopping or max epochs; its
@@ -22,7 +22,6 @@ FAILED when it raises, KILLED when interrupted; children still RUNNING then are 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 import urllib.error
@@ -35,6 +34,7 @@ from urllib.parse import urlparse
 
 from clear_core.config import config_dir, load_yaml, validate_fields
 from clear_core.errors import ClearrecError
+from pipeline.sqlite_store import sqlite_file_problem
 from pipeline.tags import MLFLOW_PARENT_RUN, ROLE, SWEEP_ID, TRIAL_ID
 
 log = logging.getLogger(__name__)
@@ -146,13 +146,17 @@ def check_reachable(uri: str, timeout_s: float = 10.0) -> None:
     db = sqlite_path(uri)
     if db is not None and not db.resolve().parent.is_dir():
         raise TrackingError(f"MLflow tracking database {uri}: folder {db.resolve().parent} does not exist")
+    if db is not None and (problem := sqlite_file_problem(db)):
+        raise TrackingError(f"MLflow tracking database {uri}: {problem}")
     if parsed.scheme not in ("", "file", "sqlite", "postgresql", "mysql", "databricks"):
         raise TrackingError(f"MLflow tracking URI {uri!r}: unsupported scheme {parsed.scheme!r}")
 
 
 def mlflow_key(name: str) -> str:
-    """``valid/recall@20`` -> ``valid_recall_at_20``: MLflow keys may not contain ``@``."""
-    return name.replace("@", "_at_").replace("/", "_")
+    """``valid/recall@20`` -> ``valid/recall_at_20``: MLflow keys may not contain ``@``."""
+    from pipeline.mlflow_logging import metric_key
+
+    return metric_key(name)
 
 
 def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -189,15 +193,17 @@ def run_name(model: str, params: Mapping[str, Any]) -> str:
     return " ".join([model, *parts])
 
 
+def trial_name(model: str, params: Mapping[str, Any], trial_id: str) -> str:
+    """``clear k=8 lam=0.9 tau=2 [ebc08c61]``: one name for a trial in Ray's table, in MLflow
+    and in the summary (the id tells apart two trials of the same point)."""
+    return f"{run_name(model, params)} [{trial_id}]"
+
+
 def numeric_metrics(values: Mapping[str, Any]) -> dict[str, float]:
     """The finite numbers of a metrics mapping, keys made MLflow-safe."""
-    out = {}
-    for key, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            continue
-        if math.isfinite(float(value)):
-            out[mlflow_key(key)] = float(value)
-    return out
+    from pipeline.mlflow_logging import trial_metrics
+
+    return trial_metrics(values)
 
 
 class Tracker:
@@ -294,6 +300,15 @@ class Tracker:
         items = [Metric(k, v, now, int(step)) for k, v in numeric_metrics(metrics).items()]
         if items:
             self.client.log_batch(run_id, metrics=items)
+
+    def last_logged_step(self, run_id: str) -> int:
+        """The highest step a run has logged metrics at (0: none). Each epoch logs all its keys
+        in one batch, so any one key tells."""
+        metrics = self.client.get_run(run_id).data.metrics
+        if not metrics:
+            return 0
+        history = self.client.get_metric_history(run_id, sorted(metrics)[0])
+        return max((m.step for m in history), default=0)
 
     def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
         path = Path(path)

@@ -9,8 +9,9 @@ from typing import Any
 
 from ray.tune import Callback
 
+from pipeline.mlflow_logging import applicable_params, log_dataset
 from pipeline.tags import OUTCOME, RAY_HOSTNAME, RAY_HOSTNAMES, RAY_NODE_ID, RETRIES, ROLE, TRIAL_ID
-from pipeline.tracking import PARENT_TAG, Tracker, flatten, run_name
+from pipeline.tracking import PARENT_TAG, Tracker, flatten, trial_name
 from pipeline.trial_report import BOOKKEEPING_FIELDS, EPOCH, FINISHED
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,8 @@ class MLflowTrialCallback(Callback):
         tags: Mapping[str, Any] | None = None,
         finished_key: str = FINISHED,
         search_keys: list[str] | None = None,
+        dataset_input: Any | None = None,
+        modalities: list[str] | None = None,
     ) -> None:
         self.tracker = tracker
         self.parent_run_id = parent_run_id
@@ -63,16 +66,20 @@ class MLflowTrialCallback(Callback):
         self.tags = dict(tags or {})
         self.finished_key = finished_key
         self.search_keys = search_keys
+        self.dataset_input = dataset_input
+        self.modalities = modalities
         self.run_ids: dict[str, str] = {}
         self.retries: dict[str, int] = {}
         self.hosts: dict[str, list[str]] = {}
+        self.logged_up_to: dict[str, int] = {}
         self.interrupted = False
 
     # Tune keys that are bookkeeping, not metrics of the model.
     _SKIP = {
         "time_this_iter_s", "time_total_s", "timestamp", "training_iteration", "pid", "time_since_restore",
         "iterations_since_restore", "timesteps_total", "episodes_total", "done",
-        "checkpoint_dir_name", "should_checkpoint", *BOOKKEEPING_FIELDS,
+        "checkpoint_dir_name", "should_checkpoint", "node_id", "resources", "trial_id", "date", "hostname",
+        "node_ip", *BOOKKEEPING_FIELDS,
     }
 
     def _trial_params(self, trial: Any) -> dict[str, Any]:
@@ -90,14 +97,18 @@ class MLflowTrialCallback(Callback):
                 params = {**self.base_params, **flatten(dict(self.resolve(dict(trial.config or {}))))}
             else:
                 params = {**self.base_params, **searched}
+            params = applicable_params(params, self.modalities)
             run_id = self.tracker.start_run(
-                run_name(self.model, searched),
+                trial_name(self.model, searched, trial.trial_id),
                 tags={**self.tags, TRIAL_ID: trial.trial_id, ROLE: "trial", "model": self.model},
                 params=params,
                 parent_run_id=self.parent_run_id,
                 resume_tags={TRIAL_ID: trial.trial_id, PARENT_TAG: self.parent_run_id},
             )
             self.run_ids[trial.trial_id] = run_id
+            # A resumed trial re-reports epochs the killed driver may have logged already.
+            self.logged_up_to[trial.trial_id] = self.tracker.last_logged_step(run_id)
+            log_dataset(self.tracker.client, run_id, self.dataset_input)
         return run_id
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -108,10 +119,13 @@ class MLflowTrialCallback(Callback):
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         run_id = self._run_for(trial)
-        step = result.get(EPOCH, result.get("training_iteration", 0))
+        self._note_node(run_id, trial, result)  # also for a re-reported step: a retry may have moved it
+        step = int(result.get(EPOCH, result.get("training_iteration", 0)))
+        if step <= self.logged_up_to.get(trial.trial_id, 0):
+            return  # logged before a resume: never the same step twice
         metrics = {k: v for k, v in result.items() if k not in self._SKIP and k != "config"}
-        self.tracker.log_metrics(run_id, metrics, step=int(step))
-        self._note_node(run_id, trial, result)
+        self.tracker.log_metrics(run_id, metrics, step=step)
+        self.logged_up_to[trial.trial_id] = step
 
     def _note_node(self, run_id: str, trial: Any, result: Mapping[str, Any]) -> None:
         """Tag the child run with the Ray node its trial reports from (hostname, node id), and

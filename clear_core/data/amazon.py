@@ -53,6 +53,10 @@ def parse_record(text: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError:
         pass
+    except RecursionError:
+        # json's C decoder recurses once per "[" or "{": a line of 100,000 "[" overflows the
+        # stack. Such a line is neither a review nor a literal the fallback could read.
+        raise ValueError(f"nested too deeply to parse ({len(text):,} characters)") from None
     try:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError, MemoryError, RecursionError, TypeError) as exc:

@@ -26,7 +26,12 @@ from clear_core.atomic_io import write_json_atomic
 from clear_core.data.dataset import SPLITS, Dataset
 from clear_core.data.fingerprint import fingerprint_content, fingerprinted, sorted_pairs
 from clear_core.data.k_core import write_id_maps
-from clear_core.data.loading import CANONICAL_INTERACTIONS, FEATURE_SUFFIX, load_feature
+from clear_core.data.loading import (
+    CANONICAL_INTERACTIONS,
+    FEATURE_SUFFIX,
+    load_feature,
+    permission_denied,
+)
 from clear_core.errors import DataError
 
 MANIFEST = "manifest.json"
@@ -161,6 +166,8 @@ def read_canonical(path: str | Path, *, name: str | None = None, verify: bool = 
     inter = folder / CANONICAL_INTERACTIONS
     try:
         table = pq.read_table(inter)
+    except PermissionError:
+        raise permission_denied(inter) from None
     except (OSError, pa.ArrowInvalid) as exc:
         raise DataError(inter, f"not a readable Parquet file ({exc})") from None
     missing = [c for c in ("user", "item", "split") if c not in table.column_names]

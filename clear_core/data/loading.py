@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,11 @@ FEATURE_SUFFIX = "_feat.npy"
 CANONICAL_INTERACTIONS = "interactions.parquet"
 # How many offending lines/rows an error message lists before summarising.
 MAX_LISTED = 10
+INT64_MAX = 2**63 - 1
+# Above this row L2 norm, the squared norms and covariances computed from a float32 feature
+# overflow float32 (sqrt of its largest value, ~1.8e19): unit scaling, cosine kNN and the
+# projection would see inf and zero or NaN the modality.
+MAX_ROW_NORM = float(np.sqrt(np.finfo(np.float32).max))
 
 
 @dataclass(frozen=True)
@@ -74,13 +80,28 @@ def _int_column(path: Path, table: pa.Table, column: str, header: list[str]) -> 
             f"non-negative integer (bad lines: {_listed(int(b) + 2 for b in bad)})",
             line=row + 2,
         )
-    return np.asarray(pc.cast(stripped, pa.int64()).to_numpy(zero_copy_only=False), dtype=np.int64)
+    try:
+        ids = pc.cast(stripped, pa.int64())
+    except pa.ArrowInvalid:
+        # Digits only, yet not an int64: the value overflows. Find it (error path only).
+        big = [i for i, v in enumerate(stripped.to_pylist()) if int(v) > INT64_MAX]
+        if not big:
+            raise
+        raise DataError(
+            path,
+            f"column {column!r} (column {header.index(column) + 1}): id {stripped[big[0]].as_py()} is "
+            f"larger than the largest supported id {INT64_MAX} (2^63 - 1); re-index the ids, e.g. with "
+            f"`clearrec data prepare` (bad lines: {_listed(b + 2 for b in big)})",
+            line=big[0] + 2,
+        ) from None
+    return np.asarray(ids.to_numpy(zero_copy_only=False), dtype=np.int64)
 
 
 def _float_column(path: Path, table: pa.Table, column: str) -> np.ndarray:
+    """A string column of finite numbers as float64; ``nan``/``inf`` are refused like ``abc``."""
     col = pc.utf8_trim_whitespace(table.column(column))
     try:
-        return np.asarray(pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False))
+        values = np.asarray(pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         vals = col.to_pylist()
         for i, v in enumerate(vals):
@@ -91,11 +112,22 @@ def _float_column(path: Path, table: pa.Table, column: str) -> np.ndarray:
                     path, f"column {column!r}: {v!r} is not a number", line=i + 2
                 ) from None
         raise
+    bad = np.flatnonzero(~np.isfinite(values))
+    if len(bad):
+        raise DataError(
+            path,
+            f"column {column!r}: {col[int(bad[0])].as_py()!r} is not a finite number (bad lines: "
+            f"{_listed(int(b) + 2 for b in bad)})",
+            line=int(bad[0]) + 2,
+        )
+    return values
 
 
 def read_header(path: Path) -> list[str]:
     try:
-        with open(path, encoding="utf-8") as fh:
+        # utf-8-sig: spreadsheet exports put a byte-order mark before the header (pyarrow's
+        # reader skips it too).
+        with open(path, encoding="utf-8-sig") as fh:
             first = fh.readline()
     except FileNotFoundError:
         raise DataError(path, "file not found") from None
@@ -221,10 +253,92 @@ def check_contiguous(path: Path, ids: np.ndarray, column: str) -> int:
     return n
 
 
+def _npy_header_problem(path: Path) -> str | None:
+    """What is wrong with a ``.npy`` file's header or length, read without loading it, or None.
+
+    ``np.load`` reports a truncated body as a ValueError, the same type as a pickled array,
+    so the header is read here first: the message then says which of the two it is.
+    """
+    fmt = np.lib.format
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(4) == b"PK\x03\x04":
+                return None  # an .npz archive: refused below with its own message
+            fh.seek(0)
+            version = fmt.read_magic(fh)
+            if version not in ((1, 0), (2, 0)):
+                return None  # a newer format: np.load judges it
+            read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            shape, _, dtype = read(fh)
+            offset = fh.tell()
+    except (ValueError, EOFError) as exc:
+        return f"not a .npy array file or its header is truncated ({exc}); expected a float16/float32 array saved with np.save"
+    if dtype.hasobject:
+        return ("refusing to load pickled or object data; expected a plain float16/float32 numpy "
+                "array saved with np.save")
+    expected = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    size = path.stat().st_size
+    if size < expected:
+        return (
+            f"truncated: the header says shape {tuple(shape)} {dtype} ({expected - offset:,} data bytes) "
+            f"but the file holds {max(size - offset, 0):,}; the file was not fully written or copied"
+        )
+    return None
+
+
+def check_feature_values(path: Path, arr: np.ndarray) -> None:
+    """Refuse a float32 feature matrix that cannot carry information or breaks the arithmetic.
+
+    Stops on: zero width or zero rows; NaN/Inf; a row so large that float32 statistics of it
+    (squared norms, covariances) overflow; every row identical (all zero included): such a
+    modality says nothing about any item, yet training would report metrics as if it did.
+    Warns on some all-zero rows (often items without content, which the user may intend).
+    """
+    if arr.shape[1] == 0:
+        raise DataError(path, f"shape {arr.shape}: zero feature columns; a modality needs at least one")
+    if arr.shape[0] == 0:
+        raise DataError(path, f"shape {arr.shape}: zero rows; expected one row per item")
+    finite = np.isfinite(arr).all(axis=1)
+    if not finite.all():
+        bad = np.flatnonzero(~finite)
+        raise DataError(
+            path, f"NaN or Inf in {len(bad)} row(s) (0-based item rows: {_listed(bad.tolist())})"
+        )
+    # Cheap bound first: max |x| * sqrt(d) bounds every row norm; exact norms only when it fails.
+    if float(np.abs(arr).max()) * np.sqrt(arr.shape[1]) > MAX_ROW_NORM:
+        norms = np.sqrt(np.einsum("ij,ij->i", arr, arr, dtype=np.float64))
+        bad = np.flatnonzero(norms > MAX_ROW_NORM)
+        if len(bad):
+            raise DataError(
+                path,
+                f"{len(bad)} row(s) too large for float32 arithmetic (0-based item rows: "
+                f"{_listed(bad.tolist())}; largest row L2 norm {norms.max():.3g}, limit "
+                f"{MAX_ROW_NORM:.3g}): squared norms and covariances would overflow to inf; "
+                "rescale the features",
+            )
+    if (arr == arr[0]).all():
+        what = "all zero" if not arr[0].any() else "the same for every item"
+        raise DataError(
+            path,
+            f"every row is {what}: this modality carries no information about any item; remove "
+            "the file to train without it, or fix the features",
+        )
+    zero_rows = int((~arr.any(axis=1)).sum())
+    if zero_rows:
+        log.warning(
+            "%s: %d of %d items have an all-zero feature row (items without content?); they "
+            "get no signal from this modality", path, zero_rows, arr.shape[0],
+        )
+
+
 def load_feature(path: str | Path, n_items: int | None = None) -> np.ndarray:
-    """One ``<modality>_feat.npy`` as float32 ``(n_items, d)``, never unpickling anything."""
+    """One ``<modality>_feat.npy`` as float32 ``(n_items, d)``, never unpickling anything, and
+    checked by :func:`check_feature_values`."""
     path = Path(path)
     try:
+        problem = _npy_header_problem(path)
+        if problem:
+            raise DataError(path, problem)
         arr = np.load(path, allow_pickle=False, mmap_mode=None)
     except ValueError as exc:
         raise DataError(
@@ -247,12 +361,7 @@ def load_feature(path: str | Path, n_items: int | None = None) -> np.ndarray:
             "row i must be item i",
         )
     arr = np.ascontiguousarray(arr, dtype=np.float32)
-    finite = np.isfinite(arr).all(axis=1)
-    if not finite.all():
-        bad = np.flatnonzero(~finite)
-        raise DataError(
-            path, f"NaN or Inf in {len(bad)} row(s) (0-based item rows: {_listed(bad.tolist())})"
-        )
+    check_feature_values(path, arr)
     return arr
 
 
@@ -325,6 +434,15 @@ def load_mmrec(folder: str | Path, *, name: str | None = None) -> Dataset:
     return fingerprinted(name or inter.stem, n_users, n_items, rows, features, dropped)
 
 
+def permission_denied(path: str | Path) -> DataError:
+    """The error for a dataset file or folder this process may not read."""
+    return DataError(
+        path,
+        "permission denied: this user cannot read it; check the permissions of the file and of "
+        "the folders above it",
+    )
+
+
 def resolve_dataset_path(path_or_name: str | Path) -> Path:
     """A folder as given, or, for a bare name like ``baby`` that is not a folder here, the
     ``path`` of ``configs/datasets/<name>.yaml`` (relative to the repository root)."""
@@ -349,15 +467,22 @@ def load_dataset(path: str | Path, *, name: str | None = None) -> Dataset:
     """Load a dataset folder in either layout (canonical if ``interactions.parquet`` is there).
 
     A bare name (``baby``) that is not a folder here is looked up in ``configs/datasets``.
+    A file or folder this process may not read is a DataError naming it, in either layout.
     """
-    path = resolve_dataset_path(path)
-    if not path.exists():
-        raise DataError(path, "dataset folder not found")
-    if path.is_dir() and (path / CANONICAL_INTERACTIONS).exists():
-        from clear_core.data.canonical import read_canonical
+    try:
+        path = resolve_dataset_path(path)
+        if not path.exists():
+            raise DataError(path, "dataset folder not found")
+        if path.is_dir():
+            # An unlistable folder would look empty to glob ("no dataset here"): say why.
+            os.listdir(path)
+        if path.is_dir() and (path / CANONICAL_INTERACTIONS).exists():
+            from clear_core.data.canonical import read_canonical
 
-        return read_canonical(path, name=name)
-    return load_mmrec(path, name=name)
+            return read_canonical(path, name=name)
+        return load_mmrec(path, name=name)
+    except PermissionError as exc:
+        raise permission_denied(exc.filename or path) from None
 
 
 def with_fingerprint(dataset: Dataset, features: Mapping[str, np.ndarray] | None = None) -> Dataset:

@@ -14,6 +14,7 @@ from clear_core.config import load_defaults, validate_fields
 from clear_core.data.dataset import Dataset
 from clear_core.errors import ConfigError
 from clear_core.models.base import Recommender
+from clear_core.param_rules import check_ranges
 
 _REGISTRY: dict[str, type[Recommender]] = {}
 
@@ -24,6 +25,16 @@ _MODEL_MODULES = (
     "clear_core.models.vbpr",
     "clear_core.models.freedom",
     "clear_core.models.clear",
+    "clear_core.models.layergcn",
+    "clear_core.models.mmgcn",
+    "clear_core.models.dualgnn",
+    "clear_core.models.lattice",
+    "clear_core.models.slmrec",
+    "clear_core.models.bm3",
+    "clear_core.models.mgcn",
+    "clear_core.models.lgmrec",
+    "clear_core.models.mentor",
+    "clear_core.models.mmssl",
 )
 
 
@@ -59,18 +70,27 @@ def model_class(name: str) -> type[Recommender]:
         ) from None
 
 
-def resolve_params(name: str, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Defaults from ``configs/models/<name>.yaml`` with ``overrides`` applied, type-checked."""
+def resolve_params(
+    name: str, overrides: Mapping[str, Any] | None = None, *, check_values: bool = True
+) -> dict[str, Any]:
+    """Defaults from ``configs/models/<name>.yaml`` (over the model family's shared defaults,
+    e.g. the multimodal plug-ins') with ``overrides`` applied, type-checked and, with
+    ``check_values``, range-checked (:mod:`clear_core.param_rules`)."""
     cls = model_class(name)
-    merged = {**load_defaults("models", name), **dict(overrides or {})}
-    return validate_fields(merged, cls.params, source=f"model {name!r}")
+    merged = {**cls.shared_defaults(), **load_defaults("models", name), **dict(overrides or {})}
+    params = validate_fields(merged, cls.params, source=f"model {name!r}")
+    if check_values:
+        check_ranges(params, source=f"model {name!r}")
+    return params
 
 
 def build_model(
     name: str, dataset: Dataset, overrides: Mapping[str, Any] | None = None
 ) -> Recommender:
     cls = model_class(name)
-    params = resolve_params(name, overrides)
+    # Every constructor checks the same ranges itself, together with what needs the data, so
+    # that one error lists all of them.
+    params = resolve_params(name, overrides, check_values=False)
     if cls.needs_features and not dataset.features:
         raise ConfigError(f"model {name!r} needs modality features; dataset {dataset.name!r} has none")
     return cls(dataset, **params)

@@ -55,6 +55,19 @@ class Recommender(nn.Module):
         """Scalar loss for a batch of BPR triples (all 1-D int64 tensors on the model's device)."""
         raise NotImplementedError
 
+    def training_loss(
+        self, users: torch.Tensor, pos_items: torch.Tensor, neg_items: torch.Tensor
+    ) -> torch.Tensor:
+        """What the trainer minimises: :meth:`loss`, plus whatever a model family's plug-ins
+        add (the multimodal base adds MRdIB's auxiliary loss), so no model adds it itself."""
+        return self.loss(users, pos_items, neg_items)
+
+    @classmethod
+    def shared_defaults(cls) -> dict[str, Any]:
+        """Defaults of parameters a whole model family takes (the multimodal plug-ins), applied
+        under the model's own ``configs/models/<name>.yaml``. Default: none."""
+        return {}
+
     def epoch_diagnostics(self) -> dict[str, float]:
         """Figures about the model's own state, read by the trainer after every epoch and
         logged with that epoch's metrics (``name/figure`` keys). Default: none."""
@@ -80,6 +93,19 @@ class Recommender(nn.Module):
         for b in self.buffers():
             return b.device
         return torch.device("cpu")
+
+    def trained_parameters(self) -> list[nn.Parameter]:
+        """What the trainer's optimiser steps: every parameter that needs a gradient, less
+        :meth:`self_stepped_parameters`."""
+        own = {id(p) for p in self.self_stepped_parameters()}
+        return [p for p in self.parameters() if p.requires_grad and id(p) not in own]
+
+    def self_stepped_parameters(self) -> list[nn.Parameter]:
+        """Parameters the model updates itself, inside :meth:`loss`, with an optimiser of its own
+        (an adversarial discriminator: MMSSL). The trainer leaves them alone, so a model with a
+        second player needs no trainer of its own; the model keeps that optimiser's state in
+        :meth:`extra_state_for_checkpoint`. Default: none."""
+        return []
 
     def extra_state_for_checkpoint(self) -> dict[str, Any]:
         """State outside parameters and buffers that a resumed run needs (default none)."""

@@ -51,7 +51,7 @@ class Clear(GraphMixin, MultimodalRecommender):
     params = {**MULTIMODAL_PARAMS, **GRAPH_PARAMS, "id_channel": bool}
 
     def check_params(self, dataset: Dataset, params) -> list[str]:
-        problems = graph_problems(params)
+        problems = graph_problems(params, dataset)
         self._weights, more = mix_weights(list(dataset.features), params["modality_weights"])
         return problems + more
 

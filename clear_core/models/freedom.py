@@ -42,7 +42,7 @@ class Freedom(GraphMixin, MultimodalRecommender):
     params = {**MULTIMODAL_PARAMS, **GRAPH_PARAMS}
 
     def check_params(self, dataset: Dataset, params) -> list[str]:
-        problems = graph_problems(params)
+        problems = graph_problems(params, dataset)
         self._weights, more = mix_weights(list(dataset.features), params["modality_weights"])
         return problems + more
 

@@ -15,6 +15,7 @@ from clear_core.models import register
 from clear_core.models.base import Recommender
 from clear_core.models.losses import bpr_loss, embedding_penalty
 from clear_core.models.mf import xavier_table
+from clear_core.param_rules import check_ranges
 
 
 @register
@@ -35,10 +36,10 @@ class LightGCN(Recommender):
         super().__init__(
             dataset, embedding_size=embedding_size, n_layers=n_layers, reg_weight=reg_weight
         )
-        if embedding_size < 1 or n_layers < 0:
-            raise ValueError(
-                f"need embedding_size >= 1 and n_layers >= 0, got {embedding_size}, {n_layers}"
-            )
+        check_ranges(
+            {"embedding_size": embedding_size, "n_layers": n_layers, "reg_weight": reg_weight},
+            source="model 'lightgcn'",
+        )
         self.n_layers = n_layers
         self.reg_weight = reg_weight
         # One table (users first, then items) so propagation needs no concatenation per step;

@@ -12,6 +12,7 @@ from clear_core.data.dataset import Dataset
 from clear_core.models import register
 from clear_core.models.base import Recommender
 from clear_core.models.losses import bpr_loss, embedding_penalty
+from clear_core.param_rules import check_ranges
 
 
 def xavier_table(rows: int, dim: int) -> torch.Tensor:
@@ -28,8 +29,7 @@ class MatrixFactorization(Recommender):
 
     def __init__(self, dataset: Dataset, *, embedding_size: int, reg_weight: float) -> None:
         super().__init__(dataset, embedding_size=embedding_size, reg_weight=reg_weight)
-        if embedding_size < 1:
-            raise ValueError(f"embedding_size must be >= 1, got {embedding_size}")
+        check_ranges({"embedding_size": embedding_size, "reg_weight": reg_weight}, source="model 'mf'")
         self.reg_weight = reg_weight
         self.user_embedding = nn.Parameter(xavier_table(self.n_users, embedding_size))
         self.item_embedding = nn.Parameter(xavier_table(self.n_items, embedding_size))

@@ -14,7 +14,16 @@ Every feature-using model (``clear``, ``vbpr``, ``freedom``) gets from this base
   modalities, switched by the ``projection`` parameter (``none`` | ``fixed`` | ``dynamic``) and
   refreshed in :meth:`on_epoch_start` from the current encoder outputs. Because it lives here,
   ``--model vbpr --set projection=fixed`` turns a baseline into its "+ CLEAR" variant without
-  a line of model-specific code (paper Section 4.5.2).
+  a line of model-specific code (paper Section 4.5.2);
+* MRdIB (:mod:`clear_core.mrdib`), the second redundancy-aware plug-in, switched by ``mrdib``:
+  an information bottleneck on the same encoded features (after the projection when both are
+  on) and its auxiliary loss, added by :meth:`training_loss` (what the trainer calls).
+
+Both plug-ins act on what :meth:`encode` returns, so every model that reads its modality
+features through :meth:`encode` gets them; their defaults (both off) live in
+``configs/plugins.yaml`` and fill in whatever a model's YAML leaves out
+(:meth:`shared_defaults`), so a model's configuration needs no plug-in keys. Switched off, a
+plug-in builds no module and draws no random number: the model is bit-for-bit the one without it.
 
 Subclasses call :meth:`encode` to get the (projected) modality features of all or some items
 and must call ``super().on_epoch_start(epoch)`` if they override it.
@@ -28,10 +37,13 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from clear_core.config import config_dir, load_yaml
 from clear_core.data.dataset import Dataset
 from clear_core.errors import ConfigError
 from clear_core.models.base import Recommender
 from clear_core.models.projected_linear import projected_linear
+from clear_core.mrdib import MRDIB_PARAMS, MRdIB
+from clear_core.param_rules import knn_problem, range_problems
 from clear_core.projection import MODES, CrossModalProjection, validate_projection
 
 MULTIMODAL_PARAMS: dict[str, Any] = {
@@ -47,7 +59,11 @@ MULTIMODAL_PARAMS: dict[str, Any] = {
     "refresh_every": int,
     "energy_ratio": float,
     "projected_pair": (list, type(None)),
+    **MRDIB_PARAMS,
 }
+
+#: Defaults of the plug-in parameters, under every multimodal model's own YAML.
+PLUGIN_DEFAULTS_FILE = "plugins.yaml"
 
 
 #: ``none``: raw features as given (MMRec); ``unit``: each modality divided by its mean row norm.
@@ -107,14 +123,11 @@ class MultimodalRecommender(Recommender):
         problems: list[str] = []
         if not self.modality_names:
             problems.append(f"dataset {dataset.name!r}: model {self.name!r} needs modality features")
-        if d < 1:
-            problems.append(f"embedding_size: expected >= 1, got {d}")
+        problems += range_problems(params)
         if params["feature_scaling"] not in FEATURE_SCALINGS:
             problems.append(
                 f"feature_scaling: expected one of {', '.join(FEATURE_SCALINGS)}, got {params['feature_scaling']!r}"
             )
-        if params["encoder_layers"] not in (1, 2):
-            problems.append(f"encoder_layers: expected 1 or 2, got {params['encoder_layers']}")
         for m, feat in dataset.features.items():
             if feat.ndim != 2 or feat.shape[0] != dataset.n_items:
                 problems.append(
@@ -145,15 +158,18 @@ class MultimodalRecommender(Recommender):
                 projection_strength=params["projection_strength"],
                 refresh_every=params["refresh_every"],
                 energy_ratio=params["energy_ratio"],
-                dims=(d, d),
+                dims=None if range_problems({"embedding_size": d}) else (self.encoded_size(params),) * 2,
             )
         except ConfigError as exc:
             problems.extend(exc.problems)
         problems.extend(self.check_params(dataset, params))
         if problems:
-            raise ConfigError(problems, source=f"model {self.name!r}")
+            # The same rule reached twice (here and in validate_projection or graph_problems)
+            # gives the same words: list it once.
+            raise ConfigError(list(dict.fromkeys(problems)), source=f"model {self.name!r}")
 
         self.embedding_size = d
+        d_enc = self.encoded_size(params)
         self.projected_pair = pair if params["projection"] != "none" else []
         self.raw_features = nn.ParameterDict() if params["trainable_features"] else None
         self.encoders = nn.ModuleDict()
@@ -164,28 +180,59 @@ class MultimodalRecommender(Recommender):
             if params["feature_scaling"] == "unit":
                 # One scalar per modality: geometry, covariance directions and cosine kNN are
                 # unchanged, but a modality with row norms ~30 (TikTok image) no longer starts
-                # training with saturated BPR scores.
-                feat = feat / feat.norm(dim=1).mean().clamp_min(1e-12)
+                # training with saturated BPR scores. Where float32 norms overflow (squares of
+                # values near 1e19 and above), float64 ones are used: an inf scale would zero
+                # every row. Ordinary features keep the float32 arithmetic and its bits.
+                scale = feat.norm(dim=1).mean()
+                if torch.isfinite(scale):
+                    feat = feat / scale.clamp_min(1e-12)
+                else:
+                    wide = feat.double()
+                    feat = (wide / wide.norm(dim=1).mean()).float()
             if self.raw_features is not None:
                 self.raw_features[m] = nn.Parameter(feat)
             else:
                 # Derived from the dataset: not saved in checkpoints (they can be large).
                 self.register_buffer(f"features_{m}", feat, persistent=False)
-            self.encoders[m] = self._encoder(feat.shape[1], d, params["encoder_layers"])
+            self.encoders[m] = self._encoder(feat.shape[1], d_enc, params["encoder_layers"])
         self.projection = CrossModalProjection(
-            d,
-            d,
+            d_enc,
+            d_enc,
             mode=params["projection"],
             redundancy_rank=params["redundancy_rank"],
             projection_strength=params["projection_strength"],
             refresh_every=params["refresh_every"],
             energy_ratio=params["energy_ratio"],
         )
+        self.mrdib: MRdIB | None = None
+        if params["mrdib"]:
+            # A forked generator: the plug-in's initial weights leave the backbone's draws as
+            # they are, so a base and its + MRdIB variant start from the same backbone weights.
+            with torch.random.fork_rng(devices=[]):
+                self.mrdib = MRdIB(
+                    self.modality_names,
+                    d_enc,
+                    self.n_users,
+                    kl_weight=params["mrdib_kl_weight"],
+                    unique_weight=params["mrdib_unique_weight"],
+                    redundancy_weight=params["mrdib_redundancy_weight"],
+                    synergy_weight=params["mrdib_synergy_weight"],
+                )
+
+    @classmethod
+    def shared_defaults(cls) -> dict[str, Any]:
+        """The plug-ins' defaults (``configs/plugins.yaml``); a model's YAML overrides them."""
+        return load_yaml(config_dir() / PLUGIN_DEFAULTS_FILE)
 
     # --- hooks for subclasses -----------------------------------------------------------------
     def check_params(self, dataset: Dataset, params: Mapping[str, Any]) -> list[str]:
         """Problems with model-specific parameters (reported with the shared ones)."""
         return []
+
+    def encoded_size(self, params: Mapping[str, Any]) -> int:
+        """Width of every encoder output, and so of the projector: ``embedding_size`` unless a
+        model's first learned transform is wider (MMGCN's 256-d latent, DualGNN's 4d MLP)."""
+        return params["embedding_size"]
 
     @staticmethod
     def _encoder(d_in: int, d_out: int, layers: int) -> nn.Module:
@@ -218,8 +265,10 @@ class MultimodalRecommender(Recommender):
             return self.raw_features[modality]
         return getattr(self, f"features_{modality}")
 
-    def encode(self, items: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Encoded features of ``items`` (all items when None), projected on the configured pair.
+    def encode(self, items: torch.Tensor | None = None, *, bottleneck: bool = True) -> dict[str, torch.Tensor]:
+        """Encoded features of ``items`` (all items when None), projected on the configured pair,
+        then through MRdIB's bottleneck when it is on (a sample in training, the mean in
+        evaluation; ``bottleneck=False`` gives the mean always).
 
         With ``encoded_centering`` each modality's encoder output is centred over all items
         first. Two reasons: the projector is then applied to exactly the centred matrix whose
@@ -253,7 +302,17 @@ class MultimodalRecommender(Recommender):
                 out[a], out[b] = self.projection(out[a], out[b])
         if self.encoded_centering and items is not None:
             out = {m: x.index_select(0, items) for m, x in out.items()}
+        if self.mrdib is not None and bottleneck:
+            out = self.mrdib.compress(out)
         return out
+
+    def training_loss(self, users: torch.Tensor, pos_items: torch.Tensor, neg_items: torch.Tensor) -> torch.Tensor:
+        """The model's :meth:`loss`, plus MRdIB's auxiliary loss on the batch's items when on."""
+        loss = self.loss(users, pos_items, neg_items)
+        if self.mrdib is None:
+            return loss
+        means = self.encode(torch.cat([pos_items, neg_items]), bottleneck=False)
+        return loss + self.mrdib.loss(means, users)
 
     def on_epoch_start(self, epoch: int) -> None:
         """Refresh the projector at epochs 1, 1+τ, 1+2τ, ... (see :meth:`refresh_projection`)."""
@@ -261,8 +320,12 @@ class MultimodalRecommender(Recommender):
 
     def epoch_diagnostics(self) -> dict[str, float]:
         """The projector's last refresh (:meth:`CrossModalProjection.diagnostics`) as
-        ``projection/<figure>``: how k and the cross-covariance spectrum move over training."""
-        return {f"projection/{k}": v for k, v in self.projection.diagnostics().items()}
+        ``projection/<figure>``: how k and the cross-covariance spectrum move over training;
+        with MRdIB on, its bottleneck's noise level as ``mrdib/<figure>``."""
+        out = {f"projection/{k}": v for k, v in self.projection.diagnostics().items()}
+        if self.mrdib is not None:
+            out.update({f"mrdib/{k}": v for k, v in self.mrdib.diagnostics().items()})
+        return out
 
     def refresh_projection(self, epoch: int) -> bool:
         """Rebuild the projector from the current encoder outputs if it is due at ``epoch``
@@ -351,21 +414,12 @@ class GraphMixin:
         return adj
 
 
-def graph_problems(params: Mapping[str, Any]) -> list[str]:
-    """Range checks of the graph parameters shared by FREEDOM and CLEAR."""
-    problems = []
-    if not 0.0 <= params["edge_dropout"] < 1.0:
-        problems.append(f"edge_dropout: expected a number in [0, 1), got {params['edge_dropout']}")
-    if params["knn_k"] < 1:
-        problems.append(f"knn_k: expected >= 1, got {params['knn_k']}")
-    if params["knn_chunk_size"] < 1:
-        problems.append(f"knn_chunk_size: expected >= 1, got {params['knn_chunk_size']}")
-    if params["n_layers"] < 0:
-        problems.append(f"n_layers: expected >= 0, got {params['n_layers']}")
-    if params["item_graph_layers"] < 0:
-        problems.append(f"item_graph_layers: expected >= 0, got {params['item_graph_layers']}")
-    if params["reg_weight"] < 0:
-        problems.append(f"reg_weight: expected >= 0, got {params['reg_weight']}")
+def graph_problems(params: Mapping[str, Any], dataset: Dataset | None = None) -> list[str]:
+    """Range checks of the graph parameters shared by FREEDOM and CLEAR (rules in
+    :mod:`clear_core.param_rules`); with ``dataset``, also knn_k against its item count."""
+    problems = range_problems({k: params[k] for k in GRAPH_PARAMS if k in params})
+    if dataset is not None and (p := knn_problem(params["knn_k"], dataset.n_items, dataset.name)):
+        problems.append(p)
     return problems
 
 

@@ -25,10 +25,7 @@ class VBPR(MultimodalRecommender):
     name = "vbpr"
     params = {**MULTIMODAL_PARAMS, "reg_weight": float}
 
-    def check_params(self, dataset: Dataset, params) -> list[str]:
-        if params["reg_weight"] < 0:
-            return [f"reg_weight: expected >= 0, got {params['reg_weight']}"]
-        return []
+    # reg_weight's range is checked with every other parameter's (clear_core.param_rules).
 
     def __init__(self, dataset: Dataset, **params: Any) -> None:
         super().__init__(dataset, **params)

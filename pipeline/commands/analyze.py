@@ -25,6 +25,7 @@ from typing import Any
 
 from clear_core.config import config_dir, load_yaml, parse_overrides, validate_fields
 from clear_core.errors import ConfigError
+from clear_core.param_rules import range_problems
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="a trained model's checkpoint (last.pt/best.pt or the folder holding them)",
     )
     parser.add_argument("--out", metavar="OUTDIR", default="runs/analyze", help="output folder")
+    parser.add_argument("--json", action="store_true", help="print the analysis as JSON, not the one-line summary")
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE",
         help="override configs/analyze.yaml: neighbours (K), redundancy_rank (k), "
@@ -61,17 +63,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def resolve_settings(pairs: list[str]) -> dict[str, Any]:
     merged = {**load_yaml(config_dir() / "analyze.yaml"), **parse_overrides(pairs)}
     settings = validate_fields(merged, ANALYZE_SCHEMA, source="analyze settings")
-    problems = []
-    if settings["neighbours"] < 1:
-        problems.append(f"neighbours: expected >= 1, got {settings['neighbours']}")
-    if settings["redundancy_rank"] < 1:
-        problems.append(f"redundancy_rank (k): expected >= 1, got {settings['redundancy_rank']}")
-    if not 0.0 <= settings["projection_strength"] <= 1.0:
-        problems.append(
-            f"projection_strength (lambda): expected a number in [0, 1], got {settings['projection_strength']}"
-        )
-    if settings["chunk_size"] < 1:
-        problems.append(f"chunk_size: expected >= 1, got {settings['chunk_size']}")
+    problems = range_problems({k: v for k, v in settings.items() if k != "projected_pair"})
     if problems:
         raise ConfigError(problems, source="analyze settings")
     return settings
@@ -95,9 +87,14 @@ def run(args: argparse.Namespace) -> int:
     from clear_core.atomic_io import write_text_atomic
     from clear_core.data.loading import load_dataset
     from clear_core.diagnostics import dataset_diagnostics, model_diagnostics, to_jsonable
+    from pipeline.output_paths import check_outputs, output_dir_problems
     from pipeline.plots import plot_neighbour_overlap, plot_spectrum
 
-    settings = resolve_settings(args.set)
+    try:
+        settings = resolve_settings(args.set)
+    except ConfigError as exc:
+        raise ConfigError(exc.problems + output_dir_problems("--out", args.out), source="clearrec analyze") from None
+    check_outputs(output_dir_problems("--out", args.out), source="clearrec analyze")
     dataset = load_dataset(args.dir)
     if len(dataset.features) < 2:
         raise ConfigError(
@@ -138,6 +135,9 @@ def run(args: argparse.Namespace) -> int:
     write_text_atomic(out / "analysis.json", json.dumps(to_jsonable(result), indent=2) + "\n")
     sb, sa = result["spectrum"]["before"], result["spectrum"]["after"]
     o = result["neighbour_overlap"]
+    if args.json:
+        print(json.dumps(to_jsonable(result), indent=2))
+        return 0
     print(
         f"{dataset.name} {a} x {b} ({result['source']}): sigma_1 {sb['singular_values'][0]:.4g} -> "
         f"{sa['singular_values'][0]:.4g}, effective rank {sb['effective_rank']:.2f} -> "

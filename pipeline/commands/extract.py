@@ -14,6 +14,8 @@ import argparse
 import json
 import sys
 
+from pipeline.commands import DEVICE_HELP, device_arg
+
 
 def _defaults() -> dict:
     """configs/extract.yaml, for the help text only (the library reads it again when it runs)."""
@@ -43,7 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", metavar="OUT", required=True, help="output folder")
     parser.add_argument("--text-encoder", metavar="NAME", help=f"registered text encoder (default {d['text_encoder']}); 'none' skips text")
     parser.add_argument("--image-encoder", metavar="NAME", help=f"registered image encoder (default {d['image_encoder']}); 'none' skips images")
-    parser.add_argument("--device", metavar="DEV", help=f"auto | cpu | cuda | cuda:N (default {d['device']})")
+    parser.add_argument("--device", type=device_arg, metavar="DEV", help=f"{DEVICE_HELP} (default {d['device']})")
     parser.add_argument("--batch-size", type=int, metavar="N", help=f"items per encoder call for both modalities (default: text {d['text_batch_size']}, image {d['image_batch_size']})")
     parser.add_argument("--cache-dir", metavar="DIR", help=f"content-hash cache folder (default OUT/{d['cache_subdir']})")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -76,6 +78,10 @@ class _Bars:
 
 def run(args: argparse.Namespace) -> int:
     from clear_core.extraction import extract_features
+    from pipeline.output_paths import check_outputs, output_dir_problems
+
+    check_outputs(output_dir_problems("--out", args.out), output_dir_problems("--cache-dir", args.cache_dir),
+                  source="clearrec extract")
 
     bars = _Bars(enabled=not args.no_progress)
     try:

@@ -12,6 +12,8 @@ import argparse
 import logging
 import sys
 
+from pipeline.commands import DEVICE_HELP, device_arg
+
 log = logging.getLogger(__name__)
 
 
@@ -24,15 +26,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--reference", metavar="PATH",
                         help="reference metrics to compare with or rewrite (default: the config's reference)")
     parser.add_argument("--out", metavar="DIR", help="where table.txt and report.json go (default: the config's out_dir)")
-    parser.add_argument("--device", default="cpu",
-                        help="cpu (the default) or cuda[:N]: each kind has its own reference entry and tolerance")
+    parser.add_argument("--device", default="cpu", type=device_arg, metavar="DEV",
+                        help=f"{DEVICE_HELP}, default cpu: each kind has its own reference entry and tolerance")
     parser.add_argument("--part", action="append", choices=("train", "sweep", "real"), dest="parts",
                         help="run only this part (repeatable; default: all)")
     parser.add_argument("--skip-real", action="store_true", help="skip the real-data part")
     parser.add_argument("--update", action="store_true", help="rewrite the reference with what is measured now")
     parser.add_argument("--reason", help="why the reference changes (required with --update; recorded)")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else configs/pipeline.yaml)")
-    parser.add_argument("--no-tracking", action="store_true", help="do not log the run to MLflow")
+    parser.add_argument("--no-track", action="store_true", help="do not log the run to MLflow")
+    # The old spelling, kept working but out of the help: every command says --no-track.
+    parser.add_argument("--no-tracking", action="store_true", dest="no_track", help=argparse.SUPPRESS)
     parser.set_defaults(func=run)
 
 
@@ -45,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     if args.reason and not args.update:
         raise ConfigError("--reason is only used with --update")
     tracking_uri = None
-    if not args.no_tracking:
+    if not args.no_track:
         from pipeline.tracking import resolve_tracking_uri
 
         tracking_uri = resolve_tracking_uri(args.tracking_uri)

@@ -11,7 +11,10 @@ Where things go: ``MLFLOW_TRACKING_URI`` (default: ``tracking_uri`` and ``artifa
 ``configs/pipeline.yaml``), ``RAY_ADDRESS`` (default: a private local Ray), Optuna study in
 ``optuna.db`` beside a SQLite MLflow database unless the sweep config says otherwise.
 
-MLflow metric keys: ``valid/recall@20`` is logged as ``valid_recall_at_20`` (MLflow rejects ``@``).
+MLflow metric keys: ``valid/recall@20`` is logged as ``valid/recall_at_20`` (MLflow rejects ``@``);
+each trial also logs ``best/valid/...`` and ``best/test/...`` (at its best-validation epoch).
+The best model is logged on the parent run (``runs:/<parent>/model``); ``--register NAME`` also
+registers it in the model registry.
 
 Baselines through the same command: ``clearrec sweep --model lightgcn`` (search from the sweep
 config's ``per_model``), logged in the same experiment so the UI compares them side by side.
@@ -20,6 +23,7 @@ config's ``per_model``), logged in the same experiment so the UI compares them s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 
@@ -54,6 +58,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--in-process", action="store_true",
                         help="run the dataset stages in this process instead of as Ray tasks")
     parser.add_argument("--no-progress", action="store_true", help="no Tune status table")
+    parser.add_argument("--register", metavar="NAME",
+                        help="register the best model in the MLflow model registry under NAME")
+    parser.add_argument("--json", action="store_true",
+                        help="print the result (best trial, counts, MLflow ids, UI link) as JSON, not the summary")
     parser.set_defaults(func=run)
 
 
@@ -71,24 +79,53 @@ def sweep_overrides(args: argparse.Namespace) -> dict:
     return overrides
 
 
+def check_runs_dir(runs_dir: str | None) -> None:
+    """``--runs-dir`` (or pipeline.yaml's ``runs_dir``) must be a folder we can write into,
+    found before Ray starts rather than as a traceback from the first stage."""
+    from pipeline.output_paths import check_outputs, output_dir_problems
+    from pipeline.tracking import load_pipeline_config
+
+    option = "--runs-dir" if runs_dir else "runs_dir (configs/pipeline.yaml)"
+    check_outputs(output_dir_problems(option, runs_dir or load_pipeline_config()["runs_dir"]),
+                  source="clearrec sweep")
+
+
 def run(args: argparse.Namespace) -> int:
+    import optuna  # noqa: F401 - imported now so that its logger can be brought into ours
+    import ray  # noqa: F401
+
+    from pipeline.console import adopt_library_loggers
     from pipeline.run import run_pipeline
     from pipeline.sweep_config import load_sweep_config
 
+    adopt_library_loggers()
+
     config = load_sweep_config(args.config, sweep_overrides(args))
+    check_runs_dir(args.runs_dir)
 
     def on_stage(out: dict) -> None:
         state = "reused" if out["reused"] else f"done in {out['seconds']:.1f}s"
         print(f"[stage {out['name']}] {state}: {out['path']}", file=sys.stderr, flush=True)
 
-    result = run_pipeline(
-        config,
-        runs_dir=args.runs_dir,
-        tracking_uri=args.tracking_uri,
-        study_storage=args.study_storage,
-        progress=not args.no_progress,
-        as_tasks=not args.in_process,
-        on_stage=on_stage,
-    )
-    print(result["summary"])
+    # Tune prints its configuration box on stdout; with --json, stdout carries the JSON alone.
+    with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+        result = run_pipeline(
+            config,
+            runs_dir=args.runs_dir,
+            tracking_uri=args.tracking_uri,
+            study_storage=args.study_storage,
+            progress=not args.no_progress,
+            as_tasks=not args.in_process,
+            on_stage=on_stage,
+            register_model=args.register,
+        )
+    if args.json:
+        import json
+
+        keys = ("sweep_id", "best", "counts", "final", "parent_run_id", "experiment", "experiment_id", "ui_link",
+                "tracking_uri", "study_storage", "study_name", "outputs", "reused", "model_uri", "registered_uri",
+                "best_trial_name")
+        print(json.dumps({k: result.get(k) for k in keys}, indent=2, default=str))
+    else:
+        print(result["summary"])
     return 0

@@ -5,6 +5,10 @@ or a trainer field (``configs/train.yaml``); unknown keys and wrong types are re
 together. The result JSON (resolved configuration, best epoch, valid and test metrics at the
 best epoch, median seconds per epoch, dataset fingerprint, per-epoch history) goes to
 ``--out`` atomically and a summary to stdout.
+
+``--out`` and ``--checkpoint-dir`` are checked before the data is read, so a run never trains
+and then fails to save. The summary is printed before ``--out`` is written, so a full disk
+loses the file but not the figures.
 """
 
 from __future__ import annotations
@@ -13,7 +17,6 @@ import argparse
 import json
 import logging
 import sys
-from pathlib import Path
 
 import torch
 from tqdm import tqdm
@@ -24,6 +27,8 @@ from clear_core.data.loading import load_dataset
 from clear_core.errors import ConfigError
 from clear_core.models import available_models, model_class, resolve_params
 from clear_core.trainer import TRAIN_SCHEMA, EpochReport, TrainConfig, fit
+from pipeline.commands import DEVICE_HELP, device_arg
+from pipeline.output_paths import check_outputs, output_dir_problems, output_file_problems
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--set learning_rate=5e-4 (repeatable)",
     )
     parser.add_argument("--seed", type=int, help="random seed (train.yaml: seed)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="train.yaml: device")
+    parser.add_argument("--device", type=device_arg, metavar="DEV", help=f"{DEVICE_HELP} (default: train.yaml)")
     parser.add_argument("--max-epochs", type=int, help="train.yaml: max_epochs")
     parser.add_argument("--out", metavar="FILE", help="write the result JSON here (atomically)")
     parser.add_argument(
@@ -93,7 +98,13 @@ def split_overrides(
 
 def run(args: argparse.Namespace) -> int:
     flags = {"seed": args.seed, "device": args.device, "max_epochs": args.max_epochs}
-    params, config = split_overrides(args.model, args.set, flags)
+    outputs = (output_file_problems("--out", args.out)
+               + output_dir_problems("--checkpoint-dir", args.checkpoint_dir))
+    try:
+        params, config = split_overrides(args.model, args.set, flags)
+    except ConfigError as exc:
+        raise ConfigError(exc.problems + outputs, source="clearrec train") from None
+    check_outputs(outputs, source="clearrec train")
     if args.threads is not None:
         if args.threads < 1:
             raise ConfigError(f"--threads: expected >= 1, got {args.threads}")
@@ -123,11 +134,6 @@ def run(args: argparse.Namespace) -> int:
         )
     finally:
         bar.close()
-    payload = result.to_json()
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(args.out, payload)
-        log.info("wrote %s", args.out)
     summary = {
         "model": result.model_name,
         "dataset": result.dataset_name,
@@ -138,5 +144,8 @@ def run(args: argparse.Namespace) -> int:
         "median_train_seconds": round(result.median_train_seconds, 4),
         "median_eval_seconds": round(result.median_eval_seconds, 4),
     }
-    print(json.dumps(summary, indent=2))
+    print(json.dumps(summary, indent=2), flush=True)
+    if args.out:
+        write_json_atomic(args.out, result.to_json())
+        log.info("wrote %s", args.out)
     return 0

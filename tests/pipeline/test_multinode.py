@@ -207,6 +207,17 @@ def test_sweep_trials_needing_the_stand_in_resource_are_all_placed_on_the_worker
     )
 
 
+def test_a_trial_request_no_node_can_meet_is_refused_naming_the_largest_node(two_node_cluster):
+    """Two nodes of one CPU each, one gpu_stand_in on the worker: a trial asking for two of it
+    (the cluster's total would do, no node does) is a configuration error naming the worker;
+    one is placed."""
+    verdicts = run_driver("resources", two_node_cluster.env, timeout=DRIVER_TIMEOUT_S)
+    assert verdicts["fits"] is None
+    assert "each trial asks for 1 CPU, 2 gpu_stand_in" in verdicts["too_big"]
+    assert "offers 1 CPU, 1 gpu_stand_in" in verdicts["too_big"] and "no autoscaler" in verdicts["too_big"]
+    assert "asks for 2 CPU" in verdicts["two_cpus"] and "offers 1 CPU" in verdicts["two_cpus"]
+
+
 # --- drivers, run in a subprocess connected to the cluster through RAY_ADDRESS ---------------
 
 
@@ -267,6 +278,25 @@ def driver_sweep(work: str) -> dict:
     ]}
 
 
+def driver_resources() -> dict:
+    """The check run before a sweep starts, against this cluster."""
+    import ray
+
+    from pipeline.ray_runtime import ClusterResourcesError, ensure_trial_resources
+
+    ray.init(address=os.environ["RAY_ADDRESS"], logging_level="WARNING")
+    out = {}
+    for name, request in (("fits", {"cpu": 1, "gpu_stand_in": 1}), ("too_big", {"cpu": 1, "gpu_stand_in": 2}),
+                          ("two_cpus", {"cpu": 2})):
+        try:
+            ensure_trial_resources(request, wait_s=5)
+            out[name] = None
+        except ClusterResourcesError as exc:
+            out[name] = str(exc)
+    return out
+
+
 if __name__ == "__main__":
-    result = {"nodes": driver_nodes, "tasks": driver_tasks, "sweep": driver_sweep}[sys.argv[1]](*sys.argv[2:])
+    drivers = {"nodes": driver_nodes, "tasks": driver_tasks, "sweep": driver_sweep, "resources": driver_resources}
+    result = drivers[sys.argv[1]](*sys.argv[2:])
     print(json.dumps(result))

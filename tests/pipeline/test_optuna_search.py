@@ -11,7 +11,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from pipeline.optuna_search import PruningAwareOptunaSearch, fail_orphaned_trials
+from pipeline.optuna_search import PruningAwareOptunaSearch, fail_orphaned_trials, sweep_trials
 from pipeline.sweep_config import SearchSpec
 
 METRIC = "valid/recall@20"
@@ -76,8 +76,12 @@ def test_asha_stopped_trials_are_pruned_in_the_rdb_study(local_ray, tmp_path):
     )
     grid = tuner.fit()
 
-    by_number = {t.number: t for t in optuna.load_study(study_name="states", storage=storage).trials}
-    assert len(by_number) == 8
+    # The budget (8) exceeds the 6 points: proposals of a point already run are not run again,
+    # so the study's sweep trials are exactly Tune's trials (only a FAIL point may come back).
+    by_number = {t.number: t for t in sweep_trials(optuna.load_study(study_name="states", storage=storage))}
+    assert len(by_number) == len(list(grid))
+    ran = [t.params["quality"] for t in by_number.values() if t.state != TrialState.FAIL]
+    assert len(ran) == len(set(ran))
     states = {t.state for t in by_number.values()}
     assert TrialState.RUNNING not in states
     tune_epochs = {}
@@ -129,3 +133,56 @@ def test_trials_left_running_by_a_killed_driver_are_closed_as_fail(tmp_path):
     states = [t.state for t in optuna.load_study(study_name="orphans", storage=storage).trials]
     assert states == [TrialState.COMPLETE, TrialState.FAIL]
     assert fail_orphaned_trials(storage, "no-such-study") == []
+
+
+def test_a_space_smaller_than_the_budget_runs_each_point_once_and_then_stops(local_ray, tmp_path):
+    """TPE over 3 points with a budget of 8 trials: once all three have been proposed, TPE
+    proposes them again; those proposals are told their twin's result and never run, and the
+    search ends when every point has been tried."""
+    from ray import tune
+
+    from pipeline.optuna_search import DUPLICATE_OF, sweep_trials
+
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    space = {"quality": SearchSpec("quality", "model", "quality", "choice", values=(0.1, 0.2, 0.3))}
+    searcher = PruningAwareOptunaSearch(
+        space, metric=METRIC, mode="max", seed=7, study_name="small", storage_url=storage,
+    )
+    grid = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=searcher, num_samples=8, max_concurrent_trials=1, metric=METRIC, mode="max",
+        ),
+        run_config=tune.RunConfig(storage_path=str(tmp_path / "results"), name="small", verbose=0),
+    ).fit()
+    assert sorted(r.config["quality"] for r in grid) == [0.1, 0.2, 0.3]
+    study = optuna.load_study(study_name="small", storage=storage)
+    ran = sweep_trials(study)
+    assert sorted(t.params["quality"] for t in ran) == [0.1, 0.2, 0.3]
+    by_number = {t.number: t for t in study.trials}
+    for dup in (t for t in study.trials if DUPLICATE_OF in t.user_attrs):
+        twin = by_number[dup.user_attrs[DUPLICATE_OF]]
+        assert dup.params == twin.params and dup.state == twin.state and dup.value == twin.value
+
+
+def test_a_trial_handed_out_by_a_killed_driver_is_adopted_not_failed(tmp_path):
+    """The driver died after Optuna handed out a trial but before Tune saved it: the next
+    suggestion takes that study trial over (same number, same point)."""
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    first = PruningAwareOptunaSearch(SEARCH, metric=METRIC, mode="max", seed=7, study_name="adopt",
+                                      storage_url=storage)
+    lost = first.suggest("lost_trial")
+    second = PruningAwareOptunaSearch(SEARCH, metric=METRIC, mode="max", seed=7, study_name="adopt",
+                                       storage_url=storage)
+    assert second.suggest("new_trial") == lost
+    second.on_trial_result("new_trial", {METRIC: 0.2, "epoch": 1})
+    second.on_trial_result("new_trial", {METRIC: 0.2, "epoch": 1})  # re-reported after a resume
+    second.on_trial_complete("new_trial", {METRIC: 0.2, "best_valid": 0.2, "finished": True})
+    # A completion an earlier driver had told already is skipped quietly, never a FAIL.
+    third = PruningAwareOptunaSearch(SEARCH, metric=METRIC, mode="max", seed=7, study_name="adopt",
+                                      storage_url=storage)
+    third._ot_trials["new_trial"] = second._ot_trials["new_trial"]
+    third.on_trial_complete("new_trial", {METRIC: 0.2, "best_valid": 0.2, "finished": True})
+    trials = optuna.load_study(study_name="adopt", storage=storage).trials
+    assert [(t.number, t.state, t.intermediate_values) for t in trials] == [(0, TrialState.COMPLETE, {1: 0.2})]
+    assert fail_orphaned_trials(storage, "adopt") == []

@@ -74,7 +74,7 @@ def test_pinned_training_reproduces_the_committed_reference(tmp_path):
 
 
 def test_changed_default_exits_non_zero_and_names_the_field_and_the_metrics(configs_copy, tmp_path, capsys):
-    args = ["repro", "--part", "train", "--no-tracking", "--config", str(tiny_config(tmp_path)),
+    args = ["repro", "--part", "train", "--no-track", "--config", str(tiny_config(tmp_path)),
             "--reference", str(tmp_path / "ref.json"), "--out", str(tmp_path)]
     assert main([*args, "--update", "--reason", "baseline before the change"]) == 0
     capsys.readouterr()
@@ -145,7 +145,7 @@ def test_sweep_twice_at_concurrency_one_gives_identical_trials(tmp_path, local_r
 
 
 def test_update_needs_a_reason(tmp_path, capsys):
-    code = main(["repro", "--update", "--part", "train", "--no-tracking",
+    code = main(["repro", "--update", "--part", "train", "--no-track",
                  "--reference", str(tmp_path / "ref.json"), "--out", str(tmp_path)])
     assert code == 2
     assert "--reason" in capsys.readouterr().err
@@ -173,7 +173,7 @@ def test_update_records_the_reason_then_a_rerun_matches_and_is_logged_to_mlflow(
     )
     assert sorted(r.data.tags["clearrec.repro.status"] for r in runs) == ["pass", "update"]
     assert all(r.info.status == "FINISHED" for r in runs)
-    assert any("train.valid_recall_at_20" in r.data.metrics for r in runs)
+    assert any("train.valid/recall_at_20" in r.data.metrics for r in runs)
 
 
 def test_update_keeps_parts_it_did_not_run(tmp_path):
@@ -350,7 +350,7 @@ def test_cuda_runs_use_their_own_reference_entry_and_fail_clearly_without_a_gpu(
     assert device_kind("cuda:1") == "cuda" and device_kind("cpu") == "cpu"
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA; the message for a CPU-only machine cannot be seen here")
-    code = main(["repro", "--device", "cuda", "--part", "train", "--no-tracking",
+    code = main(["repro", "--device", "cuda", "--part", "train", "--no-track",
                  "--reference", str(REFERENCE), "--out", str(tmp_path), "--config", str(tiny_config(tmp_path))])
     assert code == 2
     assert "CUDA is not available" in capsys.readouterr().err

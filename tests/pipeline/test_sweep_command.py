@@ -62,7 +62,7 @@ def finished_sweep(tmp_path_factory):
     env_uri = os.environ.pop("MLFLOW_TRACKING_URI", None)
     try:
         started = time.monotonic()
-        code = main(["sweep", "--config", str(config), "--no-progress", "--in-process"])
+        code = main(["sweep", "--config", str(config), "--no-progress", "--in-process", "--register", "clear-tiny"])
         seconds = time.monotonic() - started
     finally:
         os.chdir(old)
@@ -88,17 +88,38 @@ def test_one_parent_run_with_a_child_per_trial_and_no_run_left_running(finished_
         trial = by_trial[child.data.tags[tracking.TAG_TRIAL_ID]]
         assert child.info.status == expected[trial["status"]]
         p = trial["params"]
+        # One name in Ray, MLflow and the summary.
         assert child.info.run_name == (
-            f"clear k={p['redundancy_rank']} lam={p['projection_strength']} tau={p['refresh_every']}"
+            f"clear k={p['redundancy_rank']} lam={p['projection_strength']} tau={p['refresh_every']} "
+            f"[{trial['trial_id']}]"
         )
         # Every resolved field, not only the searched ones.
         assert child.data.params["model.redundancy_rank"] == str(p["redundancy_rank"])
         assert child.data.params["train.batch_size"] == "512"
         assert child.data.params["train.learning_rate"] == "0.001"
-        history = tracker.client.get_metric_history(child.info.run_id, "valid_recall_at_20")
+        history = tracker.client.get_metric_history(child.info.run_id, "valid/recall_at_20")
         assert [m.step for m in history] == list(range(1, trial["epochs"] + 1))
+        # The run's best/* are the figures at its best-validation epoch, as the sweep reports them.
+        metrics = child.data.metrics
+        at_best = {m.step: m.value for m in history}[trial["best_epoch"]]
+        assert metrics["best/valid/recall_at_20"] == pytest.approx(trial["valid"]["recall@20"]) == pytest.approx(at_best)
+        assert metrics["best/test/recall_at_20"] == pytest.approx(trial["test"]["recall@20"])
+        test_history = {m.step: m.value for m in
+                        tracker.client.get_metric_history(child.info.run_id, "test/recall_at_20")}
+        assert metrics["best/test/recall_at_20"] == pytest.approx(test_history[trial["best_epoch"]])
+        assert metrics["best/epoch"] == trial["best_epoch"]
+        assert "train/loss" in metrics and not any("@" in k or k.startswith("valid_") for k in metrics)
+        # The dataset is an input of every run: its fingerprint as digest, per-split counts.
+        (data_input,) = child.inputs.dataset_inputs
+        assert data_input.dataset.digest == outcome["final"]["dataset_fingerprint"][:36]
+        assert json.loads(data_input.dataset.profile)["train_rows"] > 0
+        # Only parameters that act: the synthetic data has no audio.
+        assert "model.modality_weights.audio" not in child.data.params
+        # Its own artifacts: learning curves and the projector spectrum at its best epoch.
+        names = {a.path for a in tracker.client.list_artifacts(child.info.run_id)}
+        assert {"learning_curves.png", "spectrum_best_epoch.png"} <= names
         # The projector's state each epoch, beside the metrics: here the trial's fixed k.
-        ranks = tracker.client.get_metric_history(child.info.run_id, "projection_rank")
+        ranks = tracker.client.get_metric_history(child.info.run_id, "projection/rank")
         assert [(m.step, m.value) for m in ranks] == [(e, p["redundancy_rank"]) for e in range(1, trial["epochs"] + 1)]
     running = tracker.client.search_runs([tracker.experiment_id], "attributes.status = 'RUNNING'")
     assert running == []
@@ -115,10 +136,26 @@ def test_parent_run_carries_tags_params_and_artifacts(finished_sweep):
     # The study lies beside the MLflow database.
     assert tags["optuna.storage"] == "sqlite:///optuna.db"
     assert parent.data.params["sweep.num_samples"] == "3"
-    assert parent.data.params["model.redundancy_rank"]  # resolved model defaults
+    # The parent's params are the best trial's configuration, not the model defaults.
+    best = outcome["best"]["params"]
+    for name in ("redundancy_rank", "projection_strength", "refresh_every"):
+        assert parent.data.params[f"model.{name}"] == str(best[name])
+    # The search space is one artifact, not dozens of params.
+    assert not any(k.startswith("sweep.search") for k in parent.data.params)
+    assert len(parent.data.params) < 45
     names = {a.path for a in tracker.client.list_artifacts(parent.info.run_id)}
-    assert {"sweep_config.yaml", "results.csv", "results.md", "outcome.json", "best_checkpoint",
+    assert {"sweep_config.yaml", "search_space.json", "results.csv", "results.md", "results_table.json",
+            "outcome.json", "best_checkpoint", "model", "optuna",
             "heatmap_recall_lambda_k.png", "spectrum_best_trial.png"} <= names
+    plots = {a.path for a in tracker.client.list_artifacts(parent.info.run_id, "optuna")}
+    assert {"optuna/optuna_optimization_history.png", "optuna/optuna_intermediate_values.png",
+            "optuna/optuna_parallel_coordinate.png"} <= plots
+    (data_input,) = parent.inputs.dataset_inputs
+    assert data_input.dataset.name == "synthetic"
+    assert json.loads(data_input.dataset.profile)["fingerprint"] == tags["clearrec.dataset_fingerprint"]
+    # The run description is the closing summary.
+    assert "Best configuration (selected on validation)" in tags["mlflow.note.content"]
+    assert parent.data.metrics["best/test/recall_at_20"] == pytest.approx(outcome["best"]["test"]["recall@20"])
     ckpt = [a.path for a in tracker.client.list_artifacts(parent.info.run_id, "best_checkpoint")]
     assert ckpt == ["best_checkpoint/best.pt"]
 
@@ -131,7 +168,58 @@ def test_final_evaluation_reproduces_the_best_trials_test_metrics(finished_sweep
     assert final["valid"]["recall@20"] == pytest.approx(best["valid"]["recall@20"], abs=1e-6)
     tracker = finished_sweep["tracker"]
     logged = tracker.client.get_run(outcome["parent_run_id"]).data.metrics
-    assert logged["final_test_recall_at_20"] == pytest.approx(final["test"]["recall@20"])
+    assert logged["best/test/recall_at_20"] == pytest.approx(final["test"]["recall@20"])
+
+
+def test_the_logged_model_loads_back_and_scores_as_the_checkpoint(finished_sweep):
+    import mlflow.pytorch
+    import torch
+
+    from clear_core.checkpoints import load_trained_model
+    from clear_core.data.loading import load_dataset
+
+    outcome, tracker = finished_sweep["outcome"], finished_sweep["tracker"]
+    local = tracker.client.download_artifacts(outcome["parent_run_id"], "model", str(finished_sweep["folder"]))
+    model = mlflow.pytorch.load_model(local)
+    card = json.loads((Path(local) / "extra_files" / "model_config.json").read_text())
+    assert card["dataset_fingerprint"] == outcome["final"]["dataset_fingerprint"]
+    assert card["model_params"]["redundancy_rank"] == outcome["best"]["params"]["redundancy_rank"]
+    dataset = load_dataset(outcome["dataset_path"])
+    # outcome.json was written in the stage's work folder; the checkpoint lies in the finished one.
+    checkpoint = next((finished_sweep["folder"] / "runs" / "sweep").glob("*/best_checkpoint/best.pt"))
+    reference, _, _ = load_trained_model(dataset, checkpoint, model="clear",
+                                         model_params=outcome["best_model_params"], device="cpu")
+    users = torch.arange(10)
+    with torch.no_grad():
+        for net in (model, reference):
+            net.eval()
+            net.prepare_scoring()
+        assert torch.allclose(model.score(users), reference.score(users), atol=1e-6)
+
+
+def test_register_puts_the_best_model_in_the_registry(finished_sweep):
+    outcome, tracker = finished_sweep["outcome"], finished_sweep["tracker"]
+    (version,) = tracker.client.search_model_versions("name = 'clear-tiny'")
+    assert version.run_id == outcome["parent_run_id"]
+    assert version.tags["dataset_fingerprint"] == outcome["final"]["dataset_fingerprint"]
+    assert outcome["registered_uri"] == "models:/clear-tiny/1"
+
+
+def test_results_tables_show_test_only_for_the_selected_configuration(finished_sweep):
+    import csv
+
+    outcome = finished_sweep["outcome"]
+    folder = next((finished_sweep["folder"] / "runs" / "sweep").glob("*/results.csv")).parent
+    rows = list(csv.DictReader((folder / "results.csv").open()))
+    with_test = [r["trial"] for r in rows if r["test/recall@20"]]
+    assert with_test == [outcome["best"]["trial_id"]]
+    assert all(r["valid/recall@20"] for r in rows if r["status"] != "FAIL")
+
+
+def test_after_the_sweep_only_the_best_trials_checkpoints_are_kept(finished_sweep):
+    outcome = finished_sweep["outcome"]
+    kept = {t["trial_id"] for t in outcome["trials"] if list(Path(t["path"]).glob("checkpoint_*"))}
+    assert kept == {outcome["best"]["trial_id"]}
 
 
 def test_study_states_match_the_mlflow_statuses(finished_sweep):
@@ -160,6 +248,9 @@ def test_an_unchanged_rerun_reuses_the_sweep_and_logs_nothing_new(finished_sweep
     out = capsys.readouterr().out
     assert "reused" in out and finished_sweep["outcome"]["parent_run_id"] in out
     assert "Best configuration (selected on validation)" in out and "make ui" in out
+    experiment_id = tracker.experiment_id
+    assert (f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+            f"&viewStateShareKey={finished_sweep['outcome']['parent_run_id']}") in out
     assert len(tracker.client.search_runs([tracker.experiment_id])) == before
     assert seconds < finished_sweep["seconds"]
 
@@ -178,7 +269,7 @@ def test_evaluate_command_scores_the_best_checkpoint_and_logs_a_run(finished_swe
     assert result["test"]["recall@20"] == pytest.approx(outcome["final"]["test"]["recall@20"], abs=1e-6)
     run = finished_sweep["tracker"].client.get_run(result["mlflow"]["run_id"])
     assert run.info.status == "FINISHED" and run.info.run_name.startswith("evaluate clear k=")
-    assert run.data.metrics["test_recall_at_20"] == pytest.approx(result["test"]["recall@20"])
+    assert run.data.metrics["test/recall_at_20"] == pytest.approx(result["test"]["recall@20"])
     capsys.readouterr()
 
 

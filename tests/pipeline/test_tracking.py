@@ -121,9 +121,30 @@ def sqlite_uri(tmp_path, monkeypatch):
 
 # --- names and keys ----------------------------------------------------------------------
 
-def test_metric_keys_replace_the_characters_mlflow_rejects():
-    assert tracking.mlflow_key("valid/recall@20") == "valid_recall_at_20"
-    assert tracking.mlflow_key("train_loss") == "train_loss"
+def test_metric_keys_keep_their_groups_and_replace_only_what_mlflow_rejects():
+    assert tracking.mlflow_key("valid/recall@20") == "valid/recall_at_20"
+    assert tracking.mlflow_key("train_loss") == "train/loss"
+    assert tracking.mlflow_key("projection/rank") == "projection/rank"
+
+
+def test_a_trial_result_logs_the_best_epoch_metrics_under_best():
+    result = {"epoch": 3, "train_loss": 0.5, "valid/recall@20": 0.2, "test/recall@20": 0.25, "best_epoch": 2,
+              "best_valid": 0.3, "best": {"valid": {"recall@20": 0.3}, "test": {"recall@20": 0.28}},
+              "node_id": "n", "finished": True}
+    assert tracking.numeric_metrics(result) == {
+        "epoch": 3.0, "train/loss": 0.5, "valid/recall_at_20": 0.2, "test/recall_at_20": 0.25, "best/epoch": 2.0,
+        "best/valid/recall_at_20": 0.3, "best/test/recall_at_20": 0.28,
+    }
+
+
+def test_parameters_that_cannot_act_are_not_logged():
+    from pipeline.mlflow_logging import applicable_params
+
+    flat = {"model.modality_weights.image": 0.1, "model.modality_weights.audio": 0.9, "model.projection": "fixed",
+            "model.energy_ratio": 0.9, "model.redundancy_rank": 4}
+    assert applicable_params(flat, ["image", "text"]) == {
+        "model.modality_weights.image": 0.1, "model.projection": "fixed", "model.redundancy_rank": 4}
+    assert "model.energy_ratio" in applicable_params({**flat, "model.projection": "dynamic"}, ["image", "audio"])
 
 
 def test_run_name_lists_the_papers_parameters_first_by_their_symbols():
@@ -240,17 +261,17 @@ def check_sweep_runs(tracker: Tracker, parent: str) -> dict:
     statuses = {k: r.info.status for k, r in children.items()}
     assert statuses == {"8": "FINISHED", "4": "KILLED", "3": "FAILED", "2": "KILLED"}
     best = children["8"]
-    assert best.info.run_name == "clear k=8 lam=0.9"
+    assert best.info.run_name == f"clear k=8 lam=0.9 [{best.data.tags[tracking.TAG_TRIAL_ID]}]"
     assert best.data.tags[tracking.PARENT_TAG] == parent
     assert best.data.tags["clearrec.seed"] == "7"
     assert best.data.params == {
         "model.redundancy_rank": "8", "model.projection_strength": "0.9", "model.refresh_every": "1",
         "train.learning_rate": "0.001",
     }
-    history = tracker.client.get_metric_history(best.info.run_id, "valid_recall_at_20")
+    history = tracker.client.get_metric_history(best.info.run_id, "valid/recall_at_20")
     assert [m.step for m in history] == [1, 2, 3, 4]
     assert [round(m.value, 6) for m in history] == [0.9, 1.8, 2.7, 3.6]
-    pruned = tracker.client.get_metric_history(children["4"].info.run_id, "valid_recall_at_20")
+    pruned = tracker.client.get_metric_history(children["4"].info.run_id, "valid/recall_at_20")
     assert [m.step for m in pruned] == [1]
     assert children["4"].data.tags["clearrec.outcome"] == "PRUNED"
     # Where each trial ran: the node it reported from (here the one local node).

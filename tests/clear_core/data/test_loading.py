@@ -257,3 +257,15 @@ def test_raw_sparse_ids_are_refused_before_allocating_per_id_arrays(tmp_path, in
     inter_file(tmp_path / "t", rows)
     with pytest.raises(DataError, match="expected 0-based contiguous ids"):
         load_dataset(tmp_path / "t")
+
+
+def test_some_all_zero_feature_rows_are_accepted_with_a_warning(mmrec_folder, caplog):
+    """Items without content often get a zero row; that may be meant, so it is only a warning
+    (a modality where EVERY row is zero or the same is refused: tests/pipeline/test_bad_input_catalogue.py)."""
+    feat = np.random.default_rng(0).standard_normal((8, 4)).astype(np.float32)
+    feat[[1, 6]] = 0.0
+    np.save(mmrec_folder / "text_feat.npy", feat)
+    with caplog.at_level("WARNING", logger="clear_core.data.loading"):
+        ds = load_dataset(mmrec_folder)
+    assert ds.features["text"].shape == (8, 4)
+    assert "2 of 8 items have an all-zero feature row" in caplog.text

@@ -24,10 +24,11 @@ def tiny_dataset(modalities: tuple[tuple[str, int], ...] = (("image", 24), ("tex
 
 
 def train_epochs(model, dataset, epochs: int, *, lr: float = 0.01, batch: int = 512, seed: int = 0):
-    """Mean BPR-triple loss per epoch, with uniform negatives (drawn on CPU, so the same on any
+    """Mean training loss (:meth:`training_loss`: the model's loss plus its plug-ins') per epoch,
+    with uniform negatives (drawn on CPU, so the same on any
     device, and moved to the model's device as the trainer does)."""
     torch.manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    opt = torch.optim.Adam(model.trained_parameters(), lr=lr)
     train = torch.as_tensor(dataset.train)
     losses = []
     for epoch in range(1, epochs + 1):
@@ -38,7 +39,7 @@ def train_epochs(model, dataset, epochs: int, *, lr: float = 0.01, batch: int = 
         for start in range(0, len(train), batch):
             rows = train[order[start : start + batch]]
             neg = torch.randint(0, dataset.n_items, (len(rows),))
-            loss = model.loss(*(t.to(model.device) for t in (rows[:, 0], rows[:, 1], neg)))
+            loss = model.training_loss(*(t.to(model.device) for t in (rows[:, 0], rows[:, 1], neg)))
             opt.zero_grad()
             loss.backward()
             opt.step()

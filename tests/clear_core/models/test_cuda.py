@@ -28,6 +28,29 @@ CASES = {
     "clear": ("clear", NO_DROPOUT),
     "clear-dynamic": ("clear", {**NO_DROPOUT, "projection": "dynamic"}),
     "clear-noproj": ("clear", {**NO_DROPOUT, "projection": "none"}),
+    # models-a (issue 19); DualGNN with k = 5 so that no user's neighbour list is padded at
+    # random (the two devices' models draw one after the other).
+    "layergcn": ("layergcn", NO_DROPOUT),
+    "mmgcn": ("mmgcn", {}),
+    "mmgcn+clear": ("mmgcn", {"projection": "fixed"}),
+    "dualgnn": ("dualgnn", {"user_graph_k": 5}),
+    "dualgnn+clear": ("dualgnn", {"user_graph_k": 5, "projection": "fixed"}),
+    "lattice": ("lattice", {}),
+    "lattice+clear": ("lattice", {"projection": "fixed"}),
+    "slmrec": ("slmrec", {}),
+    "slmrec+clear": ("slmrec", {"projection": "fixed"}),
+    # Table-2 baselines with auxiliary objectives; their random parts (target dropout, Gumbel
+    # noise, SimGCL noise, the discriminator) off for the cross-device comparison only.
+    "bm3": ("bm3", {"dropout": 0.0}),
+    "bm3+clear": ("bm3", {"dropout": 0.0, "projection": "fixed"}),
+    "mgcn": ("mgcn", {}),
+    "mgcn+clear": ("mgcn", {"projection": "fixed"}),
+    "lgmrec": ("lgmrec", {"keep_rate": 1.0, "hyperedge_noise": False}),
+    "lgmrec+clear": ("lgmrec", {"keep_rate": 1.0, "hyperedge_noise": False, "projection": "fixed"}),
+    "mentor": ("mentor", {"dropout": 0.0, "perturbation_eps": 0.0}),
+    "mentor+clear": ("mentor", {"dropout": 0.0, "perturbation_eps": 0.0, "projection": "fixed"}),
+    "mmssl": ("mmssl", {"dropout": 0.0, "adversarial_weight": 0.0}),
+    "mmssl+clear": ("mmssl", {"dropout": 0.0, "adversarial_weight": 0.0, "projection": "fixed"}),
 }
 
 
@@ -88,7 +111,31 @@ def test_a_cuda_checkpoint_scores_the_same_on_cpu():
     torch.testing.assert_close(all_scores(cpu, ds), all_scores(gpu, ds).cpu(), rtol=1e-3, atol=1e-4)
 
 
-@pytest.mark.parametrize("name", ["lightgcn", "clear"])
+@pytest.mark.parametrize("name", ["vbpr", "freedom", "clear"])
+def test_mrdib_terms_and_scores_match_the_cpu_ones_and_it_trains_on_cuda(name):
+    """The plug-in's noise comes from each device's own generator, so the comparison gives the
+    means as the samples (no draw) and scores in evaluation (the means)."""
+    ds = tiny_dataset()
+    torch.manual_seed(0)
+    cpu = build_model(name, ds, {**NO_DROPOUT, "mrdib": True} if name != "vbpr" else {"mrdib": True})
+    gpu = build_model(name, ds, {**NO_DROPOUT, "mrdib": True} if name != "vbpr" else {"mrdib": True})
+    gpu.load_state_dict(cpu.state_dict())
+    gpu.to("cuda")
+    train = torch.as_tensor(ds.train)
+    users, items = train[:256, 0], torch.cat([train[:256, 1], torch.randint(0, ds.n_items, (256,))])
+    terms = {}
+    for model, device in ((cpu, "cpu"), (gpu, "cuda")):
+        model.on_epoch_start(1)
+        means = model.encode(items.to(device), bottleneck=False)
+        terms[device] = {k: float(v) for k, v in model.mrdib.terms(means, users.to(device), samples=means).items()}
+    for key, value in terms["cpu"].items():
+        assert terms["cuda"][key] == pytest.approx(value, rel=1e-4, abs=1e-5), key
+    torch.testing.assert_close(all_scores(gpu, ds).cpu(), all_scores(cpu, ds), rtol=1e-3, atol=1e-4)
+    losses = train_epochs(gpu, ds, 3)
+    assert all(torch.isfinite(torch.tensor(losses))) and torch.isfinite(all_scores(gpu, ds)).all()
+
+
+@pytest.mark.parametrize("name", ["lightgcn", "clear", "mmssl"])  # mmssl: its own discriminator optimiser
 def test_the_trainer_fits_and_resumes_on_cuda(name, tmp_path):
     ds = tiny_dataset()
     config = TrainConfig.resolve({"batch_size": 256, "max_epochs": 3, "device": "cuda", "seed": 3})
@@ -105,3 +152,15 @@ def test_the_trainer_fits_and_resumes_on_cuda(name, tmp_path):
     for a, b in zip(resumed.history, whole.history, strict=True):
         assert a["valid"]["recall@20"] == pytest.approx(b["valid"]["recall@20"], abs=5e-3)
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-3)
+
+
+def test_mmssl_steps_its_discriminator_on_cuda():
+    ds = tiny_dataset()
+    torch.manual_seed(0)
+    model = build_model("mmssl", ds, {}).to("cuda")
+    before = [q.detach().clone() for q in model.discriminator.parameters()]
+    losses = train_epochs(model, ds, 2)
+    assert all(q.is_cuda for q in model.discriminator.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.discriminator.parameters(), strict=True))
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert torch.isfinite(all_scores(model, ds)).all()

@@ -63,7 +63,7 @@ def test_graph_is_not_in_the_state_dict_but_moves_with_the_model():
 
 
 def test_negative_layers_rejected_and_wrong_type_is_a_config_error():
-    with pytest.raises(ValueError, match="n_layers"):
+    with pytest.raises(ConfigError, match="n_layers: expected an integer >= 0, got -1"):
         make(n_layers=-1)
     with pytest.raises(ConfigError, match="n_layers: expected int"):
         make(n_layers=2.5)

@@ -52,3 +52,23 @@ def test_runs_on_three_modalities():
     model = build_model("vbpr", ds, {"projection": "fixed"})
     train_epochs(model, ds, 1)
     assert all_scores(model, ds).shape == (ds.n_users, ds.n_items)
+
+
+def test_unit_scaling_of_a_modality_with_a_huge_row_does_not_overflow_to_zero():
+    """A row of 3e38 is finite in float32 but its squared norm is not: the mean row norm must
+    still be finite, so the other rows keep their (small, non-zero) values."""
+    import dataclasses
+
+    import numpy as np
+
+    ds = tiny_dataset()
+    image = ds.features["image"].copy()
+    image[3] = 3e38
+    huge = dataclasses.replace(ds, features={**ds.features, "image": image})
+    model = build_model("vbpr", huge, {"feature_scaling": "unit"})
+    scaled = model.raw("image").detach()
+    assert torch.isfinite(scaled).all()
+    others = np.delete(np.arange(ds.n_items), 3)
+    assert scaled[others].abs().sum() > 0
+    assert torch.allclose(scaled[3].norm().double() / scaled.norm(dim=1).double().mean(),
+                          torch.tensor(image.shape[0], dtype=torch.float64), rtol=1e-3)

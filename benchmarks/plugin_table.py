@@ -1,0 +1,270 @@
+"""The plug-in table: every multimodal baseline alone, + CLEAR's projection and + MRdIB, paired by seed.
+
+For each base model (``--models``; default every registered model that reads modality features,
+except ``clear``, which has the projection built in):
+
+* ``<model>``: the points of its grid (``BASE_GRID``; a model without one runs its YAML defaults,
+  or the points a ``--base-grid`` JSON file gives it) on every ``--select-seeds`` seed; the point
+  with the best validation Recall@20 averaged over those seeds is selected;
+* ``<model>+clear`` and ``<model>+mrdib``: the base's selected point plus each of the plug-in's
+  settings (``CLEAR_GRID``, ``MRDIB_GRID``: six points each, so neither plug-in gets the larger
+  search), selected the same way once every base point has run;
+* the three selected points on the remaining ``--seeds``.
+
+Selection reads validation only; test is reported, never used to choose. The report gives, per
+base, mean ± std of test Recall@20 and NDCG@20 of each selected point, and each plug-in minus its
+base paired by seed (over every seed both ran) with a 95 % t interval. The training protocol is
+``configs/train.yaml`` (MMRec's, ../shared/docs/protocol.md) unless overridden. Each run is
+appended as one JSON line to ``--out``, so an interrupted table resumes where it stopped.
+
+    nice -n 10 .venv/bin/python benchmarks/plugin_table.py --out runs/plugin_table.jsonl
+    .venv/bin/python benchmarks/plugin_table.py --out runs/plugin_table.jsonl --summarise
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import statistics
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from clear_tiktok_grid import GRID, PLUG_GRID, shared_dir, t975  # noqa: E402
+
+#: Base grids: the CLEAR study's own for VBPR and FREEDOM (benchmarks/clear_tiktok_grid.py).
+BASE_GRID: dict[str, list[dict]] = {"vbpr": GRID["vbpr"], "freedom": GRID["freedom"]}
+#: CLEAR's projection: k and lambda around the base's point (the grid of the CLEAR study).
+CLEAR_GRID: list[dict] = PLUG_GRID
+#: MRdIB: the compression weight beta and one scale s for the three disentangling terms
+#: (unique = synergy = s, redundancy = s / 10: the redundancy term is a squared-correlation sum
+#: over d x d pairs, an order of magnitude larger than a BPR term at d = 64).
+MRDIB_GRID: list[dict] = [
+    {"mrdib": True, "mrdib_kl_weight": beta, "mrdib_unique_weight": s, "mrdib_synergy_weight": s,
+     "mrdib_redundancy_weight": s / 10}
+    for beta in (1e-4, 1e-3, 1e-2) for s in (0.01, 0.1)
+]
+PLUG_INS = {"clear": CLEAR_GRID, "mrdib": MRDIB_GRID}
+METRICS = ("recall@20", "ndcg@20")
+
+
+def default_models() -> list[str]:
+    from clear_core.models import available_models, model_class
+
+    return [m for m in available_models() if model_class(m).needs_features and m != "clear"]
+
+
+def method_name(model: str, plug: str | None) -> str:
+    return model if plug is None else f"{model}+{plug}"
+
+
+def split_method(method: str) -> tuple[str, str | None]:
+    model, _, plug = method.partition("+")
+    return model, plug or None
+
+
+# --- running ------------------------------------------------------------------------------------
+
+
+def run_one(job: dict) -> dict:
+    import torch
+
+    torch.set_num_threads(1)  # --workers processes share the cores
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    from clear_core.data.loading import load_dataset
+    from clear_core.trainer import TrainConfig, fit
+
+    ds = load_dataset(job["data"])
+    cfg = TrainConfig.resolve({**job["train"], "seed": job["seed"], "device": "cpu"})
+    t0 = time.perf_counter()
+    result = fit(ds, split_method(job["method"])[0], job["params"], cfg)
+    return {
+        **{k: job[k] for k in ("method", "params", "seed", "train")},
+        "best_epoch": result.best_epoch,
+        "epochs_run": result.epochs_run,
+        "valid": result.valid,
+        "test": result.test,
+        "median_train_seconds": result.median_train_seconds,
+        "wall_seconds": time.perf_counter() - t0,
+    }
+
+
+def _key(method: str, params: dict, seed: int) -> str:
+    return json.dumps([method, params, seed], sort_keys=True)
+
+
+def done_rows(out: Path) -> list[dict]:
+    if not out.exists():
+        return []
+    return [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def run_jobs(jobs: list[dict], out: Path, workers: int) -> None:
+    done = {_key(r["method"], r["params"], r["seed"]) for r in done_rows(out)}
+    todo = [j for j in jobs if _key(j["method"], j["params"], j["seed"]) not in done]
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        for row in pool.map(run_one, todo):
+            with out.open("a", encoding="utf-8") as fh:
+                fh.write(json.dumps(row, sort_keys=True) + "\n")
+            logging.info("%s %s seed %d: valid R@20 %.4f test R@20 %.4f (best epoch %d of %d)",
+                         row["method"], row["params"], row["seed"], row["valid"]["recall@20"],
+                         row["test"]["recall@20"], row["best_epoch"], row["epochs_run"])
+
+
+# --- selection (validation only) ----------------------------------------------------------------
+
+
+def mean_valid(rows: list[dict], method: str, params: dict, seeds: list[int]) -> float | None:
+    """Validation Recall@20 of one point averaged over ``seeds`` (None until all have run)."""
+    vals = {r["seed"]: r["valid"]["recall@20"] for r in rows
+            if r["method"] == method and r["params"] == params and r["seed"] in seeds}
+    return statistics.mean(vals.values()) if len(vals) == len(set(seeds)) else None
+
+
+def points(rows: list[dict], method: str, select_seeds: list[int], base_grid: dict[str, list[dict]]) -> list[dict]:
+    """The points a method searches: its grid for a base; for a plug-in, the base's selected
+    point with each of the plug-in's settings (none until every base point has run)."""
+    model, plug = split_method(method)
+    grid = base_grid.get(model, [{}])
+    if plug is None:
+        return list(grid)
+    base = select(rows, model, grid, select_seeds)
+    return [] if base is None else [{**base, **setting} for setting in PLUG_INS[plug]]
+
+
+def select(rows: list[dict], method: str, candidates: list[dict], select_seeds: list[int]) -> dict | None:
+    """The candidate with the best mean validation Recall@20; None while any has not run on
+    every selection seed (a partial grid must not select)."""
+    scored = [(mean_valid(rows, method, p, select_seeds), p) for p in candidates]
+    if not scored or any(score is None for score, _ in scored):
+        return None
+    return max(scored, key=lambda sp: sp[0])[1]
+
+
+# --- summary arithmetic -------------------------------------------------------------------------
+
+
+def mean_interval(diffs: list[float]) -> tuple[float, float, float]:
+    """Mean of paired differences and its two-sided 95 % t interval ``(mean, low, high)``; the
+    interval is NaN with fewer than two pairs."""
+    mean = statistics.mean(diffs)
+    if len(diffs) < 2:
+        return mean, math.nan, math.nan
+    half = t975(len(diffs) - 1) * statistics.stdev(diffs) / math.sqrt(len(diffs))
+    return mean, mean - half, mean + half
+
+
+def paired(plugged: list[dict], base: list[dict]) -> dict | None:
+    """Plug-in minus base on test, paired by seed: per metric the differences, their mean and
+    95 % interval, and on how many seeds the plug-in is ahead. None without a common seed."""
+    by_seed = {r["seed"]: r for r in base}
+    pairs = sorted(((r, by_seed[r["seed"]]) for r in plugged if r["seed"] in by_seed), key=lambda ab: ab[0]["seed"])
+    if not pairs:
+        return None
+    out: dict = {"seeds": [a["seed"] for a, _ in pairs]}
+    for metric in METRICS:
+        diffs = [a["test"][metric] - b["test"][metric] for a, b in pairs]
+        out[metric] = {"diffs": diffs, "interval": mean_interval(diffs), "ahead": sum(d > 0 for d in diffs)}
+    return out
+
+
+def _fmt_interval(interval: tuple[float, float, float]) -> str:
+    mean, low, high = interval
+    return f"{mean:+.4f}" if math.isnan(low) else f"{mean:+.4f} [{low:+.4f}, {high:+.4f}]"
+
+
+def _mean_sd(vals: list[float]) -> str:
+    return f"{statistics.mean(vals):.4f} ± {statistics.stdev(vals) if len(vals) > 1 else 0.0:.4f}"
+
+
+def summarise(rows: list[dict], models: list[str], select_seeds: list[int], base_grid: dict[str, list[dict]]) -> str:
+    lines = ["| method | selected params | seeds | valid R@20 | test R@20 | test N@20 |", "|---|---|---|---|---|---|"]
+    diffs = ["| base | plug-in | seeds | ΔR@20 mean [95 % CI] | ΔN@20 mean [95 % CI] | ahead R@20 / N@20 |",
+             "|---|---|---|---|---|---|"]
+    for model in models:
+        runs: dict[str | None, list[dict]] = {}
+        for plug in (None, *PLUG_INS):
+            method = method_name(model, plug)
+            chosen = select(rows, method, points(rows, method, select_seeds, base_grid), select_seeds)
+            if chosen is None:
+                continue
+            rs = sorted((r for r in rows if r["method"] == method and r["params"] == chosen), key=lambda r: r["seed"])
+            runs[plug] = rs
+            lines.append(f"| {method} | {json.dumps(chosen, sort_keys=True)} | {len(rs)} | "
+                         f"{_mean_sd([r['valid']['recall@20'] for r in rs])} | "
+                         f"{_mean_sd([r['test']['recall@20'] for r in rs])} | "
+                         f"{_mean_sd([r['test']['ndcg@20'] for r in rs])} |")
+        for plug in PLUG_INS:
+            if plug in runs and None in runs and (p := paired(runs[plug], runs[None])):
+                n = len(p["seeds"])
+                diffs.append(f"| {model} | +{plug} | {n} | {_fmt_interval(p['recall@20']['interval'])} | "
+                             f"{_fmt_interval(p['ndcg@20']['interval'])} | "
+                             f"{p['recall@20']['ahead']}/{n} / {p['ndcg@20']['ahead']}/{n} |")
+    return "\n".join([*lines, "", "Each plug-in minus its base, paired by seed (test; t interval over seeds):", "", *diffs])
+
+
+# --- driver -------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    from clear_core.trainer import TrainConfig
+
+    protocol = TrainConfig.resolve()
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=ROOT / "runs" / "plugin_table.jsonl")
+    ap.add_argument("--data", type=Path, default=shared_dir() / "data" / "tiktok")
+    ap.add_argument("--models", nargs="+", default=None, help="base models (default: every multimodal baseline)")
+    ap.add_argument("--base-grid", type=Path, default=None,
+                    help="JSON {model: [points]} replacing BASE_GRID for the models it names")
+    ap.add_argument("--select-seeds", type=int, nargs="+", default=[999, 2024])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[7, 42, 123], help="further seeds for the selected points")
+    ap.add_argument("--max-epochs", type=int, default=protocol.max_epochs)
+    ap.add_argument("--patience", type=int, default=protocol.patience)
+    ap.add_argument("--batch-size", type=int, default=protocol.batch_size)
+    ap.add_argument("--learning-rate", type=float, default=protocol.learning_rate)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--summarise", action="store_true", help="only print the table of what --out holds")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    models = args.models or default_models()
+    base_grid = dict(BASE_GRID)
+    if args.base_grid is not None:
+        base_grid.update(json.loads(args.base_grid.read_text(encoding="utf-8")))
+    if args.summarise:
+        print(summarise(done_rows(args.out), models, args.select_seeds, base_grid))
+        return 0
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    common = {"data": str(args.data), "train": {"max_epochs": args.max_epochs, "patience": args.patience,
+                                                "batch_size": args.batch_size, "learning_rate": args.learning_rate}}
+
+    def jobs(methods: list[str], seeds: list[int]) -> list[dict]:
+        rows = done_rows(args.out)
+        return [{**common, "method": m, "params": p, "seed": s}
+                for s in seeds for m in methods for p in points(rows, m, args.select_seeds, base_grid)]
+
+    # Bases first, then the plug-ins from the bases' selected points, on the selection seeds.
+    run_jobs(jobs([method_name(m, None) for m in models], args.select_seeds), args.out, args.workers)
+    run_jobs(jobs([method_name(m, p) for m in models for p in PLUG_INS], args.select_seeds), args.out, args.workers)
+    rows = done_rows(args.out)
+    final = []
+    for model in models:
+        for plug in (None, *PLUG_INS):
+            method = method_name(model, plug)
+            chosen = select(rows, method, points(rows, method, args.select_seeds, base_grid), args.select_seeds)
+            if chosen is not None:
+                final += [{**common, "method": method, "params": chosen, "seed": s}
+                          for s in args.seeds if s not in args.select_seeds]
+    run_jobs(final, args.out, args.workers)
+    print(summarise(done_rows(args.out), models, args.select_seeds, base_grid))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

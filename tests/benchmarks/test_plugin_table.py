@@ -1,0 +1,81 @@
+"""benchmarks/plugin_table.py: selection on validation only, and the paired summary arithmetic,
+on a handful of made-up runs."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+
+import plugin_table as pt  # noqa: E402
+
+GRID = {"vbpr": [{"reg_weight": 0.1}, {"reg_weight": 1.0}]}
+
+
+def run(method, params, seed, valid, test_r, test_n):
+    return {"method": method, "params": params, "seed": seed, "valid": {"recall@20": valid},
+            "test": {"recall@20": test_r, "ndcg@20": test_n}, "best_epoch": 1, "epochs_run": 2}
+
+
+def test_the_interval_is_the_paired_t_interval():
+    mean, low, high = pt.mean_interval([0.01, 0.02, 0.03])
+    # mean 0.02, sd 0.01, t(0.975, 2 df) = 4.303: half width 4.303 * 0.01 / sqrt(3)
+    half = 4.303 * 0.01 / math.sqrt(3)
+    assert mean == pytest.approx(0.02)
+    assert (low, high) == (pytest.approx(0.02 - half), pytest.approx(0.02 + half))
+    mean, low, high = pt.mean_interval([0.5])
+    assert mean == 0.5 and math.isnan(low) and math.isnan(high)
+
+
+def test_differences_are_paired_by_seed_and_unpaired_seeds_are_left_out():
+    base = [run("vbpr", {}, 1, 0.1, 0.10, 0.05), run("vbpr", {}, 2, 0.1, 0.20, 0.10), run("vbpr", {}, 3, 0.1, 0.3, 0.1)]
+    plugged = [run("vbpr+clear", {}, 2, 0.1, 0.23, 0.09), run("vbpr+clear", {}, 1, 0.1, 0.11, 0.06),
+               run("vbpr+clear", {}, 9, 0.1, 0.9, 0.9)]
+    p = pt.paired(plugged, base)
+    assert p["seeds"] == [1, 2]
+    assert p["recall@20"]["diffs"] == [pytest.approx(0.01), pytest.approx(0.03)]
+    assert p["ndcg@20"]["diffs"] == [pytest.approx(0.01), pytest.approx(-0.01)]
+    assert p["recall@20"]["ahead"] == 2 and p["ndcg@20"]["ahead"] == 1
+    # two pairs: t(0.975, 1 df) = 12.706, sd of (0.01, 0.03) = sqrt(2) * 0.01
+    half = 12.706 * math.sqrt(2) * 0.01 / math.sqrt(2)
+    assert p["recall@20"]["interval"] == (pytest.approx(0.02), pytest.approx(0.02 - half), pytest.approx(0.02 + half))
+    assert pt.paired(plugged, [run("vbpr", {}, 5, 0.1, 0.1, 0.1)]) is None
+
+
+def test_selection_reads_validation_only_and_waits_for_every_selection_seed():
+    seeds = [1, 2]
+    # reg 1.0 has the better validation mean, reg 0.1 the better test: 1.0 must be selected.
+    rows = [run("vbpr", {"reg_weight": 0.1}, 1, 0.10, 0.9, 0.9), run("vbpr", {"reg_weight": 0.1}, 2, 0.12, 0.9, 0.9),
+            run("vbpr", {"reg_weight": 1.0}, 1, 0.13, 0.1, 0.1)]
+    assert pt.select(rows, "vbpr", GRID["vbpr"], seeds) is None  # reg 1.0 lacks seed 2
+    assert pt.points(rows, "vbpr+mrdib", seeds, GRID) == []  # so no plug-in point yet
+    rows.append(run("vbpr", {"reg_weight": 1.0}, 2, 0.11, 0.1, 0.1))
+    assert pt.select(rows, "vbpr", GRID["vbpr"], seeds) == {"reg_weight": 1.0}
+    plug_points = pt.points(rows, "vbpr+clear", seeds, GRID)
+    assert plug_points == [{"reg_weight": 1.0, **s} for s in pt.CLEAR_GRID]
+    assert all(p["mrdib"] is True and p["reg_weight"] == 1.0 for p in pt.points(rows, "vbpr+mrdib", seeds, GRID))
+    # A model without a grid runs its YAML defaults.
+    assert pt.points(rows, "lattice", seeds, GRID) == [{}]
+
+
+def test_both_plugins_search_the_same_number_of_points():
+    assert len(pt.CLEAR_GRID) == len(pt.MRDIB_GRID) == 6
+
+
+def test_summary_table_shows_each_plugin_against_its_base():
+    seeds = [1, 2]
+    rows = [run("vbpr", {"reg_weight": r}, s, 0.1 + r / 100, 0.10 + s / 100, 0.05) for r in (0.1, 1.0) for s in (1, 2, 3)]
+    chosen = {"reg_weight": 1.0}
+    rows += [run("vbpr+clear", {**chosen, **p}, s, 0.1 + i / 1000, 0.12 + s / 100, 0.06)
+             for i, p in enumerate(pt.CLEAR_GRID) for s in (1, 2)]
+    best_clear = {**chosen, **pt.CLEAR_GRID[-1]}
+    rows.append(run("vbpr+clear", best_clear, 3, 0.1, 0.15, 0.04))
+    text = pt.summarise(rows, ["vbpr"], seeds, GRID)
+    # test R@20 differences 0.02 on all three seeds: mean +0.0200, zero spread; N@20 +0.01, +0.01, -0.01
+    assert "| vbpr | +clear | 3 | +0.0200 [+0.0200, +0.0200] |" in text
+    assert "| 3/3 / 2/3 |" in text
+    assert "vbpr+mrdib" not in text  # never ran: no row, no difference
