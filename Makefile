@@ -14,7 +14,8 @@ SYNTH_DIR ?= data/synthetic
 SWEEP_CONFIG ?= configs/sweeps/default.yaml
 MODEL ?= lightgcn
 
-.PHONY: setup test test-slow lint train sweep ui repro repro-update bench images sweep-k8s pipeline k8s-validate clean
+.PHONY: setup test test-slow test-cluster lint train sweep ui repro repro-update bench images sweep-k8s pipeline k8s-validate \
+	cluster-up sweep-cluster cluster-down clean
 
 # constraints.txt pins every other package to the versions the tests last passed with.
 $(STAMP): pyproject.toml constraints.txt
@@ -28,7 +29,7 @@ $(STAMP): pyproject.toml constraints.txt
 setup: $(STAMP) ## create .venv and install clearrec with its extras
 
 test: setup ## the test suite (no GPU, no ../shared needed); long real-data runs are excluded
-	$(BIN)/pytest -m "not slow" -q
+	$(BIN)/pytest -m "not slow and not cluster" -q
 
 test-slow: setup ## long real-data runs (need ../shared/data)
 	$(BIN)/pytest -m slow -q
@@ -76,11 +77,8 @@ K8S_NAMESPACE ?=
 # A new RayJob per call; the sweep itself resumes from RESULTS when it is unfinished there.
 RUN_ID ?= $(shell date -u +%m%d-%H%M%S)
 
-images: ## build the CPU, CUDA and Kubeflow-launcher images (needs a Docker engine)
-	@docker info >/dev/null 2>&1 || { echo "make images: no Docker engine here (docker info failed); run it where Docker runs" >&2; exit 1; }
-	docker build -f docker/Dockerfile.cpu -t $(IMAGE_REPO):$(IMAGE_TAG)-cpu .
-	docker build -f docker/Dockerfile.cuda -t $(IMAGE_REPO):$(IMAGE_TAG)-cuda .
-	docker build -f docker/Dockerfile.cpu --build-arg EXTRAS=kfp -t $(IMAGE_REPO):$(IMAGE_TAG)-launcher .
+images: ## build the images here: offline Debian base, CPU, launcher, PostgreSQL, S3 stand-in (IMAGES="cuda" for CUDA)
+	IMAGE_REPO=$(IMAGE_REPO) IMAGE_TAG=$(IMAGE_TAG) $(if $(PYTHON_IMAGE),PYTHON_IMAGE=$(PYTHON_IMAGE)) docker/images.sh $(IMAGES)
 
 sweep-k8s: setup ## the sweep as a RayJob on the current kubectl context: make sweep-k8s IMAGE=... CONFIG=...
 	@command -v kubectl >/dev/null || { echo "make sweep-k8s: kubectl not found; install it and point it at the cluster" >&2; exit 1; }
@@ -91,8 +89,26 @@ sweep-k8s: setup ## the sweep as a RayJob on the current kubectl context: make s
 pipeline: setup ## compile the Kubeflow pipeline to k8s/kubeflow/pipeline.yaml (images: configs/kubeflow.yaml)
 	$(BIN)/python -m pipeline.deploy.kubeflow k8s/kubeflow/pipeline.yaml
 
+# --- local container cluster: the sweep on Ray nodes in containers, MLflow on PostgreSQL, S3 (README)
+CLUSTER_WORKERS ?= 2
+CLUSTER := $(BIN)/python -m pipeline.deploy.local_cluster --workers $(CLUSTER_WORKERS) --image-repo $(IMAGE_REPO) --image-tag $(IMAGE_TAG)
+
+cluster-up: setup ## start PostgreSQL, S3 (moto), MLflow, a Ray head and workers in containers (needs `make images`)
+	docker/engine.sh up
+	$(CLUSTER) up
+
+sweep-cluster: cluster-up ## the sweep as a Ray job on the local cluster: make sweep-cluster CONFIG=... SWEEP_ARGS=...
+	$(CLUSTER) sweep --config $(CONFIG) $(SWEEP_ARGS)
+
+cluster-down: setup ## remove the cluster's containers; MLflow runs and studies stay in the volume (PURGE=1 removes them)
+	$(CLUSTER) down $(if $(PURGE),--purge)
+
+test-cluster: setup ## the cluster suite: builds the images it needs, starts the cluster, kills a worker and MLflow mid-sweep
+	IMAGE_REPO=$(IMAGE_REPO) IMAGE_TAG=$(IMAGE_TAG) $(if $(PYTHON_IMAGE),PYTHON_IMAGE=$(PYTHON_IMAGE)) docker/images.sh base cpu postgres s3
+	$(BIN)/pytest -m cluster -q tests/pipeline/deploy
+
 k8s-validate: setup ## validate k8s/ offline: strict core kinds, KubeRay CRD schemas, pod templates
 	$(BIN)/python -m pipeline.deploy.manifests k8s
 
 clean:
-	rm -rf runs ray_results mlruns mlartifacts mlruns.db optuna.db $(SYNTH_DIR)
+	rm -rf build/base-image runs ray_results mlruns mlartifacts mlruns.db optuna.db $(SYNTH_DIR)

@@ -1,7 +1,10 @@
 """Where Tune keeps experiment state, results and checkpoints: a local folder or S3.
 
 ``s3://bucket/prefix`` goes through :class:`pyarrow.fs.S3FileSystem` (``endpoint_url`` for
-MinIO / moto / any S3-compatible server; credentials from the usual ``AWS_*`` variables).
+MinIO / moto / any S3-compatible server; credentials from the usual ``AWS_*`` variables). Without
+a configured ``endpoint_url`` the endpoint is read as the AWS tools read it, from
+``AWS_ENDPOINT_URL_S3`` then ``AWS_ENDPOINT_URL`` (pyarrow itself ignores both, and would send the
+sweep to AWS); only when neither is set is it AWS S3.
 :func:`check_reachable` is called before any trial starts, so an unreachable endpoint or a
 missing bucket fails in seconds with the address instead of after the first checkpoint.
 """
@@ -9,6 +12,7 @@ missing bucket fails in seconds with the address instead of after the first chec
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -50,7 +54,22 @@ class ResolvedStorage:
         return pafs.LocalFileSystem(), str(Path(self.path, *parts))
 
 
+# The AWS tools' variables for a custom endpoint, service-specific first (AWS SDKs and CLI v2).
+ENDPOINT_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+
+
+def endpoint_from_env(environ: Mapping[str, str] | None = None) -> str | None:
+    """The S3 endpoint the AWS tools would use here, or None for AWS itself."""
+    environ = os.environ if environ is None else environ
+    for name in ENDPOINT_ENV:
+        if environ.get(name):
+            return environ[name]
+    return None
+
+
 def s3_filesystem(endpoint_url: str | None, *, probe: bool = False) -> pafs.S3FileSystem:
+    """pyarrow's S3 filesystem for ``endpoint_url``, or the endpoint from the environment."""
+    endpoint_url = endpoint_url or endpoint_from_env()
     kwargs: dict = {}
     if endpoint_url:
         parsed = urlparse(endpoint_url)
@@ -82,6 +101,7 @@ def resolve_storage(path: str, endpoint_url: str | None = None, *, base_dir: str
         bucket_prefix = path[len("s3://"):].strip("/")
         if not bucket_prefix:
             raise ConfigError(f"storage.path: expected s3://bucket/prefix, got {path!r}")
+        endpoint_url = endpoint_url or endpoint_from_env()
         return ResolvedStorage(
             uri=f"s3://{bucket_prefix}", path=bucket_prefix,
             filesystem=s3_filesystem(endpoint_url), endpoint_url=endpoint_url,

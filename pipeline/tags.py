@@ -36,6 +36,9 @@ GRID_SKIPPED_POINTS = "clearrec.grid_skipped_points"  # and which (JSON)
 DUPLICATE_OF = "clearrec.duplicate_of"  # an Optuna trial's user attribute: the trial it repeats
 RETRIES = "clearrec.retries"
 OUTCOME = "clearrec.outcome"  # FINISHED, PRUNED or FAILED
+RAY_HOSTNAME = "clearrec.ray_hostname"  # the host its last result came from
+RAY_HOSTNAMES = "clearrec.ray_hostnames"  # every host it ran on, in order (a retry may move it)
+RAY_NODE_ID = "clearrec.ray_node_id"
 
 # The reproducibility check's run (``clearrec.repro=true``, with .status, .device, .reason).
 REPRO = "clearrec.repro"

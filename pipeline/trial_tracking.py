@@ -10,11 +10,28 @@ from typing import Any
 from ray.tune import Callback
 
 from pipeline.mlflow_logging import applicable_params, log_dataset
-from pipeline.tags import OUTCOME, RETRIES, ROLE, TRIAL_ID
+from pipeline.tags import OUTCOME, RAY_HOSTNAME, RAY_HOSTNAMES, RAY_NODE_ID, RETRIES, ROLE, TRIAL_ID
 from pipeline.tracking import PARENT_TAG, Tracker, flatten, trial_name
 from pipeline.trial_report import BOOKKEEPING_FIELDS, EPOCH, FINISHED
 
 log = logging.getLogger(__name__)
+
+
+def _ray_node_id(node_ip: str | None) -> str | None:
+    """The id of the alive Ray node at ``node_ip`` (None without Ray or when not found)."""
+    if not node_ip:
+        return None
+    try:
+        import ray
+
+        if not ray.is_initialized():
+            return None
+        for node in ray.nodes():
+            if node.get("Alive") and node.get("NodeManagerAddress") == node_ip:
+                return node.get("NodeID")
+    except Exception:  # noqa: BLE001 - a tag is never worth failing a sweep for
+        log.debug("could not look up the Ray node at %s", node_ip, exc_info=True)
+    return None
 
 
 class MLflowTrialCallback(Callback):
@@ -53,6 +70,7 @@ class MLflowTrialCallback(Callback):
         self.modalities = modalities
         self.run_ids: dict[str, str] = {}
         self.retries: dict[str, int] = {}
+        self.hosts: dict[str, list[str]] = {}
         self.logged_up_to: dict[str, int] = {}
         self.interrupted = False
 
@@ -101,12 +119,28 @@ class MLflowTrialCallback(Callback):
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         run_id = self._run_for(trial)
+        self._note_node(run_id, trial, result)  # also for a re-reported step: a retry may have moved it
         step = int(result.get(EPOCH, result.get("training_iteration", 0)))
         if step <= self.logged_up_to.get(trial.trial_id, 0):
             return  # logged before a resume: never the same step twice
         metrics = {k: v for k, v in result.items() if k not in self._SKIP and k != "config"}
         self.tracker.log_metrics(run_id, metrics, step=step)
         self.logged_up_to[trial.trial_id] = step
+
+    def _note_node(self, run_id: str, trial: Any, result: Mapping[str, Any]) -> None:
+        """Tag the child run with the Ray node its trial reports from (hostname, node id), and
+        every node it has run on, in order: on a cluster, where a trial ran and whether a retry
+        moved it to another node are questions people ask of a sweep."""
+        host = result.get("hostname")
+        seen = self.hosts.setdefault(trial.trial_id, [])
+        if not host or (seen and seen[-1] == host):
+            return
+        seen.append(str(host))
+        tags = {RAY_HOSTNAME: host, RAY_HOSTNAMES: ",".join(seen)}
+        node_id = _ray_node_id(result.get("node_ip"))
+        if node_id:
+            tags[RAY_NODE_ID] = node_id
+        self.tracker.set_tags(run_id, tags)
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         # A retry (FailureConfig) continues the same child run from its checkpoint.

@@ -92,3 +92,34 @@ def test_s3_location_round_trips_through_pyarrow(s3_endpoint):
         out.write(b"x")
     assert storage.exists("sweep-1", "marker.txt")
     assert not storage.exists("sweep-2")
+
+
+def test_endpoint_is_read_from_the_aws_variables_when_none_is_configured(s3_endpoint, monkeypatch):
+    # The k8s dev overlay names MinIO only through AWS_ENDPOINT_URL_S3: the sweep must write
+    # there, not to AWS.
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_endpoint)
+    storage = resolve_storage("s3://results/from-env")
+    assert storage.endpoint_url == s3_endpoint
+    check_reachable(storage)
+    fs, path = storage.filesystem_and_path("marker.txt")
+    with fs.open_output_stream(path) as out:
+        out.write(b"x")
+    # The object is on the moto server named by the variable (read back with an explicit endpoint).
+    assert resolve_storage("s3://results/from-env", s3_endpoint).exists("marker.txt")
+
+
+def test_general_aws_endpoint_variable_is_the_fallback_and_s3_specific_one_wins(monkeypatch):
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1111")
+    assert resolve_storage("s3://b/p").endpoint_url == "http://127.0.0.1:1111"
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:2222")
+    assert resolve_storage("s3://b/p").endpoint_url == "http://127.0.0.1:2222"
+    # A configured endpoint is what the sweep file says, whatever the environment.
+    assert resolve_storage("s3://b/p", "http://127.0.0.1:3333").endpoint_url == "http://127.0.0.1:3333"
+
+
+def test_without_any_endpoint_it_is_aws(monkeypatch):
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    assert resolve_storage("s3://b/p").endpoint_url is None

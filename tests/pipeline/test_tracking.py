@@ -274,6 +274,14 @@ def check_sweep_runs(tracker: Tracker, parent: str) -> dict:
     pruned = tracker.client.get_metric_history(children["4"].info.run_id, "valid/recall_at_20")
     assert [m.step for m in pruned] == [1]
     assert children["4"].data.tags["clearrec.outcome"] == "PRUNED"
+    # Where each trial ran: the node it reported from (here the one local node).
+    import socket
+
+    import ray
+
+    assert best.data.tags["clearrec.ray_hostname"] == socket.gethostname()
+    assert best.data.tags["clearrec.ray_hostnames"] == socket.gethostname()
+    assert best.data.tags["clearrec.ray_node_id"] == ray.get_runtime_context().get_node_id()
     return children
 
 
