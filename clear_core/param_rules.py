@@ -62,6 +62,14 @@ RULES: dict[str, Rule] = {
     "energy_ratio": number_in(0.0, 1.0, closed_low=False),
     "neighbours": at_least(1),
     "chunk_size": at_least(1),
+    # issue-19 baselines (models-a)
+    "user_graph_k": at_least(1),
+    "latent_size": at_least(1),
+    "original_graph_weight": number_in(0.0, 1.0),
+    "temperature": Rule("a finite number > 0", lambda x: _number(x) and x > 0),
+    "ssl_temperature": Rule("a finite number > 0", lambda x: _number(x) and x > 0),
+    "ssl_weight": NON_NEGATIVE,
+    "weight_decay": NON_NEGATIVE,
 }
 
 #: How a parameter is named in messages: with its paper symbol where it has one.

@@ -143,7 +143,7 @@ class MultimodalRecommender(Recommender):
                 projection_strength=params["projection_strength"],
                 refresh_every=params["refresh_every"],
                 energy_ratio=params["energy_ratio"],
-                dims=None if range_problems({"embedding_size": d}) else (d, d),
+                dims=None if range_problems({"embedding_size": d}) else (self.encoded_size(params),) * 2,
             )
         except ConfigError as exc:
             problems.extend(exc.problems)
@@ -154,6 +154,7 @@ class MultimodalRecommender(Recommender):
             raise ConfigError(list(dict.fromkeys(problems)), source=f"model {self.name!r}")
 
         self.embedding_size = d
+        d_enc = self.encoded_size(params)
         self.projected_pair = pair if params["projection"] != "none" else []
         self.raw_features = nn.ParameterDict() if params["trainable_features"] else None
         self.encoders = nn.ModuleDict()
@@ -178,10 +179,10 @@ class MultimodalRecommender(Recommender):
             else:
                 # Derived from the dataset: not saved in checkpoints (they can be large).
                 self.register_buffer(f"features_{m}", feat, persistent=False)
-            self.encoders[m] = self._encoder(feat.shape[1], d, params["encoder_layers"])
+            self.encoders[m] = self._encoder(feat.shape[1], d_enc, params["encoder_layers"])
         self.projection = CrossModalProjection(
-            d,
-            d,
+            d_enc,
+            d_enc,
             mode=params["projection"],
             redundancy_rank=params["redundancy_rank"],
             projection_strength=params["projection_strength"],
@@ -193,6 +194,11 @@ class MultimodalRecommender(Recommender):
     def check_params(self, dataset: Dataset, params: Mapping[str, Any]) -> list[str]:
         """Problems with model-specific parameters (reported with the shared ones)."""
         return []
+
+    def encoded_size(self, params: Mapping[str, Any]) -> int:
+        """Width of every encoder output, and so of the projector: ``embedding_size`` unless a
+        model's first learned transform is wider (MMGCN's 256-d latent, DualGNN's 4d MLP)."""
+        return params["embedding_size"]
 
     @staticmethod
     def _encoder(d_in: int, d_out: int, layers: int) -> nn.Module:

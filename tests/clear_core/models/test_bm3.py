@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 from multimodal_support import all_scores, tiny_dataset, train_epochs
-from resume_support import assert_resume_matches
+from resume_support import assert_resume_matches_uninterrupted
 
 from clear_core.models import build_model, resolve_params
 from clear_core.models.losses import embedding_penalty
@@ -101,4 +101,4 @@ def test_plugin_is_switched_on_by_configuration():
 
 
 def test_checkpoint_resume_gives_the_same_metrics(tmp_path):
-    assert_resume_matches(tiny_dataset(), "bm3", {"embedding_size": 16}, tmp_path)
+    assert_resume_matches_uninterrupted(tiny_dataset(), "bm3", {"embedding_size": 16}, tmp_path)

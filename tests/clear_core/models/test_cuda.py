@@ -28,6 +28,17 @@ CASES = {
     "clear": ("clear", NO_DROPOUT),
     "clear-dynamic": ("clear", {**NO_DROPOUT, "projection": "dynamic"}),
     "clear-noproj": ("clear", {**NO_DROPOUT, "projection": "none"}),
+    # models-a (issue 19); DualGNN with k = 5 so that no user's neighbour list is padded at
+    # random (the two devices' models draw one after the other).
+    "layergcn": ("layergcn", NO_DROPOUT),
+    "mmgcn": ("mmgcn", {}),
+    "mmgcn+clear": ("mmgcn", {"projection": "fixed"}),
+    "dualgnn": ("dualgnn", {"user_graph_k": 5}),
+    "dualgnn+clear": ("dualgnn", {"user_graph_k": 5, "projection": "fixed"}),
+    "lattice": ("lattice", {}),
+    "lattice+clear": ("lattice", {"projection": "fixed"}),
+    "slmrec": ("slmrec", {}),
+    "slmrec+clear": ("slmrec", {"projection": "fixed"}),
     # Table-2 baselines with auxiliary objectives; their random parts (target dropout, Gumbel
     # noise, SimGCL noise, the discriminator) off for the cross-device comparison only.
     "bm3": ("bm3", {"dropout": 0.0}),

@@ -29,10 +29,13 @@ def two_threads():
 
 def _gradient_digests(model, users, pos, neg, start) -> dict[str, str]:
     # Every repeat from the same point: weights and buffers, the model's own state (MMSSL steps
-    # its discriminator inside loss) and the random stream (dropout, Gumbel and SimGCL noise).
+    # its discriminator inside loss), the random stream (dropout, Gumbel and SimGCL noise) and
+    # the first batch of the same epoch (some models build per-epoch state with gradients only in
+    # an epoch's first batch: LATTICE's learned item graph).
     model.load_state_dict(copy.deepcopy(start["model"]))
     model.load_extra_state(copy.deepcopy(start["extra"]))
     torch.manual_seed(1)
+    model.on_epoch_start(1)
     model.zero_grad(set_to_none=True)
     model.loss(users, pos, neg).backward()
     return {

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from multimodal_support import all_scores, tiny_dataset, train_epochs
-from resume_support import assert_resume_matches
+from resume_support import assert_resume_matches_uninterrupted
 
 from clear_core.errors import ConfigError
 from clear_core.models import build_model, resolve_params
@@ -108,4 +108,4 @@ def test_plugin_is_switched_on_by_configuration():
 
 
 def test_checkpoint_resume_gives_the_same_metrics(tmp_path):
-    assert_resume_matches(tiny_dataset(), "lgmrec", {"embedding_size": 16}, tmp_path)
+    assert_resume_matches_uninterrupted(tiny_dataset(), "lgmrec", {"embedding_size": 16}, tmp_path)

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 from multimodal_support import all_scores, tiny_dataset, train_epochs
-from resume_support import assert_resume_matches
+from resume_support import assert_resume_matches_uninterrupted
 
 from clear_core.item_graph import similarity_knn_graph
 from clear_core.models import build_model, resolve_params
@@ -79,4 +79,4 @@ def test_three_modalities_and_the_plugin():
 
 
 def test_checkpoint_resume_gives_the_same_metrics(tmp_path):
-    assert_resume_matches(tiny_dataset(), "mgcn", {"embedding_size": 16}, tmp_path)
+    assert_resume_matches_uninterrupted(tiny_dataset(), "mgcn", {"embedding_size": 16}, tmp_path)
