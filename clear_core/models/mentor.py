@@ -138,8 +138,6 @@ class MENTOR(MultimodalRecommender):
                 problems.append(f"{field}: expected >= 0, got {params[field]}")
         if not 0.0 <= params["dropout"] < 1.0:
             problems.append(f"dropout: expected a number in [0, 1), got {params['dropout']}")
-        if not params["temperature"] > 0:
-            problems.append(f"temperature: expected > 0, got {params['temperature']}")
         self._weights, more = mix_weights(list(dataset.features), params["modality_weights"])
         return problems + more
 

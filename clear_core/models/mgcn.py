@@ -75,8 +75,6 @@ class MGCN(MultimodalRecommender):
             problems.append(p)
         if params["cl_weight"] < 0:
             problems.append(f"cl_weight: expected >= 0, got {params['cl_weight']}")
-        if not params["temperature"] > 0:
-            problems.append(f"temperature: expected > 0, got {params['temperature']}")
         return problems
 
     def __init__(self, dataset: Dataset, **params: Any) -> None:

@@ -157,7 +157,7 @@ class MMSSL(MultimodalRecommender):
                       "cl_weight", "gradient_penalty_weight", "ui_pre_scale", "log_log_scale"):
             if params[field] < 0:
                 problems.append(f"{field}: expected >= 0, got {params[field]}")
-        for field in ("temperature", "discriminator_lr", "real_data_tau"):
+        for field in ("discriminator_lr", "real_data_tau"):  # temperature: clear_core.param_rules
             if not params[field] > 0:
                 problems.append(f"{field}: expected > 0, got {params[field]}")
         if not 0.0 <= params["graph_topk_rate"] <= 1.0:
