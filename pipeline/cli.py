@@ -68,7 +68,12 @@ def main(argv: list[str] | None = None) -> int:
     verbose = any(a in ("-v", "--verbose") for a in argv)
     argv = [a for a in argv if a not in ("-v", "--verbose")]
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        # argparse exits on --help, --version and bad options; main() returns the status
+        # instead, so tests, jobs and containers call every command the same way.
+        return exc.code if isinstance(exc.code, int) else 2
     args.verbose = verbose
     configure_logging(verbose)
     try:

@@ -81,12 +81,23 @@ def load_pipeline_config(overrides: Mapping[str, Any] | None = None) -> dict[str
 
 
 def resolve_tracking_uri(explicit: str | None = None, config: Mapping[str, Any] | None = None) -> str:
-    """``explicit``, else ``$MLFLOW_TRACKING_URI``, else the configured default (sqlite)."""
+    """``explicit``, else ``$MLFLOW_TRACKING_URI``, else the configured default (sqlite); a
+    relative sqlite path is made absolute against the working directory (see ``absolute_uri``)."""
     if explicit:
-        return explicit
+        return absolute_uri(explicit)
     if os.environ.get(TRACKING_ENV):
-        return os.environ[TRACKING_ENV]
-    return str((config or load_pipeline_config())["tracking_uri"])
+        return absolute_uri(os.environ[TRACKING_ENV])
+    return absolute_uri(str((config or load_pipeline_config())["tracking_uri"]))
+
+
+def absolute_uri(uri: str) -> str:
+    """``sqlite:///mlruns.db`` as ``sqlite:////abs/dir/mlruns.db``. MLflow caches one store per
+    URI string for the life of the process, so a relative URI would keep writing to the database
+    of the first working directory it was opened in; Ray workers may also run elsewhere."""
+    db = sqlite_path(uri)
+    if db is None or db.is_absolute() or uri == "sqlite:///:memory:":
+        return uri
+    return f"sqlite:///{(Path.cwd() / db).resolve().as_posix()}"
 
 
 def is_server(uri: str) -> bool:
@@ -213,7 +224,7 @@ class Tracker:
     def __init__(self, uri: str, experiment_name: str, *, artifact_root: str | None = None) -> None:
         from mlflow.tracking import MlflowClient
 
-        self.uri = uri
+        self.uri = uri = absolute_uri(uri)
         self.client = MlflowClient(tracking_uri=uri)
         self.experiment_name = experiment_name
         self.experiment_id = self._experiment(experiment_name, artifact_root)

@@ -288,7 +288,8 @@ def test_a_stopped_driver_is_resumed_without_redoing_finished_trials(
             drop_named_checkpoint(fs, path)
     trial_dirs = [i.path for i in listing(fs, experiment) if i.type == pafs.FileType.Directory]
     rows_before = {
-        t: len(rows_of(next(d for d in trial_dirs if posixpath.basename(d).startswith(f"run_trial_{t}_")), fs))
+        # Tune names a trial's folder after the trial's name, which ends in "[<trial id>]".
+        t: len(rows_of(next(d for d in trial_dirs if f"[{t}]_" in posixpath.basename(d)), fs))
         for t in finished_before
     }
 

@@ -160,12 +160,28 @@ def test_study_storage_lies_beside_the_sqlite_tracking_database():
     assert tracking.default_study_storage("http://h:5000", "sqlite:///s.db") == "sqlite:///s.db"
 
 
-def test_tracking_uri_comes_from_the_environment_unless_given(monkeypatch):
+def test_tracking_uri_comes_from_the_environment_unless_given(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://example:5000")
     assert tracking.resolve_tracking_uri() == "http://example:5000"
-    assert tracking.resolve_tracking_uri("sqlite:///a.db") == "sqlite:///a.db"
+    assert tracking.resolve_tracking_uri("sqlite:////abs/a.db") == "sqlite:////abs/a.db"
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
-    assert tracking.resolve_tracking_uri() == tracking.load_pipeline_config()["tracking_uri"]
+    configured = tracking.load_pipeline_config()["tracking_uri"]
+    assert tracking.resolve_tracking_uri() == tracking.absolute_uri(configured)
+
+
+def test_a_relative_sqlite_uri_is_pinned_to_the_directory_it_was_resolved_in(monkeypatch, tmp_path):
+    # MLflow keeps one store per URI string per process: a relative URI resolved in a second
+    # folder would otherwise still write to the first folder's database.
+    first, second = tmp_path / "a", tmp_path / "b"
+    first.mkdir(), second.mkdir()
+    monkeypatch.chdir(first)
+    in_first = tracking.resolve_tracking_uri("sqlite:///mlruns.db")
+    monkeypatch.chdir(second)
+    in_second = tracking.resolve_tracking_uri("sqlite:///mlruns.db")
+    assert in_first == f"sqlite:///{first.resolve()}/mlruns.db"
+    assert in_second == f"sqlite:///{second.resolve()}/mlruns.db"
+    assert tracking.absolute_uri("http://h:5000") == "http://h:5000"
 
 
 def test_unreachable_server_fails_fast_naming_its_address():
