@@ -134,7 +134,8 @@ def test_parent_run_carries_tags_params_and_artifacts(finished_sweep):
     assert len(tags["clearrec.dataset_fingerprint"]) == 64
     assert tags["clearrec.git_commit"] != ""
     # The study lies beside the MLflow database.
-    assert tags["optuna.storage"] == "sqlite:///optuna.db"
+    # Beside mlruns.db, named by its absolute path so that the tag holds wherever it is read.
+    assert tags["optuna.storage"] == f"sqlite:///{finished_sweep['folder'].resolve()}/optuna.db"
     assert parent.data.params["sweep.num_samples"] == "3"
     # The parent's params are the best trial's configuration, not the model defaults.
     best = outcome["best"]["params"]
