@@ -39,7 +39,7 @@ from typing import Any
 
 from clear_core.data.dataset import Dataset
 from clear_core.errors import ClearrecError, ConfigError
-from pipeline import tags
+from pipeline import disk_full, tags
 from pipeline.sweep_config import SweepConfig, dataset_problems
 from pipeline.trial_report import FINISHED, RESUMED_FROM, TrialReport, is_finished
 
@@ -229,6 +229,12 @@ def run_trial(trial_config: dict[str, Any], *, dataset: Dataset, sweep: SweepCon
             # (NoRetryOnConfigError), then fail.
             tune.report({CONFIG_ERROR_KEY: str(exc), "epoch": reported["epoch"], "finished": False})
             raise
+        except Exception as exc:
+            full = disk_full.full_path(exc, _trial_storage_path(context, sweep))
+            if full is None:
+                raise
+            # Not a failure of this trial: the driver stops the sweep for a resume (disk_full).
+            disk_full.report_and_wait(full, reported["epoch"])
         if reported["epoch"] == resumed_from and resumed_from and last_metrics is not None:
             # Resumed from the checkpoint of a trial that had already ended (the driver died
             # before it recorded so): say again how it ended, so its last result is truthful.
@@ -283,6 +289,13 @@ def check_trial_resources(config: SweepConfig) -> None:
 
     request = _resources(config) if ray.is_initialized() else _resources(config, gpus=local_offer()["GPU"])
     ensure_trial_resources(request, wait_s=config.resources.scale_up_wait_s)
+
+
+def _trial_storage_path(context: Any, sweep: SweepConfig) -> str:
+    """Where this trial's checkpoints go (named when that disk fills)."""
+    with contextlib.suppress(Exception):
+        return str(context.get_storage().trial_fs_path)
+    return str(sweep.storage.path)
 
 
 def _no_retry_callback():
@@ -421,6 +434,12 @@ def restore_missing_checkpoints(restore_path: str, filesystem) -> list[str]:
     return repaired
 
 
+def _local_fs():
+    import pyarrow.fs as pafs
+
+    return pafs.LocalFileSystem()
+
+
 def _checkpoint_epoch(fs, checkpoint_path: str) -> int:
     """The epoch a trial checkpoint holds (its progress file), -1 when unreadable."""
     try:
@@ -491,6 +510,7 @@ def run_sweep(
         resumed = tune.Tuner.can_restore(restore_path, storage_filesystem=storage.filesystem)
         if resumed:
             log.info("resuming sweep %s from %s", sweep_id, exp_path)
+            disk_full.restore_last_complete_state(storage.filesystem or _local_fs(), restore_path)
             restore_missing_checkpoints(restore_path, storage.filesystem)
             tuner = tune.Tuner.restore(
                 restore_path, trainable,
@@ -528,7 +548,9 @@ def run_sweep(
         from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
         run_config = tuner._local_tuner.get_run_config()
-        run_config.callbacks = [JsonLoggerCallback(), CSVLoggerCallback(), _no_retry_callback(), *(callbacks or [])]
+        watcher = disk_full.watch()
+        run_config.callbacks = [JsonLoggerCallback(), CSVLoggerCallback(), _no_retry_callback(), watcher,
+                                disk_full.state_backup(storage.filesystem, restore_path), *(callbacks or [])]
         run_config.progress_reporter = _reporter(config) if progress else None
         run_config.verbose = 1 if progress else 0
         # The old output engine is the one that honours a CLIReporter. TensorBoard files are
@@ -538,10 +560,23 @@ def run_sweep(
         with _env(
             RAY_AIR_NEW_OUTPUT="0" if progress else None,
             TUNE_DISABLE_AUTO_CALLBACK_LOGGERS="1",
+            # A trial's last word on a configuration error or a full disk carries no metric;
+            # the scheduler and the searcher skip such results instead of Tune failing them.
+            TUNE_DISABLE_STRICT_METRIC_CHECKING="1",
             TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S="0",
             TUNE_GLOBAL_CHECKPOINT_S=None if os.environ.get("TUNE_GLOBAL_CHECKPOINT_S") else SNAPSHOT_EVERY_S,
-        ):
-            grid = tuner.fit()
+        ), disk_full.quiet_ray_disk_full(watcher):
+            try:
+                grid = tuner.fit()
+            except Exception as exc:
+                full = disk_full.sweep_error(watcher, exc, exp_path)
+                if full is not None:
+                    raise full from None
+                raise
+    full = disk_full.sweep_error(watcher, None, exp_path)
+    if full is not None:
+        # Stopped as by Ctrl-C: every trial is resumable once space is freed.
+        raise full
 
     unfinished = _unfinished_trials(restore_path, storage.filesystem)
     if unfinished:

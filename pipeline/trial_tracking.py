@@ -9,6 +9,7 @@ from typing import Any
 
 from ray.tune import Callback
 
+from pipeline.disk_full import DISK_FULL_KEY
 from pipeline.mlflow_logging import applicable_params, log_dataset
 from pipeline.tags import OUTCOME, RAY_HOSTNAME, RAY_HOSTNAMES, RAY_NODE_ID, RETRIES, ROLE, TRIAL_ID
 from pipeline.tracking import PARENT_TAG, Tracker, flatten, trial_name
@@ -158,6 +159,10 @@ class MLflowTrialCallback(Callback):
         # Tune returns normally after Ctrl-C with trials left PENDING/RUNNING/PAUSED: the sweep
         # was interrupted, not finished, and the caller must not report it as done.
         self.interrupted = any(getattr(t, "status", "TERMINATED") not in ("TERMINATED", "ERROR") for t in trials)
+        for trial in trials:
+            # The trial that ran out of space failed; the others were only stopped (pipeline.disk_full).
+            if (getattr(trial, "last_result", None) or {}).get(DISK_FULL_KEY) and trial.trial_id in self.run_ids:
+                self._close(trial, "FAILED")
         self.tracker.close_children(self.parent_run_id, "KILLED")
 
     def _close(self, trial: Any, status: str) -> None:

@@ -1,0 +1,240 @@
+"""A full disk during a sweep: stop it the way Ctrl-C does, say so once, lose nothing.
+
+Left to Ray, a full results disk makes every trial's checkpoint upload fail, each failure is
+retried, Tune's syncer warns with a traceback every second, and the driver finally dies reading
+an error file the full disk truncated: hundreds of lines, runs left RUNNING, and the failed
+trials marked FAIL in Optuna, so that even a re-run after space was freed could not redo them.
+
+Here a trial that runs out of space reports it (``DISK_FULL_KEY``, naming the path) and waits;
+the driver-side :class:`DiskFullWatch` then interrupts Tune as Ctrl-C would. Every trial stays
+unfinished in Tune's state and RUNNING in Optuna's, so the same command, once space is freed,
+resumes the sweep from the last checkpoints that were written whole. The sweep ends with one
+:class:`~clear_core.errors.DiskFullError` (exit 1); the trial that hit the full disk is FAILED in
+MLflow, the parent run too, and the other trials KILLED (stopped, to be resumed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from clear_core.atomic_io import disk_full_cause
+from clear_core.errors import DiskFullError
+
+log = logging.getLogger(__name__)
+
+DISK_FULL_KEY = "disk_full"
+
+# How long a trial that reported a full disk waits to be stopped by the driver before it gives
+# up and fails (the driver stops it within a second or two when the watch is installed).
+STOP_WAIT_S = 120.0
+
+# Loggers that repeat the same ENOSPC traceback once per sync or per trial.
+_NOISY_LOGGERS = ("ray.tune.tune", "ray.train._internal.syncer", "ray.tune.execution.tune_controller",
+                  "ray.tune.execution.experiment_state", "ray.train._internal.storage")
+
+
+def full_path(exc: BaseException, fallback: str) -> str | None:
+    """The path a full disk refused, if ``exc`` is (or was caused by) running out of space."""
+    if isinstance(exc, DiskFullError):
+        return exc.path
+    cause = disk_full_cause(exc)
+    if cause is None:
+        return None
+    return str(cause.filename) if getattr(cause, "filename", None) else fallback
+
+
+def report_and_wait(path: str, last_epoch: int) -> None:
+    """Trial side: tell the driver the disk is full, then wait to be stopped (not failed)."""
+    from ray import tune
+
+    tune.report({DISK_FULL_KEY: path, "epoch": last_epoch, "finished": False})
+    deadline = time.monotonic() + STOP_WAIT_S
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+    raise DiskFullError(path)
+
+
+def watch():
+    """A driver-side Tune callback: on the first full-disk report, interrupt the sweep as Ctrl-C
+    does (Tune saves what it can and leaves every trial resumable). ``.path`` names the disk."""
+    from ray.tune import Callback
+
+    class DiskFullWatch(Callback):
+        path: str | None = None
+        trial_id: str | None = None
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            if result.get(DISK_FULL_KEY) and self.path is None:
+                self.path, self.trial_id = str(result[DISK_FULL_KEY]), trial.trial_id
+                log.debug("trial %s: no space left on %s; stopping the sweep", trial.trial_id, self.path)
+                # Tune's own SIGINT handler stops the run gracefully; a second SIGINT would
+                # force it, so only one is ever sent.
+                os.kill(os.getpid(), signal.SIGINT)
+
+    return DiskFullWatch()
+
+
+class _DropDiskFull(logging.Filter):
+    """Drops Ray's records whose message or traceback is a full disk (said once, at the end),
+    and, once the watch has stopped the sweep, Tune's words about a Ctrl-C nobody pressed."""
+
+    def __init__(self, watcher: Any = None) -> None:
+        super().__init__()
+        self.watcher = watcher
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "ray.tune.tune" and getattr(self.watcher, "path", None):
+            return False
+        if record.exc_info and record.exc_info[1] is not None and full_path(record.exc_info[1], "") is not None:
+            return False
+        text = record.getMessage()
+        return "No space left on device" not in text and "no space left on" not in text
+
+
+@contextlib.contextmanager
+def quiet_ray_disk_full(watcher: Any = None) -> Iterator[None]:
+    """While the sweep runs, Ray's repeated ENOSPC warnings and tracebacks are not printed."""
+    drop = _DropDiskFull(watcher)
+    loggers = [logging.getLogger(name) for name in _NOISY_LOGGERS]
+    for logger in loggers:
+        logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(drop)
+
+
+def sweep_error(watcher: Any, exc: BaseException | None, fallback: str) -> DiskFullError | None:
+    """The one error a sweep ends with when its disk filled: from the watch, or from an
+    exception Tune raised itself while writing its state."""
+    if watcher is not None and watcher.path:
+        return DiskFullError(watcher.path)
+    if exc is not None:
+        path = full_path(exc, fallback)
+        if path is not None:
+            return DiskFullError(path)
+    return None
+
+
+# --- Tune's own state, kept whole --------------------------------------------------------------
+# Tune rewrites its experiment state in place on the storage: on a full disk the newest copy is
+# cut short and a resume fails on it ("Unterminated string"). So the last copy that parsed is
+# kept beside it, written by rename (whole or not at all), and put back before a resume.
+BACKUP_DIR = ".last-complete-state"
+_STATE_PREFIXES = ("experiment_state-", "search_gen_state-", "searcher-state-")
+BACKUP_EVERY_S = 2.0
+
+
+def _newest_state_files(fs, folder: str) -> list[Any]:
+    import pyarrow.fs as pafs
+
+    infos = fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
+    states = sorted(i.base_name for i in infos if i.base_name.startswith("experiment_state-")
+                    and i.base_name.endswith(".json"))
+    if not states:
+        return []
+    stamp = states[-1][len("experiment_state-"):-len(".json")]
+    return [i for i in infos if i.type == pafs.FileType.File
+            and any(i.base_name.startswith(p + stamp) for p in _STATE_PREFIXES)]
+
+
+def _parses(fs, path: str) -> bool:
+    import json
+
+    try:
+        with fs.open_input_stream(path) as stream:
+            json.loads(stream.read().decode("utf-8"))
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def back_up_state(fs, folder: str) -> bool:
+    """Copy the newest experiment state into ``folder/BACKUP_DIR`` if it is whole (a local
+    filesystem only: an object store writes an object whole or not at all)."""
+    import posixpath
+
+    files = _newest_state_files(fs, folder)
+    state = [i for i in files if i.base_name.startswith("experiment_state-")]
+    if not state or not _parses(fs, state[0].path):
+        return False
+    backup = posixpath.join(folder, BACKUP_DIR)
+    fs.create_dir(backup, recursive=True)
+    for old in fs.get_file_info(_selector(backup)):
+        if old.base_name not in {i.base_name for i in files} and not old.base_name.startswith("."):
+            fs.delete_file(old.path)
+    for info in files:
+        target = posixpath.join(backup, info.base_name)
+        tmp = posixpath.join(backup, f".{info.base_name}.tmp")
+        with fs.open_input_stream(info.path) as src, fs.open_output_stream(tmp) as dst:
+            dst.write(src.read())
+        fs.move(tmp, target)
+    return True
+
+
+def _selector(folder: str):
+    import pyarrow.fs as pafs
+
+    return pafs.FileSelector(folder, allow_not_found=True)
+
+
+def restore_last_complete_state(fs, folder: str) -> bool:
+    """Before a resume: if the newest experiment state does not parse (cut short by a full
+    disk), set it aside and put back the last whole copy. Returns whether it did."""
+    import posixpath
+
+    files = _newest_state_files(fs, folder)
+    state = [i for i in files if i.base_name.startswith("experiment_state-")]
+    if not state or _parses(fs, state[0].path):
+        return False
+    backup = posixpath.join(folder, BACKUP_DIR)
+    saved = [i for i in fs.get_file_info(_selector(backup)) if not i.base_name.startswith(".")]
+    saved_state = [i for i in saved if i.base_name.startswith("experiment_state-")]
+    if not saved_state or not _parses(fs, saved_state[0].path):
+        log.warning("the sweep's saved state %s is incomplete and no whole copy was kept; "
+                    "Tune starts it afresh (trials Optuna knows are taken over)", state[0].path)
+        return False
+    for info in files:
+        fs.move(info.path, info.path + ".incomplete")
+    for info in saved:
+        with fs.open_input_stream(info.path) as src, fs.open_output_stream(
+                posixpath.join(folder, info.base_name)) as dst:
+            dst.write(src.read())
+    log.warning("the sweep's saved state %s was cut short (a full disk?); resuming from its last "
+                "whole copy, %s", state[0].path, saved_state[0].base_name)
+    return True
+
+
+def state_backup(fs, folder: str):
+    """A driver-side Tune callback that keeps the last whole experiment state (see above)."""
+    import pyarrow.fs as pafs
+    from ray.tune import Callback
+
+    local = isinstance(fs, pafs.LocalFileSystem) or fs is None
+
+    class StateBackup(Callback):
+        last = 0.0
+
+        def _maybe(self) -> None:
+            if not local or time.monotonic() - self.last < BACKUP_EVERY_S:
+                return
+            self.last = time.monotonic()
+            try:
+                back_up_state(fs or pafs.LocalFileSystem(), folder)
+            except OSError as exc:  # a full disk: the previous whole copy stays
+                log.debug("experiment state not backed up: %s", exc)
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            self._maybe()
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self._maybe()
+
+    return StateBackup()
