@@ -176,10 +176,15 @@ def analyze_checkpoint_of_another_dataset(ctx: Ctx) -> list[str]:
     return ["analyze", str(ctx.base), "--checkpoint", str(ckpt), "--out", str(ctx.tmp / "an")]
 
 
-def evaluate_out_is_an_existing_folder(ctx: Ctx) -> list[str]:
-    (ctx.tmp / "metrics").mkdir()
+def evaluate_out_is_an_existing_file(ctx: Ctx) -> list[str]:
+    (ctx.tmp / "metrics").write_text("a file")
     return ["evaluate", str(ctx.tmp / "best.pt"), "--dataset", str(ctx.base), "--model", "mf", "--no-track",
             "--out", str(ctx.tmp / "metrics")]
+
+
+def evaluate_out_is_an_old_style_json_file(ctx: Ctx) -> list[str]:
+    return ["evaluate", str(ctx.tmp / "best.pt"), "--dataset", str(ctx.base), "--model", "mf", "--no-track",
+            "--out", str(ctx.tmp / "eval.json")]
 
 
 def extract_out_is_a_file(ctx: Ctx) -> list[str]:
@@ -277,9 +282,12 @@ CASES = [
     Case("analyze-out-is-a-file", analyze_out_is_a_file, 2,
          ("--out", "an: is an existing file; expected a folder"),
          not_reached=("clear_core.data.loading.load_dataset",)),
-    Case("evaluate-out-is-an-existing-folder", evaluate_out_is_an_existing_folder, 2,
-         ("--out", "metrics: is an existing folder; expected a file name"),
+    Case("evaluate-out-is-an-existing-file", evaluate_out_is_an_existing_file, 2,
+         ("--out", "metrics: is an existing file; expected a folder"),
          not_reached=("pipeline.checkpoint_evaluation.evaluate_checkpoint",)),
+    Case("evaluate-out-is-an-old-style-json-file", evaluate_out_is_an_old_style_json_file, 2,
+         ("--out", "eval.json: --out now names a folder and metrics.json is written inside it", "eval/metrics.json"),
+         not_reached=("pipeline.checkpoint_evaluation.evaluate_checkpoint",), absent=("eval.json", "eval")),
     Case("extract-out-is-a-file", extract_out_is_a_file, 2,
          ("--out", "features: is an existing file; expected a folder"),
          not_reached=("clear_core.extraction.extract_features",)),
