@@ -41,7 +41,7 @@ $(SYNTH_DIR)/.complete: $(STAMP) configs/datasets/synthetic.yaml
 	$(BIN)/clearrec data synth $(SYNTH_DIR)
 
 train: $(SYNTH_DIR)/.complete ## train one model on the embedded default dataset
-	$(BIN)/clearrec train $(SYNTH_DIR) --model $(MODEL) --out runs/train-$(MODEL).json
+	$(BIN)/clearrec train $(SYNTH_DIR) --model $(MODEL) --out runs/train-$(MODEL)
 
 SWEEP_ARGS ?=
 sweep: setup ## the main job: extract -> filter/split -> Tune+Optuna sweep -> final test, in MLflow (SWEEP_ARGS="--model lightgcn")

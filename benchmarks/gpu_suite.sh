@@ -69,9 +69,9 @@ for step in "${steps[@]}"; do
     tiktok)
       for seed in 999 2024; do
         run "tiktok_clear_$seed" "$py" -m pipeline train "$shared/data/tiktok" --model clear "${clear_point[@]}" \
-          --seed "$seed" --device cuda --out "$out/tiktok_clear_$seed.json"
+          --seed "$seed" --device cuda --out "$out/tiktok_clear_$seed"
         run "tiktok_lightgcn_$seed" "$py" -m pipeline train "$shared/data/tiktok" --model lightgcn "${lightgcn_point[@]}" \
-          --seed "$seed" --device cuda --out "$out/tiktok_lightgcn_$seed.json"
+          --seed "$seed" --device cuda --out "$out/tiktok_lightgcn_$seed"
       done ;;
     extract-image|extract-text)
       run "$step" "$py" benchmarks/bench_extract.py --items 5000 --device cuda --batch-size 256 --modality "${step#extract-}" ;;

@@ -145,7 +145,7 @@ class TrainResult:
     checkpoint_dir: str = ""
 
     def to_json(self) -> dict[str, Any]:
-        """A JSON-serialisable dict (what ``clearrec train --out`` writes)."""
+        """A JSON-serialisable dict (what ``clearrec train --out DIR`` writes to ``DIR/result.json``)."""
         return json.loads(json.dumps(asdict(self)))
 
 

@@ -1,7 +1,7 @@
 """Output locations, checked before any work starts.
 
-A run that trains for an hour and then cannot write its result (``--out`` names a folder, or
-a path under a file) loses the hour. Every command checks each place it will write, before it
+A run that trains for an hour and then cannot write its result (``--out`` names a file, or a
+path under a file) loses the hour. Every command checks each place it will write, before it
 reads the data, and reports every bad one together in one
 :class:`~clear_core.errors.ConfigError` (exit 2).
 
@@ -48,13 +48,25 @@ def output_file_problems(option: str, path: str | Path | None) -> list[str]:
     return _creatable_problems(option, path, path.parent)
 
 
-def output_dir_problems(option: str, path: str | Path | None) -> list[str]:
-    """Problems with ``path`` as a folder to write into (created if missing)."""
+def output_dir_problems(option: str, path: str | Path | None, *, writes: str | None = None) -> list[str]:
+    """Problems with ``path`` as a folder to write into (created if missing).
+
+    ``writes`` names the file the command puts in the folder (``result.json``). ``--out`` of
+    ``train`` and ``evaluate`` once named that file itself, so a path ending like it (``.json``)
+    that is not a folder already is the old form: refused with the new one, rather than made
+    into a folder called ``x.json``.
+    """
     if path is None:
         return []
     path = Path(path)
     if path.is_dir():
         return [] if os.access(path, os.W_OK | os.X_OK) else [f"{option} {path}: the folder is not writable"]
+    if writes is not None and path.suffix.lower() == Path(writes).suffix.lower():
+        folder = path.with_suffix("")
+        return [
+            f"{option} {path}: {option} now names a folder and {writes} is written inside it "
+            f"(e.g. {option} {folder} writes {folder / writes})"
+        ]
     if path.exists():
         return [f"{option} {path}: is an existing file; expected a folder"]
     return _creatable_problems(option, path, path)

@@ -9,8 +9,8 @@ CHECKPOINT may also be a finished sweep's output folder (``runs/sweep/<key>``, p
 ``clearrec sweep``): its best checkpoint, model, parameters and dataset are then taken from it
 (``--dataset``/``--model``/``--set`` still override).
 
-Metrics (valid and test, K in 5/10/20/50) are printed as JSON, written to ``--out`` atomically,
-and logged as an MLflow run in the dataset's experiment (``--no-track`` to skip), with the
+Metrics (valid and test, K in 5/10/20/50) are printed as JSON, written to ``OUT/metrics.json``
+atomically (``--out OUT``, a folder as in every clearrec command), and logged as an MLflow run in the dataset's experiment (``--no-track`` to skip), with the
 checkpoint, dataset fingerprint and git commit as tags; metric keys as in ``clearrec sweep``
 (``test/recall@20`` -> ``test/recall_at_20``).
 """
@@ -26,6 +26,9 @@ from clear_core.errors import ConfigError
 from pipeline.commands import DEVICE_HELP, device_arg
 
 log = logging.getLogger(__name__)
+
+#: The file evaluate writes into ``--out``.
+METRICS_FILE = "metrics.json"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -43,7 +46,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="model parameter the checkpoint was trained with, e.g. --set redundancy_rank=8 (repeatable)",
     )
     parser.add_argument("--device", type=device_arg, metavar="DEV", help=f"{DEVICE_HELP} (default: train.yaml)")
-    parser.add_argument("--out", metavar="FILE", help="also write the metrics JSON here (atomically)")
+    parser.add_argument("--out", metavar="DIR",
+                        help=f"output folder: {METRICS_FILE} goes here (atomically; created if missing)")
     parser.add_argument("--tracking-uri", metavar="URI",
                         help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else tracking_uri in configs/pipeline.yaml)")
     parser.add_argument("--experiment", help="MLflow experiment (default: one per dataset)")
@@ -75,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     from clear_core.config import parse_overrides
     from pipeline import tags, tracking
     from pipeline.checkpoint_evaluation import evaluate_checkpoint
-    from pipeline.output_paths import output_file_problems
+    from pipeline.output_paths import output_dir_problems
     from pipeline.provenance import git_commit
     from pipeline.stages import path_fingerprint
 
@@ -91,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
         train = {**sweep["best_train"], **train}
     missing = [f"--{name}: required (or give a sweep output folder)" for name, value in
                (("dataset", dataset), ("model", model)) if not value]
-    missing += output_file_problems("--out", args.out)
+    missing += output_dir_problems("--out", args.out, writes=METRICS_FILE)
     if missing:
         raise ConfigError(missing)
     uri = None
@@ -127,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
         tracker.end_run(run_id, "FINISHED")
         result["mlflow"] = {"tracking_uri": uri, "experiment": experiment, "run_id": run_id}
     text = json.dumps(result, indent=2, sort_keys=True)
-    print(text, flush=True)  # before --out: a full disk then loses the file, not the metrics
+    print(text, flush=True)  # before metrics.json: a full disk then loses the file, not the metrics
     if args.out:
-        write_text_atomic(args.out, text + "\n")
+        write_text_atomic(Path(args.out) / METRICS_FILE, text + "\n")
     return 0

@@ -25,7 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--config", metavar="PATH", help="repro configuration (default: configs/repro.yaml)")
     parser.add_argument("--reference", metavar="PATH",
                         help="reference metrics to compare with or rewrite (default: the config's reference)")
-    parser.add_argument("--out", metavar="DIR", help="where table.txt and report.json go (default: the config's out_dir)")
+    parser.add_argument("--out", metavar="DIR",
+                        help="output folder: table.txt and report.json go here (default: the config's out_dir)")
     parser.add_argument("--device", default="cpu", type=device_arg, metavar="DEV",
                         help=f"{DEVICE_HELP}, default cpu: each kind has its own reference entry and tolerance")
     parser.add_argument("--part", action="append", choices=("train", "sweep", "real"), dest="parts",
@@ -42,6 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from clear_core.errors import ConfigError
+    from pipeline.output_paths import check_outputs, output_dir_problems
     from pipeline.repro import load_repro_config, run_repro
 
     if args.update and not (args.reason or "").strip():
@@ -54,6 +56,9 @@ def run(args: argparse.Namespace) -> int:
 
         tracking_uri = resolve_tracking_uri(args.tracking_uri)
     config = load_repro_config(args.config)
+    # Before the parts run (minutes): a file where the report folder goes would lose them.
+    check_outputs(output_dir_problems("--out" if args.out else "out_dir", args.out or config.out_dir),
+                  source="clearrec repro")
     outcome = run_repro(
         config,
         reference_path=args.reference,

@@ -4,10 +4,11 @@
 or a trainer field (``configs/train.yaml``); unknown keys and wrong types are reported
 together. The result JSON (resolved configuration, best epoch, valid and test metrics at the
 best epoch, median seconds per epoch, dataset fingerprint, per-epoch history) goes to
-``--out`` atomically and a summary to stdout.
+``OUT/result.json`` atomically (``--out OUT``, a folder as in every clearrec command) and a
+summary to stdout.
 
 ``--out`` and ``--checkpoint-dir`` are checked before the data is read, so a run never trains
-and then fails to save. The summary is printed before ``--out`` is written, so a full disk
+and then fails to save. The summary is printed before ``result.json`` is written, so a full disk
 loses the file but not the figures.
 """
 
@@ -17,6 +18,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
 import torch
 from tqdm import tqdm
@@ -28,9 +30,12 @@ from clear_core.errors import ConfigError
 from clear_core.models import available_models, model_class, resolve_params
 from clear_core.trainer import TRAIN_SCHEMA, EpochReport, TrainConfig, fit
 from pipeline.commands import DEVICE_HELP, device_arg
-from pipeline.output_paths import check_outputs, output_dir_problems, output_file_problems
+from pipeline.output_paths import check_outputs, output_dir_problems
 
 log = logging.getLogger(__name__)
+
+#: The file train writes into ``--out``.
+RESULT_FILE = "result.json"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -53,7 +58,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, help="random seed (train.yaml: seed)")
     parser.add_argument("--device", type=device_arg, metavar="DEV", help=f"{DEVICE_HELP} (default: train.yaml)")
     parser.add_argument("--max-epochs", type=int, help="train.yaml: max_epochs")
-    parser.add_argument("--out", metavar="FILE", help="write the result JSON here (atomically)")
+    parser.add_argument("--out", metavar="DIR",
+                        help=f"output folder: {RESULT_FILE} goes here (atomically; created if missing)")
     parser.add_argument(
         "--checkpoint-dir", metavar="D",
         help="checkpoint every epoch into D (last.pt, best.pt); resume if D holds this run's checkpoint",
@@ -98,7 +104,7 @@ def split_overrides(
 
 def run(args: argparse.Namespace) -> int:
     flags = {"seed": args.seed, "device": args.device, "max_epochs": args.max_epochs}
-    outputs = (output_file_problems("--out", args.out)
+    outputs = (output_dir_problems("--out", args.out, writes=RESULT_FILE)
                + output_dir_problems("--checkpoint-dir", args.checkpoint_dir))
     try:
         params, config = split_overrides(args.model, args.set, flags)
@@ -146,6 +152,6 @@ def run(args: argparse.Namespace) -> int:
     }
     print(json.dumps(summary, indent=2), flush=True)
     if args.out:
-        write_json_atomic(args.out, result.to_json())
-        log.info("wrote %s", args.out)
+        path = write_json_atomic(Path(args.out) / RESULT_FILE, result.to_json())
+        log.info("wrote %s", path)
     return 0

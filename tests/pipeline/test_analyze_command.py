@@ -45,7 +45,7 @@ def test_checkpoint_analysis_uses_the_trained_projector(synth_dir, tmp_path):
     ckpt = tmp_path / "ckpt"
     assert main(["train", str(synth_dir), "--model", "clear", "--max-epochs", "2",
                  "--set", "redundancy_rank=2", "--checkpoint-dir", str(ckpt), "--no-progress",
-                 "--out", str(tmp_path / "train.json")]) == 0
+                 "--out", str(tmp_path / "train")]) == 0
     out = tmp_path / "an"
     assert main(["analyze", str(synth_dir), "--checkpoint", str(ckpt), "--out", str(out)]) == 0
     result = json.loads((out / "analysis.json").read_text())

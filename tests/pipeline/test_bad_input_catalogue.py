@@ -145,14 +145,18 @@ def truncated_npy(cut: Callable[[bytes], bytes]) -> Callable[[Ctx], list[str]]:
     return build
 
 
-def out_is_existing_dir(ctx: Ctx) -> list[str]:
-    (ctx.tmp / "results").mkdir()
+def out_is_an_existing_file(ctx: Ctx) -> list[str]:
+    (ctx.tmp / "results").write_text("a file")
     return train(ctx, "--out", str(ctx.tmp / "results"))
+
+
+def out_is_an_old_style_json_file(ctx: Ctx) -> list[str]:
+    return train(ctx, "--out", str(ctx.tmp / "r.json"))
 
 
 def out_under_a_file(ctx: Ctx) -> list[str]:
     (ctx.tmp / "notes").write_text("a file")
-    return train(ctx, "--out", str(ctx.tmp / "notes" / "r.json"))
+    return train(ctx, "--out", str(ctx.tmp / "notes" / "run"))
 
 
 def checkpoint_dir_is_a_file(ctx: Ctx) -> list[str]:
@@ -172,10 +176,15 @@ def analyze_checkpoint_of_another_dataset(ctx: Ctx) -> list[str]:
     return ["analyze", str(ctx.base), "--checkpoint", str(ckpt), "--out", str(ctx.tmp / "an")]
 
 
-def evaluate_out_is_an_existing_folder(ctx: Ctx) -> list[str]:
-    (ctx.tmp / "metrics").mkdir()
+def evaluate_out_is_an_existing_file(ctx: Ctx) -> list[str]:
+    (ctx.tmp / "metrics").write_text("a file")
     return ["evaluate", str(ctx.tmp / "best.pt"), "--dataset", str(ctx.base), "--model", "mf", "--no-track",
             "--out", str(ctx.tmp / "metrics")]
+
+
+def evaluate_out_is_an_old_style_json_file(ctx: Ctx) -> list[str]:
+    return ["evaluate", str(ctx.tmp / "best.pt"), "--dataset", str(ctx.base), "--model", "mf", "--no-track",
+            "--out", str(ctx.tmp / "eval.json")]
 
 
 def extract_out_is_a_file(ctx: Ctx) -> list[str]:
@@ -233,7 +242,7 @@ def checkpoint_on_full_disk(ctx: Ctx) -> list[str]:
 
 
 def out_on_full_disk(ctx: Ctx) -> list[str]:
-    return train(ctx, "--out", "{full}/result.json")
+    return train(ctx, "--out", "{full}")
 
 
 CASES = [
@@ -261,18 +270,24 @@ CASES = [
     Case("rating-abc", with_ratings("abc"), 2, ("toy.inter:4", "'rating': 'abc' is not a number")),
 
     # --- results lost after the work was done: checked before any work now --------------------
-    Case("train-out-is-an-existing-folder", out_is_existing_dir, 2,
-         ("--out", "results: is an existing folder; expected a file name"), not_reached=TRAIN_WORK),
+    Case("train-out-is-an-existing-file", out_is_an_existing_file, 2,
+         ("--out", "results: is an existing file; expected a folder"), not_reached=TRAIN_WORK),
+    Case("train-out-is-an-old-style-json-file", out_is_an_old_style_json_file, 2,
+         ("--out", "r.json: --out now names a folder and result.json is written inside it", "r/result.json"),
+         not_reached=TRAIN_WORK, absent=("r.json", "r")),
     Case("train-out-under-an-existing-file", out_under_a_file, 2,
-         ("--out", "notes is a file, not a folder"), not_reached=TRAIN_WORK, absent=("notes/r.json",)),
+         ("--out", "notes is a file, not a folder"), not_reached=TRAIN_WORK, absent=("notes/run",)),
     Case("train-checkpoint-dir-is-a-file", checkpoint_dir_is_a_file, 2,
          ("--checkpoint-dir", "ckpt: is an existing file; expected a folder"), not_reached=TRAIN_WORK),
     Case("analyze-out-is-a-file", analyze_out_is_a_file, 2,
          ("--out", "an: is an existing file; expected a folder"),
          not_reached=("clear_core.data.loading.load_dataset",)),
-    Case("evaluate-out-is-an-existing-folder", evaluate_out_is_an_existing_folder, 2,
-         ("--out", "metrics: is an existing folder; expected a file name"),
+    Case("evaluate-out-is-an-existing-file", evaluate_out_is_an_existing_file, 2,
+         ("--out", "metrics: is an existing file; expected a folder"),
          not_reached=("pipeline.checkpoint_evaluation.evaluate_checkpoint",)),
+    Case("evaluate-out-is-an-old-style-json-file", evaluate_out_is_an_old_style_json_file, 2,
+         ("--out", "eval.json: --out now names a folder and metrics.json is written inside it", "eval/metrics.json"),
+         not_reached=("pipeline.checkpoint_evaluation.evaluate_checkpoint",), absent=("eval.json", "eval")),
     Case("extract-out-is-a-file", extract_out_is_a_file, 2,
          ("--out", "features: is an existing file; expected a folder"),
          not_reached=("clear_core.extraction.extract_features",)),
@@ -309,7 +324,7 @@ CASES = [
     Case("knn-k-above-the-item-count", knn_k_on_150_items, 2,
          ("knn_k: expected <= 150, the number of items", "got 100000")),
     Case("set-reg-weight-1e-4-is-a-number", lambda ctx: train(ctx, "--set", "reg_weight=1e-4", "--set", "learning_rate=1E-3",
-                                                              "--out", str(ctx.tmp / "r.json")), 0,
+                                                              "--out", str(ctx.tmp / "r")), 0,
          out_words=('"best_epoch": 1',)),
     Case("set-reg-weight-nan", lambda ctx: train(ctx, "--set", "reg_weight=.nan"), 2,
          ("reg_weight: expected a finite number >= 0, got nan",), not_reached=TRAIN_WORK),

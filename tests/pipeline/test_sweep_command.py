@@ -264,9 +264,9 @@ def test_evaluate_command_scores_the_best_checkpoint_and_logs_a_run(finished_swe
     sets = [f"--set={k}={v}" for k, v in best.items()]
     uri = f"sqlite:///{folder}/mlruns.db"
     code = main(["evaluate", str(ckpt), "--dataset", str(dataset), "--model", "clear", "--tracking-uri", uri,
-                 "--out", str(folder / "eval.json"), *sets])
+                 "--out", str(folder / "eval"), *sets])
     assert code == 0
-    result = json.loads((folder / "eval.json").read_text())
+    result = json.loads((folder / "eval" / "metrics.json").read_text())
     assert result["test"]["recall@20"] == pytest.approx(outcome["final"]["test"]["recall@20"], abs=1e-6)
     run = finished_sweep["tracker"].client.get_run(result["mlflow"]["run_id"])
     assert run.info.status == "FINISHED" and run.info.run_name.startswith("evaluate clear k=")
@@ -277,9 +277,9 @@ def test_evaluate_command_scores_the_best_checkpoint_and_logs_a_run(finished_swe
 def test_evaluate_takes_everything_from_a_sweep_output_folder(finished_sweep, capsys):
     folder, outcome = finished_sweep["folder"], finished_sweep["outcome"]
     sweep_dir = next((folder / "runs" / "sweep").glob("*/outcome.json")).parent
-    code = main(["evaluate", str(sweep_dir), "--no-track", "--out", str(folder / "eval2.json")])
+    code = main(["evaluate", str(sweep_dir), "--no-track", "--out", str(folder / "eval2")])
     assert code == 0
-    result = json.loads((folder / "eval2.json").read_text())
+    result = json.loads((folder / "eval2" / "metrics.json").read_text())
     assert result["model"] == "clear"
     assert result["model_params"]["redundancy_rank"] == outcome["best"]["params"]["redundancy_rank"]
     assert result["test"]["recall@20"] == pytest.approx(outcome["final"]["test"]["recall@20"], abs=1e-6)

@@ -1,4 +1,4 @@
-"""`clearrec train`: trains on a dataset folder, writes the result JSON atomically, and turns
+"""`clearrec train`: trains on a dataset folder, writes OUT/result.json atomically, and turns
 every bad option into one error listing all problems (exit 2)."""
 
 from __future__ import annotations
@@ -20,10 +20,11 @@ def data_dir(tmp_path_factory):
 
 
 def test_train_writes_result_json_with_config_best_epoch_metrics_and_timings(data_dir, tmp_path, capsys):
-    out = tmp_path / "runs" / "result.json"  # the folder does not exist yet (make train)
+    folder = tmp_path / "runs" / "train-lightgcn"  # does not exist yet (make train)
     code = main(["train", str(data_dir), "--model", "lightgcn", "--max-epochs", "3", "--seed", "7",
-                 "--device", "cpu", "--set", "n_layers=1", "--set", "batch_size=512", "--out", str(out)])
+                 "--device", "cpu", "--set", "n_layers=1", "--set", "batch_size=512", "--out", str(folder)])
     assert code == 0
+    out = folder / "result.json"
     result = json.loads(out.read_text())
     assert result["model_name"] == "lightgcn" and result["model_params"]["n_layers"] == 1
     assert result["config"]["seed"] == 7 and result["config"]["batch_size"] == 512
@@ -41,16 +42,36 @@ def test_train_writes_result_json_with_config_best_epoch_metrics_and_timings(dat
 def test_checkpoint_dir_is_filled_and_reused(data_dir, tmp_path):
     ckpt = tmp_path / "ckpt"
     args = ["train", str(data_dir), "--model", "mf", "--max-epochs", "2", "--device", "cpu",
-            "--checkpoint-dir", str(ckpt), "--out", str(tmp_path / "a.json")]
+            "--checkpoint-dir", str(ckpt), "--out", str(tmp_path / "a")]
     assert main(args) == 0
     assert (ckpt / "last.pt").exists() and (ckpt / "best.pt").exists()
-    assert main(args[:-1] + [str(tmp_path / "b.json")]) == 0
-    a, b = (json.loads((tmp_path / n).read_text()) for n in ("a.json", "b.json"))
+    assert main(args[:-1] + [str(tmp_path / "b")]) == 0
+    a, b = (json.loads((tmp_path / n / "result.json").read_text()) for n in ("a", "b"))
     assert a["test"] == b["test"]
 
 
+def test_a_rerun_replaces_the_result_in_an_existing_out_folder(data_dir, tmp_path):
+    folder = tmp_path / "runs"
+    folder.mkdir()
+    (folder / "result.json").write_text("an older run's result\n")
+    (folder / "notes.txt").write_text("mine\n")
+    assert main(["train", str(data_dir), "--model", "mf", "--max-epochs", "1", "--device", "cpu",
+                 "--no-progress", "--out", str(folder)]) == 0
+    assert json.loads((folder / "result.json").read_text())["model_name"] == "mf"
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt", "result.json"]
+
+
+def test_an_old_style_json_out_is_refused_saying_out_is_a_folder(data_dir, tmp_path, capsys):
+    out = tmp_path / "mf.json"
+    assert main(["train", str(data_dir), "--model", "mf", "--max-epochs", "1", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"--out {out}: --out now names a folder and result.json is written inside it" in err
+    assert f"{tmp_path / 'mf' / 'result.json'}" in err
+    assert not out.exists()
+
+
 def test_unknown_keys_and_wrong_types_are_listed_together(data_dir, tmp_path, capsys):
-    out = tmp_path / "never.json"
+    out = tmp_path / "never"
     code = main(["train", str(data_dir), "--model", "lightgcn", "--set", "n_layer=2",
                  "--set", "reg_weight=lots", "--set", "batch_size=1.5", "--out", str(out)])
     assert code == 2
