@@ -139,18 +139,20 @@ def build_pipeline(settings: dict[str, Any]):
             command=["python", "-m", "pipeline.deploy.rayjob", "submit"],
             args=["--cpu-image", images["cpu"], "--gpu-image", images["cuda"],
                   "--config", sweep_config, "--dataset-path", f"{mount}/runs/{run_id}/dataset",
-                  "--results", f"{results_uri}/{run_id}", "--run-id", run_id],
+                  "--results", f"{results_uri}/{run_id}", "--run-id", run_id,
+                  "--runs-dir", f"{mount}/runs/{run_id}/sweep-runs"],
         )
 
     @dsl.container_component
-    def evaluate(sweep_config: str, results_uri: str, run_id: str):
-        """Retrain the best configuration and score it once on the test split, in MLflow."""
+    def evaluate(run_id: str):
+        """Score the finished sweep's best checkpoint once more on a GPU (valid and test, full
+        ranking), as an MLflow evaluate run: the sweep's outputs lie on the data volume."""
         return dsl.ContainerSpec(
             image=images["cuda"],
             command=["sh", "-c",
-                     'python -m pipeline.deploy.rayjob write-config --config "$0" --dataset-path "$1" '
-                     '--results "$2" --out /tmp/sweep.yaml && exec clearrec evaluate --config /tmp/sweep.yaml'],
-            args=[sweep_config, f"{mount}/runs/{run_id}/dataset", f"{results_uri}/{run_id}"],
+                     # The sweep stage's folder is named by a key of its inputs: take the one there.
+                     'set -- "$0"/sweep/*/outcome.json; exec clearrec evaluate "${1%/outcome.json}"'],
+            args=[f"{mount}/runs/{run_id}/sweep-runs"],
         )
 
     def resources(task, step: str):
@@ -182,7 +184,7 @@ def build_pipeline(settings: dict[str, Any]):
         t_prepare.after(t_extract)
         t_sweep = resources(sweep(sweep_config=sweep_config, results_uri=results_uri, run_id=run_id), "sweep")
         t_sweep.after(t_prepare).set_caching_options(False)
-        t_eval = resources(evaluate(sweep_config=sweep_config, results_uri=results_uri, run_id=run_id), "evaluate")
+        t_eval = resources(evaluate(run_id=run_id), "evaluate")
         t_eval.after(t_sweep).set_caching_options(False)
 
     return clearrec_sweep

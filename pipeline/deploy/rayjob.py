@@ -15,7 +15,6 @@ Command line (the Kubeflow sweep step and ``make sweep-k8s``)::
 
     python -m pipeline.deploy.rayjob submit --cpu-image IMG --gpu-image IMG --config FILE \
         [--dataset-path DIR] [--results URI] [--run-id ID | --name N] [--namespace NS] [--timeout S]
-    python -m pipeline.deploy.rayjob write-config --config FILE [--dataset-path DIR] [--results URI] --out FILE
 
 The Kubernetes client (``kubernetes``, in the ``kfp`` extra) is imported only by ``submit``.
 """
@@ -37,7 +36,6 @@ from typing import Any
 
 import yaml
 
-from clear_core.atomic_io import write_text_atomic
 from clear_core.errors import ClearrecError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -153,6 +151,7 @@ def build_rayjob(
     gpu_image: str,
     config_map_name: str,
     backoff_limit: int | None = None,
+    runs_dir: str | None = None,
 ) -> dict[str, Any]:
     """The template with name, images, and its ``sweep-config`` volume pointed at ``config_map_name``.
 
@@ -165,7 +164,8 @@ def build_rayjob(
         job["metadata"]["namespace"] = namespace
     spec = job["spec"]
     config_path = f"{CONFIG_MOUNT}/{CONFIG_KEY}"
-    spec["entrypoint"] = f"clearrec sweep --config {shlex.quote(config_path)}"
+    spec["entrypoint"] = f"clearrec sweep --config {shlex.quote(config_path)}" + (
+        f" --runs-dir {shlex.quote(runs_dir)}" if runs_dir else "")
     if backoff_limit is not None:
         spec["backoffLimit"] = backoff_limit
     cluster = spec["rayClusterSpec"]
@@ -315,6 +315,8 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="sweep config file (YAML), local or in the image")
     parser.add_argument("--dataset-path", help="dataset folder as the Ray pods see it (e.g. on the /data volume)")
     parser.add_argument("--results", help="results storage s3://bucket/prefix (where a retried job resumes)")
+    parser.add_argument("--runs-dir", help="the sweep's stage outputs (outcome.json, best checkpoint) as the head "
+                        "sees it, e.g. on the /data volume, where a later step reads them (default: the image's)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -332,9 +334,6 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--timeout", type=float, default=86400.0, help="seconds to wait (default 86400)")
     submit.add_argument("--poll", type=float, default=15.0, help="seconds between status reads")
     submit.add_argument("--no-wait", action="store_true", help="create the RayJob and return")
-    write = sub.add_parser("write-config", help="write the sweep config a run uses (for evaluate)")
-    _add_config_args(write)
-    write.add_argument("--out", required=True)
     return parser
 
 
@@ -351,6 +350,7 @@ def run_submit(args: argparse.Namespace) -> int:
     rayjob = build_rayjob(
         load_template(args.template), name=name, namespace=namespace, cpu_image=args.cpu_image,
         gpu_image=args.gpu_image, config_map_name=cm_name, backoff_limit=args.backoff_limit,
+        runs_dir=args.runs_dir,
     )
     created = api.create_or_get(rayjob)
     if created.get("metadata", {}).get("uid"):
@@ -369,21 +369,11 @@ def run_submit(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_write_config(args: argparse.Namespace) -> int:
-    sweep_config = sweep_config_for_run(
-        _read_config(args.config), dataset_path=args.dataset_path, results_uri=args.results
-    )
-    write_text_atomic(args.out, yaml.safe_dump(sweep_config, sort_keys=True))
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        if args.command == "submit":
-            return run_submit(args)
-        return run_write_config(args)
+        return run_submit(args)
     except ClearrecError as exc:
         print(f"pipeline.deploy.rayjob {args.command}: error: {exc}", file=sys.stderr)
         return 2

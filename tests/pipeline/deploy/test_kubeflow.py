@@ -131,3 +131,49 @@ def test_bad_settings_are_reported_together():
     assert "accelerator" in text
     with pytest.raises(ConfigError, match="gpu"):
         kubeflow.load_settings({"steps": {"sweep": {"cpu": "1", "memory": "1Gi", "gpu": "one"}}})
+
+
+def test_every_step_runs_a_command_line_its_program_accepts(spec):
+    """A step's arguments are parsed by the program they are for, as the container would: a
+    typo or a removed option fails here, not in a cluster after the sweep."""
+    import re
+    import shlex
+
+    from pipeline.cli import build_parser
+    from pipeline.deploy import rayjob
+
+    pipeline, _ = spec
+    # KFP fills its placeholders at run time: give each a value of the parameter's kind.
+    samples = {"k": "5", "split": "random"}
+
+    def filled(arg) -> str:
+        return re.sub(r"\{\{\$\.inputs\.parameters\['(\w+)'\]\}\}",
+                      lambda m: samples.get(m.group(1), f"/{m.group(1)}"), str(arg))
+
+    seen = set()
+    for name, executor in pipeline["deploymentSpec"]["executors"].items():
+        container = executor["container"]
+        command, args = container["command"], [filled(a) for a in container.get("args", [])]
+        if command == ["clearrec"]:
+            argv = args
+        elif command[:3] == ["python", "-m", "pipeline.deploy.rayjob"]:
+            rayjob.build_parser().parse_args(command[3:] + args)
+            seen.add(name)
+            continue
+        else:
+            assert command[:2] == ["sh", "-c"], name
+            # The script's last command, with its positional parameters as sh would fill them.
+            script = command[2].rsplit("exec ", 1)[1].replace('"${1%/outcome.json}"', "FOLDER")
+            argv = shlex.split(script)[1:]
+        parsed = build_parser().parse_args(argv)
+        assert parsed.command in ("extract", "data", "evaluate"), name
+        seen.add(name)
+    assert seen == {"exec-extract", "exec-prepare", "exec-sweep", "exec-evaluate"}
+
+
+def test_evaluate_reads_the_folder_the_sweep_step_writes(spec):
+    pipeline, _ = spec
+    executors = pipeline["deploymentSpec"]["executors"]
+    sweep_args = executors["exec-sweep"]["container"]["args"]
+    runs_dir = sweep_args[sweep_args.index("--runs-dir") + 1]
+    assert executors["exec-evaluate"]["container"]["args"] == [runs_dir]

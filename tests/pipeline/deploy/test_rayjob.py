@@ -7,6 +7,7 @@ import copy
 import json
 import os
 import re
+import shlex
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -95,15 +96,16 @@ def test_run_config_replaces_the_dataset_and_points_results_at_s3():
         rayjob.sweep_config_for_run(config, results_uri="/local/folder")
 
 
-def test_write_config_writes_the_run_config(tmp_path):
-    source = tmp_path / "sweep.yaml"
-    source.write_text("name: s\nnum_samples: 3\n")
-    out = tmp_path / "out" / "run.yaml"
-    assert rayjob.main(["write-config", "--config", str(source), "--dataset-path", "/data/d",
-                        "--results", "s3://b/p", "--out", str(out)]) == 0
-    assert yaml.safe_load(out.read_text()) == {"name": "s", "num_samples": 3, "dataset": {"path": "/data/d"},
-                                               "storage": {"path": "s3://b/p"}}
-    assert [p.name for p in out.parent.iterdir()] == ["run.yaml"]  # no temporary left behind
+def test_the_entrypoint_is_a_clearrec_sweep_command_line_that_parses():
+    from pipeline.cli import build_parser
+
+    for runs_dir in (None, "/data/runs/r 1/sweep-runs"):
+        job = built(runs_dir=runs_dir)
+        argv = shlex.split(job["spec"]["entrypoint"])
+        assert argv[0] == "clearrec"
+        args = build_parser().parse_args(argv[1:])
+        assert args.command == "sweep" and args.config.endswith("sweep.yaml")
+        assert args.runs_dir == runs_dir
 
 
 # --------------------------------------------------------------------------- waiting on status
