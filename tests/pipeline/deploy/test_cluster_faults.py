@@ -145,7 +145,7 @@ def check_nothing_lost(name: str, num_samples: int) -> tuple:
     truth = tune_epochs(parent)
     for child in children:
         trial = child.data.tags["clearrec.trial_id"]
-        steps = {m.step for m in client.get_metric_history(child.info.run_id, "valid_recall_at_20")}
+        steps = {m.step for m in client.get_metric_history(child.info.run_id, "valid/recall_at_20")}
         assert steps == truth[trial], (trial, sorted(steps), sorted(truth[trial]))
         assert steps == set(range(1, max(steps) + 1)), (trial, sorted(steps))
     states = optuna_trial_states(parent.data.tags["optuna.study_name"])
@@ -179,7 +179,7 @@ def running_child_on_worker(name: str, min_epochs: int):
     for child in children:
         host = child.data.tags.get("clearrec.ray_hostname")
         if child.info.status == "RUNNING" and host in WORKERS:
-            if len(client.get_metric_history(child.info.run_id, "valid_recall_at_20")) >= min_epochs:
+            if len(client.get_metric_history(child.info.run_id, "valid/recall_at_20")) >= min_epochs:
                 return child, host
     return None
 
