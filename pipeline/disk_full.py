@@ -16,6 +16,7 @@ MLflow, the parent run too, and the other trials KILLED (stopped, to be resumed)
 from __future__ import annotations
 
 import contextlib
+import enum
 import logging
 import os
 import signal
@@ -126,10 +127,22 @@ def sweep_error(watcher: Any, exc: BaseException | None, fallback: str) -> DiskF
 # --- Tune's own state, kept whole --------------------------------------------------------------
 # Tune rewrites its experiment state in place on the storage: on a full disk the newest copy is
 # cut short and a resume fails on it ("Unterminated string"). So the last copy that parsed is
-# kept beside it, written by rename (whole or not at all), and put back before a resume.
+# kept beside it, written by rename (whole or not at all), and put back before a resume. Where
+# the disk filled before any whole copy was seen (seconds into a sweep), the state is set aside
+# and the sweep's Tune trials start afresh, taking over the trials Optuna holds as unfinished.
 BACKUP_DIR = ".last-complete-state"
 _STATE_PREFIXES = ("experiment_state-", "search_gen_state-", "searcher-state-")
-BACKUP_EVERY_S = 2.0
+# How often the driver looks for a new snapshot to keep (a directory listing; a copy only when
+# the snapshot changed). Tune writes one about every second (sweep.SNAPSHOT_EVERY_S).
+BACKUP_POLL_S = 0.25
+
+
+class SavedState(enum.Enum):
+    """What :func:`restore_last_complete_state` found and did."""
+
+    WHOLE = "whole"  # the newest state parses, or there is none: resume from it as it is
+    RESTORED = "restored"  # it was cut short; its last whole copy was put back
+    LOST = "lost"  # cut short with no whole copy: set aside, so Tune must start its trials afresh
 
 
 def _newest_state_files(fs, folder: str) -> list[Any]:
@@ -185,56 +198,65 @@ def _selector(folder: str):
     return pafs.FileSelector(folder, allow_not_found=True)
 
 
-def restore_last_complete_state(fs, folder: str) -> bool:
+def _signature(files: list[Any]) -> tuple:
+    return tuple(sorted((i.base_name, i.size, i.mtime_ns) for i in files))
+
+
+def restore_last_complete_state(fs, folder: str) -> SavedState:
     """Before a resume: if the newest experiment state does not parse (cut short by a full
-    disk), set it aside and put back the last whole copy. Returns whether it did."""
+    disk), set it aside and put back the last whole copy, or, where none was kept, leave it set
+    aside (``SavedState.LOST``: the caller starts Tune afresh)."""
     import posixpath
 
     files = _newest_state_files(fs, folder)
     state = [i for i in files if i.base_name.startswith("experiment_state-")]
     if not state or _parses(fs, state[0].path):
-        return False
+        return SavedState.WHOLE
     backup = posixpath.join(folder, BACKUP_DIR)
     saved = [i for i in fs.get_file_info(_selector(backup)) if not i.base_name.startswith(".")]
     saved_state = [i for i in saved if i.base_name.startswith("experiment_state-")]
-    if not saved_state or not _parses(fs, saved_state[0].path):
-        log.warning("the sweep's saved state %s is incomplete and no whole copy was kept; "
-                    "Tune starts it afresh (trials Optuna knows are taken over)", state[0].path)
-        return False
+    # Set aside either way: Tune finds its state by the ".json" ending, and must not read this.
     for info in files:
         fs.move(info.path, info.path + ".incomplete")
+    if not saved_state or not _parses(fs, saved_state[0].path):
+        log.warning("the sweep's saved state %s was cut short (a full disk?) before any whole copy "
+                    "was kept; its trials start afresh: those Optuna holds as unfinished are taken "
+                    "over from their first epoch, finished ones stay in the study", state[0].path)
+        return SavedState.LOST
     for info in saved:
         with fs.open_input_stream(info.path) as src, fs.open_output_stream(
                 posixpath.join(folder, info.base_name)) as dst:
             dst.write(src.read())
     log.warning("the sweep's saved state %s was cut short (a full disk?); resuming from its last "
                 "whole copy, %s", state[0].path, saved_state[0].base_name)
-    return True
+    return SavedState.RESTORED
 
 
 def state_backup(fs, folder: str):
-    """A driver-side Tune callback that keeps the last whole experiment state (see above)."""
+    """A driver-side Tune callback that keeps the last whole experiment state (see above).
+
+    It looks every ``BACKUP_POLL_S`` from the controller's loop rather than on trial results, so
+    that a snapshot is kept within a fraction of a second of being written, before the first
+    result if need be: a disk that fills in the first seconds of a sweep leaves a whole copy."""
     import pyarrow.fs as pafs
     from ray.tune import Callback
 
     local = isinstance(fs, pafs.LocalFileSystem) or fs is None
+    fs = fs or pafs.LocalFileSystem()
 
     class StateBackup(Callback):
-        last = 0.0
+        checked = 0.0
+        kept: tuple = ()
 
-        def _maybe(self) -> None:
-            if not local or time.monotonic() - self.last < BACKUP_EVERY_S:
+        def on_step_end(self, iteration, trials, **info):
+            if not local or time.monotonic() - self.checked < BACKUP_POLL_S:
                 return
-            self.last = time.monotonic()
+            self.checked = time.monotonic()
             try:
-                back_up_state(fs or pafs.LocalFileSystem(), folder)
+                newest = _signature(_newest_state_files(fs, folder))
+                if newest and newest != self.kept and back_up_state(fs, folder):
+                    self.kept = newest
             except OSError as exc:  # a full disk: the previous whole copy stays
                 log.debug("experiment state not backed up: %s", exc)
-
-        def on_trial_result(self, iteration, trials, trial, result, **info):
-            self._maybe()
-
-        def on_trial_complete(self, iteration, trials, trial, **info):
-            self._maybe()
 
     return StateBackup()

@@ -508,9 +508,14 @@ def run_sweep(
             tune.with_parameters(run_trial, dataset=dataset, sweep=config), _resources(config)
         )
         resumed = tune.Tuner.can_restore(restore_path, storage_filesystem=storage.filesystem)
+        restore_tune = resumed
         if resumed:
             log.info("resuming sweep %s from %s", sweep_id, exp_path)
-            disk_full.restore_last_complete_state(storage.filesystem or _local_fs(), restore_path)
+            saved = disk_full.restore_last_complete_state(storage.filesystem or _local_fs(), restore_path)
+            # Tune restoring from a state it cannot read goes on half-restored (one trial, say):
+            # a fresh Tuner on the same study takes over Optuna's unfinished trials instead.
+            restore_tune = saved is not disk_full.SavedState.LOST
+        if restore_tune:
             restore_missing_checkpoints(restore_path, storage.filesystem)
             tuner = tune.Tuner.restore(
                 restore_path, trainable,

@@ -42,6 +42,8 @@ SWEEP = {
 }
 
 # 8 MiB of tmpfs with 7 MB taken: the first few checkpoints (about 150 KB each) fit, then not.
+# LOSE_STATE: what a disk that filled before Tune's first whole snapshot leaves (its only state
+# cut short, no whole copy kept), made certain rather than left to timing.
 SCRIPT = textwrap.dedent("""\
     set -u
     mount -t tmpfs -o size=8m tmpfs "$FULL" || exit 97
@@ -50,6 +52,11 @@ SCRIPT = textwrap.dedent("""\
     echo $? > first.rc
     cp mlruns.db after-first.db
     rm "$FULL/filler"
+    if [ -n "${LOSE_STATE:-}" ]; then
+        state=$(ls "$FULL"/results/*/experiment_state-*.json | tail -n 1)
+        head -c 100 "$state" > "$state.cut" && mv "$state.cut" "$state"
+        rm -rf "$FULL"/results/*/.last-complete-state
+    fi
     "$CLEARREC" sweep --config sweep.yaml --no-progress --in-process > second.out 2> second.err
     echo $? > second.rc
     """)
@@ -66,7 +73,11 @@ def _study_states(db: Path) -> list[str]:
 
 
 @pytest.mark.timeout(600)
-def test_a_sweep_that_fills_its_disk_stops_once_and_resumes_after_space_is_freed(tmp_path):
+@pytest.mark.parametrize("state", ["as_left", "lost"])
+def test_a_sweep_that_fills_its_disk_stops_once_and_resumes_after_space_is_freed(tmp_path, state):
+    """``as_left``: the resume finds what the full disk left (a whole state, or one cut short with
+    its last whole copy kept); ``lost``: the state is cut short and no copy was kept, so the
+    trials start afresh, Optuna's unfinished ones taken over. Either way the sweep completes."""
     unshare = shutil.which("unshare")
     if unshare is None:
         pytest.skip("no unshare here to mount a private tmpfs")
@@ -80,6 +91,8 @@ def test_a_sweep_that_fills_its_disk_stops_once_and_resumes_after_space_is_freed
     env = {**os.environ, "FULL": str(full), "CLEARREC": str(Path(sys.executable).parent / "clearrec"),
            "PYTHONPATH": str(REPO)}
     env.pop("MLFLOW_TRACKING_URI", None)
+    if state == "lost":
+        env["LOSE_STATE"] = "1"
     run = subprocess.run([unshare, "-rm", "sh", "-c", SCRIPT], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=560)
     assert run.returncode == 0, run.stderr
@@ -101,8 +114,22 @@ def test_a_sweep_that_fills_its_disk_stops_once_and_resumes_after_space_is_freed
     assert "resuming sweep" in second_err
     out = (tmp_path / "second.out").read_text()
     assert "COMPLETE 3, PRUNED 0, FAIL 0" in out, out
-    assert set(_statuses(tmp_path / "mlruns.db").values()) == {"FINISHED"}
-    assert _study_states(tmp_path / "optuna.db") == ["COMPLETE"] * 3
+    # None left RUNNING or failed; a point proposed again is closed with its twin's result, so
+    # a study may hold more trials than ran.
+    states = _study_states(tmp_path / "optuna.db")
+    assert set(states) <= {"COMPLETE", "PRUNED"} and states.count("COMPLETE") >= 3, states
+    after = _statuses(tmp_path / "mlruns.db")
+    assert [status for name, status in after.items() if "sweep" in name] == ["FINISHED"]
+    children = {name: status for name, status in after.items() if "sweep" not in name}
+    assert list(children.values()).count("FINISHED") == 3, children
+    if state == "lost":
+        assert "start afresh" in second_err
+        # The first run's trials, started over under new Tune trials, keep how they ended.
+        assert {s for name, s in children.items() if s != "FINISHED"} <= {"FAILED", "KILLED"}
+        assert all(after_first[name] == s for name, s in children.items() if s != "FINISHED")
+    elif "start afresh" not in second_err:
+        # Resumed from Tune's state: the same trials carried on, each its one child run.
+        assert set(children.values()) == {"FINISHED"}, children
 
 
 def _state_files(folder: Path, stamp: str, experiment_state: str) -> None:
@@ -118,7 +145,7 @@ def test_a_state_cut_short_is_replaced_by_its_last_whole_copy(tmp_path):
     # The next snapshot is cut short by the full disk.
     (tmp_path / "experiment_state-2026-12-05_08-00-00.json").write_text('{"trial_data": [["{\\"trial_id')
 
-    assert disk_full.restore_last_complete_state(fs, str(tmp_path))
+    assert disk_full.restore_last_complete_state(fs, str(tmp_path)) is disk_full.SavedState.RESTORED
 
     restored = json.loads((tmp_path / "experiment_state-2026-12-05_08-00-00.json").read_text())
     assert restored == {"trial_data": [], "n": 1}
@@ -128,10 +155,44 @@ def test_a_state_cut_short_is_replaced_by_its_last_whole_copy(tmp_path):
 def test_a_whole_state_is_left_alone_and_a_cut_one_is_never_backed_up(tmp_path):
     fs = pafs.LocalFileSystem()
     _state_files(tmp_path, "2026-12-05_08-00-00", '{"trial_data": []}')
-    assert not disk_full.restore_last_complete_state(fs, str(tmp_path))
+    assert disk_full.restore_last_complete_state(fs, str(tmp_path)) is disk_full.SavedState.WHOLE
     (tmp_path / "experiment_state-2026-12-05_08-00-00.json").write_text('{"cut')
     assert not disk_full.back_up_state(fs, str(tmp_path))
     assert not (tmp_path / disk_full.BACKUP_DIR).exists()
+
+
+def test_a_state_cut_short_with_no_whole_copy_is_set_aside_so_tune_starts_afresh(tmp_path):
+    fs = pafs.LocalFileSystem()
+    _state_files(tmp_path, "2026-12-05_08-00-00", '{"trial_data": [["{\\"trial_id')
+
+    assert disk_full.restore_last_complete_state(fs, str(tmp_path)) is disk_full.SavedState.LOST
+
+    # Nothing Tune would take for its state is left (it looks for "experiment_state-*.json").
+    assert not list(tmp_path.glob("experiment_state-*.json"))
+    assert sorted(p.name for p in tmp_path.glob("*.incomplete")) == [
+        "experiment_state-2026-12-05_08-00-00.json.incomplete",
+        "search_gen_state-2026-12-05_08-00-00.json.incomplete",
+        "searcher-state-2026-12-05_08-00-00.pkl.incomplete",
+    ]
+
+
+def test_the_driver_keeps_each_new_whole_snapshot_before_any_trial_reports(tmp_path, monkeypatch):
+    monkeypatch.setattr(disk_full, "BACKUP_POLL_S", 0.0)
+    fs = pafs.LocalFileSystem()
+    backup = disk_full.state_backup(fs, str(tmp_path))
+    kept = tmp_path / disk_full.BACKUP_DIR / "experiment_state-2026-12-05_08-00-00.json"
+
+    backup.on_step_end(iteration=0, trials=[])  # no snapshot yet: nothing to keep
+    assert not kept.exists()
+    _state_files(tmp_path, "2026-12-05_08-00-00", '{"n": 1}')
+    backup.on_step_end(iteration=1, trials=[])
+    assert json.loads(kept.read_text()) == {"n": 1}
+    (tmp_path / "experiment_state-2026-12-05_08-00-00.json").write_text('{"n": 22}')
+    backup.on_step_end(iteration=2, trials=[])
+    assert json.loads(kept.read_text()) == {"n": 22}
+    (tmp_path / "experiment_state-2026-12-05_08-00-00.json").write_text('{"n": 3')  # cut short
+    backup.on_step_end(iteration=3, trials=[])
+    assert json.loads(kept.read_text()) == {"n": 22}
 
 
 def test_the_full_path_is_found_behind_whatever_wrapped_the_os_error():
