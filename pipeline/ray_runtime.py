@@ -317,6 +317,30 @@ def join_or_start_ray() -> bool:
         ) from None
 
 
+def quiet_worker_teardown() -> None:
+    """In a Ray worker: drop the "Exception ignored ... SystemExit: 1" traceback of its teardown.
+
+    Ray's workers turn SIGTERM into ``SystemExit``. When the signal lands while the worker's main
+    thread runs a garbage-collector or weakref callback (often, in a trial that is being stopped),
+    Python cannot raise it there and prints it as an unraisable exception: a traceback on the
+    driver's console that reads like a crash and is none. Other unraisable exceptions still go to
+    the hook that was in place.
+    """
+    import sys
+
+    previous = sys.unraisablehook
+    if getattr(previous, "drops_teardown_exit", False):
+        return
+
+    def hook(unraisable) -> None:
+        if isinstance(unraisable.exc_value, SystemExit):
+            return
+        previous(unraisable)
+
+    hook.drops_teardown_exit = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
+
+
 def node_cpus() -> float:
     """The CPUs Ray may use on the driver's node (0 when the node offers none)."""
     import ray

@@ -148,9 +148,11 @@ def run_trial(trial_config: dict[str, Any], *, dataset: Dataset, sweep: SweepCon
     from ray import tune
 
     from clear_core.trainer import TrainConfig, fit
+    from pipeline.ray_runtime import quiet_worker_teardown
 
     # Ray's per-checkpoint INFO lines would bury the status table.
     logging.getLogger("ray.train").setLevel(logging.WARNING)
+    quiet_worker_teardown()
     dataset = _writable(dataset)
     model_params, train = sweep.split_params(trial_config)
     train["valid_metric"] = sweep.metric.split("/", 1)[1]

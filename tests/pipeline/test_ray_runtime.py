@@ -1,5 +1,6 @@
 """The Ray plumbing of the pipeline: a stage runs as a task pinned to the driver's node, in the
-driver when that node offers no CPU; an address where nothing listens fails in seconds."""
+driver when that node offers no CPU; an address where nothing listens fails in seconds; a worker's
+teardown prints no traceback."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import time
 
 import pytest
 
-from pipeline import stages
+from pipeline import ray_runtime, stages
 from pipeline.ray_runtime import probe_ray_address, run_as_task
 
 TINY = {"n_users": 120, "n_items": 90, "n_interactions": 1800}
@@ -50,3 +51,23 @@ def test_a_ray_address_where_nothing_listens_fails_in_seconds_naming_it():
     with pytest.raises(ConfigError, match=f"RAY_ADDRESS=127.0.0.1:{port}"):
         probe_ray_address(f"127.0.0.1:{port}", timeout_s=2.0)
     assert time.monotonic() - start < 5
+
+
+class _ExitsWhenCollected:
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+    def __del__(self) -> None:
+        raise self.exc
+
+
+def test_a_worker_stopped_mid_collection_prints_no_traceback_but_other_unraisables_still_show(monkeypatch):
+    seen = []
+    monkeypatch.setattr(sys, "unraisablehook", seen.append)
+    ray_runtime.quiet_worker_teardown()
+    ray_runtime.quiet_worker_teardown()  # once per worker, however many trials it runs
+
+    _ExitsWhenCollected(SystemExit(1))  # what Ray's SIGTERM handler raises inside a callback
+    _ExitsWhenCollected(ValueError("a real bug"))
+
+    assert [type(u.exc_value) for u in seen] == [ValueError]
