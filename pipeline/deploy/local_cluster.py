@@ -113,8 +113,9 @@ class Secrets:
 
     @classmethod
     def load_or_create(cls, state_dir: Path) -> Secrets:
-        """The cluster's secrets, generated on first use and kept (the PostgreSQL volume keeps
-        the password it was initialised with)."""
+        """The cluster's secrets, generated on first use and kept. The PostgreSQL volume may
+        outlive them (another checkout, a deleted ``.cluster/``): its role takes the password
+        of the container created on it (docker/postgres-entry.sh)."""
         path = state_dir / "secrets.json"
         if path.exists():
             return cls(**json.loads(path.read_text(encoding="utf-8")))

@@ -264,3 +264,18 @@ def test_down_then_up_keeps_every_mlflow_run(cluster):
     client = mlflow()
     after = {r.info.run_id: r.info.status for r in client.search_runs(experiments, max_results=5000)}
     assert after == before
+
+
+def test_a_kept_database_opens_to_new_secrets(cluster):
+    """What a second checkout, or a deleted .cluster/, brings to the machine's PostgreSQL volume:
+    secrets the database was not initialised with. MLflow still starts on it, runs intact."""
+    client = mlflow()
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    before = {r.info.run_id for r in client.search_runs(experiments, max_results=5000)}
+    old_password = lc.Secrets.load_or_create(SETTINGS.state_dir).postgres_password
+    lc.down(SETTINGS)
+    (SETTINGS.state_dir / "secrets.json").unlink()
+    lc.up(SETTINGS)
+    assert lc.Secrets.load_or_create(SETTINGS.state_dir).postgres_password != old_password
+    after = {r.info.run_id for r in mlflow().search_runs(experiments, max_results=5000)}
+    assert after == before
