@@ -169,12 +169,13 @@ def _parses(fs, path: str) -> bool:
         return False
 
 
-def back_up_state(fs, folder: str) -> bool:
+def back_up_state(fs, folder: str, files: list[Any] | None = None) -> bool:
     """Copy the newest experiment state into ``folder/BACKUP_DIR`` if it is whole (a local
-    filesystem only: an object store writes an object whole or not at all)."""
+    filesystem only: an object store writes an object whole or not at all). ``files``: the
+    newest state's files when the caller has just listed them."""
     import posixpath
 
-    files = _newest_state_files(fs, folder)
+    files = _newest_state_files(fs, folder) if files is None else files
     state = [i for i in files if i.base_name.startswith("experiment_state-")]
     if not state or not _parses(fs, state[0].path):
         return False
@@ -253,8 +254,9 @@ def state_backup(fs, folder: str):
                 return
             self.checked = time.monotonic()
             try:
-                newest = _signature(_newest_state_files(fs, folder))
-                if newest and newest != self.kept and back_up_state(fs, folder):
+                files = _newest_state_files(fs, folder)
+                newest = _signature(files)
+                if newest and newest != self.kept and back_up_state(fs, folder, files):
                     self.kept = newest
             except OSError as exc:  # a full disk: the previous whole copy stays
                 log.debug("experiment state not backed up: %s", exc)
