@@ -32,6 +32,7 @@ Command line (what the Makefile targets call)::
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import json
 import logging
@@ -56,6 +57,9 @@ log = logging.getLogger(__name__)
 NETWORK = f"{parts.PREFIX}-cluster"
 VOLUME = f"{parts.PREFIX}-pgdata"
 LABEL = "clearrec.cluster"
+# The digest of the secret files a container was created with: a container is created again when
+# the checkout's secrets differ (another clone, a deleted .cluster/), never restarted with stale ones.
+SECRETS_LABEL = "clearrec.secrets-digest"
 APP_UID = 1000          # the clearrec user of the cpu and s3 images (docker/Dockerfile.cpu)
 POSTGRES_UID = 999      # the postgres user of docker/Dockerfile.postgres
 APP_HOME = "/home/clearrec"
@@ -172,9 +176,18 @@ class Container:
     files_dir: str = APP_HOME
     files_uid: int = APP_UID
 
+    @property
+    def secrets_digest(self) -> str:
+        """SHA-256 of ``files`` (names and contents): shows whether a container holds these
+        secrets without showing them (each is at least 128 random bits, so it cannot be guessed
+        back from its hash)."""
+        blob = json.dumps(sorted(self.files.items()), separators=(",", ":")).encode()
+        return hashlib.sha256(blob).hexdigest()
+
     def create_args(self) -> list[str]:
         out = ["create", "--name", self.name, "--hostname", self.name, "--network", NETWORK,
-               "--label", f"{LABEL}=local", "--restart", self.restart]
+               "--label", f"{LABEL}=local", "--label", f"{SECRETS_LABEL}={self.secrets_digest}",
+               "--restart", self.restart]
         for key, value in sorted(self.env.items()):
             out += ["--env", f"{key}={value}"]
         for host, inner in self.ports:
@@ -270,13 +283,19 @@ def secret_tar(files: Mapping[str, str], uid: int) -> bytes:
 
 def start(container: Container) -> str:
     """Create (with its secret files) and start ``container``; start it again if it exists, and
-    create it anew if its image has been rebuilt."""
+    create it anew if its image has been rebuilt or it holds other secrets than this checkout's."""
     state = container_state(container.name)
-    if state is not None and docker("inspect", "-f", "{{.Image}}", container.name) != \
-            docker("image", "inspect", "-f", "{{.Id}}", container.image):
-        # Built again since (`make images`): the part runs the new image; volumes stay.
-        docker("rm", "-f", container.name, timeout=180)
-        state = None
+    if state is not None:
+        # '|': docker() strips the output, and a container without the label prints nothing for it.
+        image, digest = docker("inspect", "-f", f'{{{{.Image}}}}|{{{{index .Config.Labels "{SECRETS_LABEL}"}}}}',
+                               container.name).split("|", 1)
+        if image != docker("image", "inspect", "-f", "{{.Id}}", container.image) \
+                or digest != container.secrets_digest:
+            # Built again since (`make images`), or created by another checkout: the part runs
+            # the new image with this checkout's secrets (PostgreSQL's role takes the new
+            # password, docker/postgres-entry.sh); volumes stay.
+            docker("rm", "-f", container.name, timeout=180)
+            state = None
     if state == "running":
         return "running"
     if state is None:

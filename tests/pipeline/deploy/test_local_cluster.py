@@ -60,6 +60,55 @@ def test_secrets_reach_the_containers_as_private_files_of_their_user(cluster, ke
     assert postgres.files == {"password": keys.postgres_password} and postgres.files_uid == lc.POSTGRES_UID
 
 
+class FakeEngine:
+    """`docker` as start() uses it: one existing container, its image and secrets label."""
+
+    def __init__(self, *, state, image="sha256:new", digest=""):
+        self.state, self.image, self.digest, self.calls = state, image, digest, []
+
+    def docker(self, *args, stdin=None, check=True, timeout=120):
+        self.calls.append(args[0])
+        if args[:2] == ("image", "inspect"):
+            return "sha256:new"
+        if args[0] == "inspect":
+            return f"{self.image}|{self.digest}".strip()  # as docker() returns it
+        return ""
+
+
+@pytest.mark.parametrize("case, recreated", [
+    ("same image, same secrets", False),
+    ("image rebuilt", True),
+    ("created by a checkout with other secrets", True),
+    ("created before containers carried the secrets label", True),
+])
+def test_a_container_is_created_again_only_when_its_image_or_secrets_changed(monkeypatch, cluster, case, recreated):
+    """The CI failure of 2026-12-05: a fresh clone (new secrets) found the PostgreSQL container of
+    an earlier checkout, restarted it with the old password and MLflow could not log in."""
+    postgres = by_name(cluster)[parts.POSTGRES_HOST]
+    engine = FakeEngine(state="exited", digest=postgres.secrets_digest)
+    if case == "image rebuilt":
+        engine.image = "sha256:old"
+    elif case == "created by a checkout with other secrets":
+        engine.digest = lc.Container(postgres.name, postgres.image, files={"password": "another"}).secrets_digest
+    elif case == "created before containers carried the secrets label":
+        engine.digest = ""  # what Go's template prints for a missing map key
+    monkeypatch.setattr(lc, "docker", engine.docker)
+    monkeypatch.setattr(lc, "container_state", lambda name: engine.state)
+    assert lc.start(postgres) == ("started" if recreated else "restarted")
+    assert ("rm" in engine.calls and "create" in engine.calls and "cp" in engine.calls) == recreated
+    assert engine.calls[-1] == "start"
+
+
+def test_the_secrets_label_tells_secrets_apart_without_holding_them(tmp_path, keys):
+    other = lc.Secrets.load_or_create(tmp_path / "other")
+    mine, theirs = (by_name(lc.containers(lc.ClusterSettings(workers=1), k)) for k in (keys, other))
+    for name in mine:
+        assert mine[name].secrets_digest == by_name(lc.containers(lc.ClusterSettings(workers=1), keys))[name].secrets_digest
+        if mine[name].files:
+            assert mine[name].secrets_digest != theirs[name].secrets_digest, name
+        assert f"{lc.SECRETS_LABEL}={mine[name].secrets_digest}" in mine[name].create_args()
+
+
 def test_ports_are_published_on_loopback_only(cluster):
     for container in cluster:
         args = container.create_args()
