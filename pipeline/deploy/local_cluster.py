@@ -509,12 +509,21 @@ def submit_sweep(settings: ClusterSettings, config_path: Path, sweep_args: Seque
     while True:
         state = client.get_job_status(job_id)
         text = client.get_job_logs(job_id)
-        if len(text) > shown:
-            write(text[shown:])
-            shown = len(text)
-        if state in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
+        done = state in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED)
+        # Whole lines only until the end, so that no URL is cut between two polls.
+        upto = len(text) if done else text.rfind("\n", shown) + 1
+        if upto > shown:
+            write(as_seen_from_this_machine(text[shown:upto], settings))
+            shown = upto
+        if done:
             return str(state.value if hasattr(state, "value") else state)
         time.sleep(poll_s)
+
+
+def as_seen_from_this_machine(text: str, settings: ClusterSettings) -> str:
+    """The job's log with the MLflow server's in-cluster address (what the driver tracks to) put
+    as this machine reaches it, so that the summary's links open in a browser here."""
+    return text.replace(parts.tracking_uri(), settings.mlflow_url)
 
 
 # --- command line ---------------------------------------------------------------------------

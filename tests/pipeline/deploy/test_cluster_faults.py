@@ -200,6 +200,8 @@ def test_sweep_runs_its_trials_on_the_workers_and_tracks_them_in_mlflow(cluster,
     job = Job(sweep_file(tmp_path, "basic"))
     text = job.wait()
     assert "Sweep of clear on" in text and "finished: COMPLETE" in text  # the closing summary
+    # Its links open here: the server as this machine reaches it, not the in-cluster name.
+    assert f"{SETTINGS.mlflow_url}/#/experiments/" in text and parts.tracking_uri() not in text
     parent, children = check_nothing_lost(job.name, 4)
     workers = worker_node_ids()
     for child in children:

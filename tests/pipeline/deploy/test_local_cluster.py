@@ -148,6 +148,15 @@ def test_the_job_entrypoint_names_the_study_without_its_password(keys):
     assert not any(v in entry for v in keys.values())
 
 
+def test_the_job_log_links_to_mlflow_as_this_machine_reaches_it():
+    settings = lc.ClusterSettings(mlflow_port=15000)
+    line = ("  http://clearrec-mlflow:5000/#/experiments/1/runs?viewStateShareKey=ab\n"
+            "View run at: http://clearrec-mlflow:5000/#/experiments/1/runs/ab\n")
+    assert lc.as_seen_from_this_machine(line, settings) == (
+        "  http://127.0.0.1:15000/#/experiments/1/runs?viewStateShareKey=ab\n"
+        "View run at: http://127.0.0.1:15000/#/experiments/1/runs/ab\n")
+
+
 def test_status_lists_every_part_without_reading_secrets(monkeypatch):
     monkeypatch.setattr(lc, "container_state", lambda name: None)
     states = lc.status(lc.ClusterSettings(workers=1))
