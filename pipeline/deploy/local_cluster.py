@@ -179,8 +179,8 @@ class Container:
     @property
     def secrets_digest(self) -> str:
         """SHA-256 of ``files`` (names and contents): shows whether a container holds these
-        secrets without showing them (each is at least 128 random bits, so it cannot be guessed
-        back from its hash)."""
+        secrets without showing them (every container's files hold a value of 192 random bits or
+        more, so no guess reaches its hash)."""
         blob = json.dumps(sorted(self.files.items()), separators=(",", ":")).encode()
         return hashlib.sha256(blob).hexdigest()
 
