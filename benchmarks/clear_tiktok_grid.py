@@ -39,6 +39,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from clear_core.seed_statistics import mean_interval  # noqa: E402
+
 
 def _grid(**axes: list) -> list[dict]:
     keys = list(axes)
@@ -228,33 +230,14 @@ def selected(rows: list[dict], select_seeds: list[int]) -> dict[str, dict]:
     return {m: p for m, p in chosen.items() if p is not None}
 
 
-# Two-sided 95 % quantiles of Student's t for 1-20 degrees of freedom (beyond that, the
-# Cornish-Fisher expansion below is within 0.001 of the exact value).
-_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
-         2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086)
-
-
-def t975(df: int) -> float:
-    """The 97.5 % quantile of Student's t with ``df`` degrees of freedom."""
-    if df < 1:
-        raise ValueError(f"degrees of freedom must be >= 1, got {df}")
-    if df <= len(_T975):
-        return _T975[df - 1]
-    z = 1.959964
-    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
-
-
 def paired_interval(diffs: list[float]) -> str:
     """Mean of per-seed differences with its 95 % t interval: ``+0.0031 [+0.0004, +0.0057]``.
 
     The seeds vary the model's randomness only; the test users are the same in every run, so
     the interval says how sure the comparison is on these files, not on TikTok at large.
     """
-    mean = statistics.mean(diffs)
-    if len(diffs) < 2:
-        return f"{mean:+.4f}"
-    half = t975(len(diffs) - 1) * statistics.stdev(diffs) / len(diffs) ** 0.5
-    return f"{mean:+.4f} [{mean - half:+.4f}, {mean + half:+.4f}]"
+    mean, low, high = mean_interval(diffs)
+    return f"{mean:+.4f}" if len(diffs) < 2 else f"{mean:+.4f} [{low:+.4f}, {high:+.4f}]"
 
 
 def _ms(vals: list[float]) -> str:

@@ -37,7 +37,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from clear_tiktok_grid import GRID, PLUG_GRID, shared_dir, t975  # noqa: E402
+from clear_tiktok_grid import GRID, PLUG_GRID, shared_dir  # noqa: E402
+
+from clear_core.seed_statistics import mean_interval  # noqa: E402
 
 #: Base grids: the CLEAR study's own for VBPR and FREEDOM (benchmarks/clear_tiktok_grid.py).
 BASE_GRID: dict[str, list[dict]] = {"vbpr": GRID["vbpr"], "freedom": GRID["freedom"]}
@@ -149,16 +151,6 @@ def select(rows: list[dict], method: str, candidates: list[dict], select_seeds: 
 
 
 # --- summary arithmetic -------------------------------------------------------------------------
-
-
-def mean_interval(diffs: list[float]) -> tuple[float, float, float]:
-    """Mean of paired differences and its two-sided 95 % t interval ``(mean, low, high)``; the
-    interval is NaN with fewer than two pairs."""
-    mean = statistics.mean(diffs)
-    if len(diffs) < 2:
-        return mean, math.nan, math.nan
-    half = t975(len(diffs) - 1) * statistics.stdev(diffs) / math.sqrt(len(diffs))
-    return mean, mean - half, mean + half
 
 
 def paired(plugged: list[dict], base: list[dict]) -> dict | None:

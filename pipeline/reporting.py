@@ -225,6 +225,7 @@ def closing_summary(
     duplicate_proposals: int = 0,
     ui_link: str | None = None,
     trial_name: str | None = None,
+    seed_lines: Sequence[str] = (),
 ) -> str:
     """The text the CLI prints when a sweep ends: best configuration, its valid and test
     metrics, where to look in MLflow and how to open it."""
@@ -242,6 +243,7 @@ def closing_summary(
     ]
     if final_test:
         lines.append(f"  final test evaluation of the best checkpoint: {_metrics_line(final_test)}")
+    lines += list(seed_lines)
     lines += [
         f"MLflow: experiment {experiment!r} (id {experiment_id}), parent run {parent_run_id}",
         f"  tracking {tracking_uri}; open the UI with `make ui`, then the sweep's runs at",

@@ -75,7 +75,7 @@ def run_pipeline(
     ``RAY_ADDRESS``) before the dataset stages, so that the trials' resources are checked first.
     """
     from clear_core.data.loading import load_dataset
-    from pipeline import mlflow_logging, reporting, tracking
+    from pipeline import mlflow_logging, reporting, seed_replicates, tracking
     from pipeline.locks import SweepLock, ensure_tracking_store
     from pipeline.optuna_search import rdb_storage
     from pipeline.ray_runtime import join_or_start_ray, probe_ray_address
@@ -142,6 +142,7 @@ def run_pipeline(
         study_name=info["study_name"], outputs=sweep_out.path, resumed=info.get("resumed", False),
         grid=info.get("grid"), duplicate_proposals=info.get("duplicate_proposals", 0),
         ui_link=link, trial_name=info.get("best_trial_name"),
+        seed_lines=seed_replicates.summary_lines([seed_replicates.Replica(**r) for r in info.get("replicas", [])]),
     ) + ("\n(reused: inputs unchanged since the last run)" if sweep_out.reused else "")
     if not sweep_out.reused:
         mlflow_logging.set_description(tracker.client, info["parent_run_id"], info["summary"])
@@ -220,13 +221,16 @@ def sweep_stage(work: Path, *, plan: SweepPlan) -> dict[str, Any]:
                                   tags.STORAGE_PATH: outcome.storage_path,
                                   tags.BEST_TRIAL: outcome.best.trial_id})
         return finish_sweep(config, outcome, plan.dataset_path, work, tracker, parent, plan.tracking_uri,
-                            modalities=plan.dataset.modalities, register_model=plan.register_model)
+                            modalities=plan.dataset.modalities, register_model=plan.register_model,
+                            dataset=plan.dataset, run_tags=plan.common_tags)
 
 
 def finish_sweep(config: SweepConfig, outcome: SweepOutcome, dataset_path: str, work: Path, tracker: Tracker,
                  parent: str, uri: str, *, modalities: list[str] | None = None,
-                 register_model: str | None = None) -> dict[str, Any]:
-    """After the trials: final evaluation of the best checkpoint, tables, figures, artifacts.
+                 register_model: str | None = None, dataset: Dataset | None = None,
+                 run_tags: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """After the trials: final evaluation of the best checkpoint, the selected point on
+    ``config.final_seeds`` (:mod:`pipeline.seed_replicates`), tables, figures, artifacts.
 
     Writes ``outcome.json`` into ``work`` and returns what it holds (the sweep stage's summary)."""
     from pipeline import mlflow_logging, reporting
@@ -252,6 +256,16 @@ def finish_sweep(config: SweepConfig, outcome: SweepOutcome, dataset_path: str, 
     tracker.log_metrics(parent, {f"best/valid/{k}": v for k, v in best.valid.items()}, step=best.best_epoch or 0)
     tracker.log_metrics(parent, {f"best/test/{k}": v for k, v in best.test.items()}, step=best.best_epoch or 0)
     tracker.log_metrics(parent, {"best/epoch": best.best_epoch or 0}, step=best.best_epoch or 0)
+    replicas = []
+    if config.final_seeds:
+        from clear_core.data.loading import load_dataset
+        from pipeline import seed_replicates
+
+        replicas = seed_replicates.replicate(
+            config, dataset=dataset if dataset is not None else load_dataset(dataset_path),
+            model_params=model_params, train=train, tracker=tracker, parent=parent,
+            run_tags={**(run_tags or {}), tags.SWEEP_ID: outcome.sweep_id, tags.MODEL: config.model},
+            resolved_params=resolve_trial(config, best.params))
     record = mlflow_logging.record_sweep_end(
         tracker, parent, config=config, outcome=outcome, final=final, train=train, work=work,
         best_params=resolve_trial(config, best.params), modalities=modalities, dataset_path=dataset_path,
@@ -282,6 +296,8 @@ def finish_sweep(config: SweepConfig, outcome: SweepOutcome, dataset_path: str, 
         "trials": [asdict(t) for t in outcome.trials],
         "counts": counts,
         "final": final,
+        "replicas": [asdict(r) for r in replicas],
+        "replica_summary": seed_summary_of(replicas),
         "parent_run_id": parent,
         "study_storage": outcome.study_storage,
         "study_name": outcome.study_name,
@@ -297,3 +313,10 @@ def finish_sweep(config: SweepConfig, outcome: SweepOutcome, dataset_path: str, 
     tracker.set_tags(parent, {**{tags.trials_count_tag(k): v for k, v in counts.items()}, **coverage_tags})
     mlflow_logging.prune_after_sweep(config, outcome)
     return outcome_json
+
+
+def seed_summary_of(replicas: list[Any]) -> dict[str, Any]:
+    """The test figures over the replicas' seeds (empty without ``final_seeds``)."""
+    from pipeline.seed_replicates import summarise
+
+    return {"seeds": [r.seed for r in replicas], "test": summarise(replicas)} if replicas else {}

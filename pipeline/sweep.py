@@ -116,7 +116,7 @@ def _disk_epoch(trainer_dir: Path) -> int:
     return int(state["epoch"])
 
 
-def _writable(dataset: Dataset) -> Dataset:
+def writable_copy(dataset: Dataset) -> Dataset:
     """A copy whose arrays may be written to.
 
     Arrays that come through Ray's object store are read-only views of shared memory; a model
@@ -153,7 +153,7 @@ def run_trial(trial_config: dict[str, Any], *, dataset: Dataset, sweep: SweepCon
     # Ray's per-checkpoint INFO lines would bury the status table.
     logging.getLogger("ray.train").setLevel(logging.WARNING)
     quiet_worker_teardown()
-    dataset = _writable(dataset)
+    dataset = writable_copy(dataset)
     model_params, train = sweep.split_params(trial_config)
     train["valid_metric"] = sweep.metric.split("/", 1)[1]
     train_config = TrainConfig.resolve(train)
@@ -271,7 +271,7 @@ def _env(**values: str | None) -> Iterator[None]:
                 os.environ[k] = v
 
 
-def _resources(config: SweepConfig, gpus: float | None = None) -> dict[str, float]:
+def trial_resources(config: SweepConfig, gpus: float | None = None) -> dict[str, float]:
     """One trial's demand; the GPU share only where there are GPUs (the cluster's, or ``gpus``)."""
     from pipeline.ray_runtime import cluster_gpus
 
@@ -289,7 +289,7 @@ def check_trial_resources(config: SweepConfig) -> None:
 
     from pipeline.ray_runtime import ensure_trial_resources, local_offer
 
-    request = _resources(config) if ray.is_initialized() else _resources(config, gpus=local_offer()["GPU"])
+    request = trial_resources(config) if ray.is_initialized() else trial_resources(config, gpus=local_offer()["GPU"])
     ensure_trial_resources(request, wait_s=config.resources.scale_up_wait_s)
 
 
@@ -507,7 +507,7 @@ def run_sweep(
     with SweepLock(study_storage, sweep_id, describe=f"sweep {config.name}"), ray_session():
         check_trial_resources(config)
         trainable = tune.with_resources(
-            tune.with_parameters(run_trial, dataset=dataset, sweep=config), _resources(config)
+            tune.with_parameters(run_trial, dataset=dataset, sweep=config), trial_resources(config)
         )
         resumed = tune.Tuner.can_restore(restore_path, storage_filesystem=storage.filesystem)
         restore_tune = resumed

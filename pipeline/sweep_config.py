@@ -72,6 +72,7 @@ SWEEP_SCHEMA: dict[str, Any] = {
     "tracking": dict,
     "fault_injection": (dict, type(None)),
     "per_model": (dict, type(None)),
+    "final_seeds": list,
 }
 SCHEDULER_SCHEMA = {
     "type": str,
@@ -188,6 +189,7 @@ class SweepConfig:
     study: StudyConfig
     tracking: TrackingConfig
     fault_injection: dict[str, Any] | None = None
+    final_seeds: tuple[int, ...] = ()
     source: str = ""
 
     def grid_points(self) -> list[dict[str, Any]]:
@@ -231,6 +233,7 @@ class SweepConfig:
             "study": asdict(self.study),
             "tracking": asdict(self.tracking),
             "fault_injection": copy.deepcopy(self.fault_injection),
+            "final_seeds": list(self.final_seeds),
         }
         return out
 
@@ -361,6 +364,7 @@ def _build(raw: dict[str, Any], *, source: str, explicit: set[str], grid_cap_giv
     if top["mode"] not in MODES:
         problems.append(f"mode: expected one of {list(MODES)}, got {top['mode']!r}")
     problems += _dataset_problems(top["dataset"])
+    problems += final_seeds_problems(top["final_seeds"])
 
     train_cfg = None
     try:
@@ -481,6 +485,7 @@ def _build(raw: dict[str, Any], *, source: str, explicit: set[str], grid_cap_giv
         study=StudyConfig(**study),
         tracking=TrackingConfig(**tracking),
         fault_injection=dict(fault) if fault else None,
+        final_seeds=tuple(top["final_seeds"]),
         source=source,
     )
 
@@ -501,6 +506,17 @@ def _sub(values: Any, schema: Mapping[str, Any], where: str, problems: list[str]
         problems += found
         return {}
     return validate_fields(values, schema, source=where, required=required)
+
+
+def final_seeds_problems(seeds: list[Any]) -> list[str]:
+    """``final_seeds``: distinct integers (a repeated seed would count one run twice)."""
+    bad = [s for s in seeds if isinstance(s, bool) or not isinstance(s, int)]
+    if bad:
+        return [f"final_seeds: expected a list of integer seeds, got {', '.join(repr(b) for b in bad)}"]
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        return [f"final_seeds: each seed once (a repeat would count one run twice); repeated: {repeated}"]
+    return []
 
 
 def _dataset_problems(dataset: Mapping[str, Any]) -> list[str]:

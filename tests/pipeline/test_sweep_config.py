@@ -220,3 +220,20 @@ def test_grid_sampler_needs_choices_and_at_most_the_grid_size(tmp_path):
 def test_every_shipped_sweep_file_is_valid(path):
     config = load_sweep_config(path)
     assert config.search and config.num_samples >= 1
+
+
+def test_final_seeds_are_off_by_default_and_part_of_what_makes_a_sweep(tmp_path):
+    assert load_sweep_config(None).final_seeds == ()
+    seeded = load_sweep_config(write(tmp_path, {"final_seeds": [7, 42, 123]}))
+    assert seeded.final_seeds == (7, 42, 123)
+    assert seeded.to_dict()["final_seeds"] == [7, 42, 123]
+    # More seeds change what the sweep reports, so they make another sweep, not a reused one.
+    assert seeded.fingerprint() != load_sweep_config(None).fingerprint()
+
+
+def test_final_seeds_must_be_distinct_integers(tmp_path):
+    assert problems_of(tmp_path, {"final_seeds": [7, "x", 1.5]}) == [
+        "final_seeds: expected a list of integer seeds, got 'x', 1.5"]
+    assert problems_of(tmp_path, {"final_seeds": [7, 42, 7]}) == [
+        "final_seeds: each seed once (a repeat would count one run twice); repeated: [7]"]
+    assert any(p.startswith("final_seeds: expected list") for p in problems_of(tmp_path, {"final_seeds": 7}))
