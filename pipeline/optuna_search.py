@@ -36,6 +36,7 @@ quietly (the same step is never reported twice, a finished trial is never told a
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections.abc import Mapping
@@ -277,6 +278,12 @@ class PruningAwareOptunaSearch(OptunaSearch):
                 return
             self._ot_study.tell(ot_trial, value, state=state)
         except Exception as exc:  # the storage is unreachable for a moment; the sweep goes on
+            # Optuna's GridSampler calls Study.stop() when its last point is told, which raises
+            # outside Study.optimize; tell() stores the state all the same (in a finally).
+            with contextlib.suppress(Exception):
+                if self._stored(ot_trial).state == state:
+                    log.debug("trial %s: %s stored; Optuna said: %s", trial_id, state.name, exc)
+                    return
             log.warning("trial %s: Optuna refused %s (%s)", trial_id, state.name, exc)
 
     @staticmethod
