@@ -12,7 +12,9 @@ whole: a file that says ``search:`` means exactly that search. Override keys may
 Baselines. ``per_model: {lightgcn: {model_params: {...}, search: {...}}}`` gives the model
 parameters and search used when ``model`` is that name (e.g. ``clearrec sweep --model lightgcn``),
 so that one sweep file serves CLEAR and its baselines. ``model_params`` or ``search`` given in
-``overrides`` win over ``per_model``.
+``overrides`` win over ``per_model``. An entry may also give its model's ``sampler`` and
+``num_samples`` (a baseline searched over its own paper's grid beside CLEAR's TPE search); the
+file's ``num_samples`` then does not cap that grid.
 
 ``sampler``: ``tpe`` (Optuna's TPE, seeded) or ``grid`` (every combination of the choice
 values exactly once, in a seeded order). A grid runs all its points: the ``num_samples`` of
@@ -86,7 +88,7 @@ KEEP_AFTER_SWEEP = ("best", "all")
 STUDY_SCHEMA = {"storage": (str, type(None)), "name": (str, type(None))}
 TRACKING_SCHEMA = {"experiment": (str, type(None))}
 FAULT_SCHEMA = {"crash_once_at_epoch": int}
-PER_MODEL_SCHEMA = {"model_params": dict, "search": dict}
+PER_MODEL_SCHEMA = {"model_params": dict, "search": dict, "sampler": str, "num_samples": int}
 
 SPEC_TYPES = ("choice", "uniform", "loguniform", "int")
 SAMPLERS = ("tpe", "grid")
@@ -340,10 +342,15 @@ def _build(raw: dict[str, Any], *, source: str, explicit: set[str], grid_cap_giv
         if not isinstance(entry, Mapping):
             problems.append(f"per_model.{model}: expected a mapping, got {type(entry).__name__}")
         else:
-            problems += _sub_problems(entry, PER_MODEL_SCHEMA, f"per_model.{model}", required=False)
-            for key in ("model_params", "search"):
-                if key in entry and key not in explicit:
+            entry_problems = _sub_problems(entry, PER_MODEL_SCHEMA, f"per_model.{model}", required=False)
+            problems += entry_problems
+            for key in PER_MODEL_SCHEMA:
+                if key in entry and key not in explicit and not entry_problems:
                     top[key] = copy.deepcopy(entry[key])
+            if "sampler" in entry and not {"sampler", "num_samples"} & explicit:
+                # The file's num_samples is the budget of the file's own model: a baseline's grid
+                # is capped only by a num_samples written for it (or on the command line).
+                grid_cap_given = "num_samples" in entry
 
     scheduler = _sub(top["scheduler"], SCHEDULER_SCHEMA, "scheduler", problems)
     resources = _sub(top["resources"], RESOURCES_SCHEMA, "resources", problems)

@@ -237,3 +237,30 @@ def test_final_seeds_must_be_distinct_integers(tmp_path):
     assert problems_of(tmp_path, {"final_seeds": [7, 42, 7]}) == [
         "final_seeds: each seed once (a repeat would count one run twice); repeated: [7]"]
     assert any(p.startswith("final_seeds: expected list") for p in problems_of(tmp_path, {"final_seeds": 7}))
+
+
+def test_a_baseline_may_run_its_own_grid_beside_the_files_tpe_budget(tmp_path):
+    payload = {
+        "num_samples": 40,  # CLEAR's TPE budget
+        "per_model": {
+            "lightgcn": {"model_params": {}, "sampler": "grid",
+                         "search": {"n_layers": {"type": "choice", "values": [2, 3]},
+                                    "reg_weight": {"type": "choice", "values": [0.001, 0.01, 0.1]}}},
+            "mf": {"model_params": {}, "sampler": "grid", "num_samples": 2,
+                   "search": {"reg_weight": {"type": "choice", "values": [0.001, 0.01, 0.1]}}},
+        },
+    }
+    path = write(tmp_path, payload)
+    assert load_sweep_config(path).num_samples == 40 and load_sweep_config(path).sampler == "tpe"
+    lightgcn = load_sweep_config(path, {"model": "lightgcn"})
+    assert (lightgcn.sampler, lightgcn.num_samples) == ("grid", 6)  # every point, not 40
+    mf = load_sweep_config(path, {"model": "mf"})
+    assert (mf.sampler, mf.num_samples) == ("grid", 2)  # its own cap
+    # The command line still wins.
+    assert load_sweep_config(path, {"model": "lightgcn", "num_samples": 4}).num_samples == 4
+    assert load_sweep_config(path, {"model": "lightgcn", "sampler": "tpe"}).num_samples == 40
+
+
+def test_a_per_model_entry_with_a_bad_field_is_reported(tmp_path):
+    problems = problems_of(tmp_path, {"per_model": {"mf": {"sampler": 3, "search": {}}}}, {"model": "mf"})
+    assert any(p.startswith("per_model.mf.sampler: expected str") for p in problems)
