@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "pipeline.commands.analyze",
     "pipeline.commands.sweep",
     "pipeline.commands.evaluate",
+    "pipeline.commands.table",
     "pipeline.commands.repro",
 )
 

@@ -219,7 +219,8 @@ def sweep_stage(work: Path, *, plan: SweepPlan) -> dict[str, Any]:
             raise KeyboardInterrupt(f"sweep {plan.sweep_id} interrupted")
         tracker.set_tags(parent, {tags.OPTUNA_STUDY_NAME: outcome.study_name,
                                   tags.STORAGE_PATH: outcome.storage_path,
-                                  tags.BEST_TRIAL: outcome.best.trial_id})
+                                  tags.BEST_TRIAL: outcome.best.trial_id,
+                                  tags.SELECTED_PARAMS: json.dumps(outcome.best.params, sort_keys=True, default=str)})
         return finish_sweep(config, outcome, plan.dataset_path, work, tracker, parent, plan.tracking_uri,
                             modalities=plan.dataset.modalities, register_model=plan.register_model,
                             dataset=plan.dataset, run_tags=plan.common_tags)

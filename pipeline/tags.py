@@ -9,7 +9,7 @@ rename here is a change of the tracking schema.
 from __future__ import annotations
 
 # What a run is and which sweep or trial it belongs to.
-ROLE = "clearrec.role"  # "sweep", "trial" or "evaluate"
+ROLE = "clearrec.role"  # "sweep", "trial", "replica" (a final seed) or "evaluate"
 SWEEP_ID = "clearrec.sweep_id"
 TRIAL_ID = "clearrec.trial_id"
 MODEL = "clearrec.model"
@@ -26,6 +26,7 @@ CHECKPOINT_SHA256 = "clearrec.checkpoint_sha256"
 TRACKING_URI = "clearrec.tracking_uri"
 STORAGE_PATH = "clearrec.storage_path"
 BEST_TRIAL = "clearrec.best_trial"
+SELECTED_PARAMS = "clearrec.selected_params"  # the searched values of the best trial (JSON)
 TRIALS_PREFIX = "clearrec.trials_"  # + complete / pruned / fail: how many trials ended so
 DUPLICATE_PROPOSALS = "clearrec.duplicate_proposals"  # proposals not run: their point had run
 GRID_POINTS = "clearrec.grid_points"  # a grid sweep's size,

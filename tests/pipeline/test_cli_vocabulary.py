@@ -17,6 +17,7 @@ OUT_COMMANDS = {
     "analyze": ["analyze", "DATA", "--out", "FOLDER"],
     "evaluate": ["evaluate", "CKPT", "--dataset", "DATA", "--model", "mf", "--no-track", "--out", "FOLDER"],
     "repro": ["repro", "--no-track", "--out", "FOLDER"],
+    "table": ["table", "no-such-experiment", "--out", "FOLDER"],
 }
 
 
