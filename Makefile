@@ -14,7 +14,7 @@ SYNTH_DIR ?= data/synthetic
 SWEEP_CONFIG ?= configs/sweeps/default.yaml
 MODEL ?= lightgcn
 
-.PHONY: setup test test-slow test-cluster lint train sweep ui repro repro-update bench images sweep-k8s pipeline k8s-validate \
+.PHONY: setup test test-slow test-cluster lint train sweep table ui repro repro-update bench images sweep-k8s pipeline k8s-validate \
 	cluster-up sweep-cluster cluster-down clean
 
 # constraints.txt pins every other package to the versions the tests last passed with.
@@ -46,6 +46,21 @@ train: $(SYNTH_DIR)/.complete ## train one model on the embedded default dataset
 SWEEP_ARGS ?=
 sweep: setup ## the main job: extract -> filter/split -> Tune+Optuna sweep -> final test, in MLflow (SWEEP_ARGS="--model lightgcn")
 	$(BIN)/clearrec sweep --config $(SWEEP_CONFIG) $(SWEEP_ARGS)
+
+# The paper's Table 2 on TikTok: each model's sweep (its own grid, selected on validation, then
+# final_seeds), cheapest first so that a stopped night keeps the most rows; then the table from
+# MLflow. MENTOR and MMSSL are GPU jobs (configs/sweeps/tiktok.yaml says why): add them with
+# TABLE_MODELS="... mentor mmssl" SWEEP_ARGS="--set train.device=cuda --set resources.gpu=0.5".
+TABLE_CONFIG ?= configs/sweeps/tiktok.yaml
+TABLE_MODELS ?= mf lightgcn bm3 layergcn lattice dualgnn mgcn slmrec clear freedom vbpr lgmrec mmgcn
+TABLE_EXPERIMENT ?= clearrec-tiktok
+TABLE_AGAINST ?= clear
+table: setup ## every model's sweep on TABLE_CONFIG in turn, then `clearrec table` (test mean ± 95 % interval over seeds)
+	@for model in $(TABLE_MODELS); do \
+		echo "== $$model"; \
+		$(BIN)/clearrec sweep --config $(TABLE_CONFIG) --model $$model --no-progress $(SWEEP_ARGS) || exit $$?; \
+	done
+	$(BIN)/clearrec table $(TABLE_EXPERIMENT) $(if $(TABLE_AGAINST),--against $(TABLE_AGAINST)) --out runs/table
 
 UI_PORT ?= 5000
 ui: setup ## the MLflow UI over the default tracking store (a tracking server has its own UI)
