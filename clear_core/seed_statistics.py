@@ -2,9 +2,9 @@
 
 The seeds vary the model's randomness only (initialisation, negative sampling, dropout); the
 test users are the same in every run, so an interval says how sure a figure is on these files,
-not on the dataset's population at large. The protocol (../shared/docs/protocol.md) reports every
-figure over at least five seeds for that reason: one run per configuration cannot tell a
-difference from seed noise.
+not on the dataset's population at large. The evaluation protocol reports every figure over at
+least five seeds for that reason: one run per configuration cannot tell a difference from seed
+noise.
 """
 
 from __future__ import annotations

@@ -226,7 +226,8 @@ def run_sweep_part(dataset_dir: Path, part: Mapping[str, Any], device: str, work
     config = load_sweep_config(sweep_path, overrides)
     outcome = run_sweep(config, str(dataset_dir), study_storage=f"sqlite:///{work / 'optuna.db'}", progress=False)
     resolved = config.to_dict()
-    for key in ("storage", "study", "tracking", "dataset"):
+    # final_seeds acts after the trials (pipeline.seed_replicates); this part runs the trials alone.
+    for key in ("storage", "study", "tracking", "dataset", "final_seeds"):
         resolved.pop(key, None)
     # The fingerprint of what the trials read, not of what was generated.
     return PartResult(resolved, load_dataset(dataset_dir).fingerprint, sweep_values(outcome))

@@ -1,8 +1,8 @@
 """The selected configuration trained again on further seeds, its test figures over seeds in MLflow.
 
 A sweep runs every point once, on the train config's seed, and selects on validation. One run of
-the selected point cannot say how much of its test figure is the seed's: the protocol
-(../shared/docs/protocol.md) reports every model over at least five seeds. With
+the selected point cannot say how much of its test figure is the seed's: the evaluation protocol
+reports every model over at least five seeds. With
 ``final_seeds: [7, 42, ...]`` in the sweep file (``--final-seeds`` on the command line), the
 sweep ends by training the selected point from scratch once per seed:
 
