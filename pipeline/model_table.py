@@ -5,7 +5,8 @@ A row per model (``clearrec.model``) from the newest FINISHED sweep parent run o
 (optionally only sweeps named ``sweep_name``). A sweep with ``final_seeds`` gives its test mean,
 std and 95 % t interval over the seeds (:mod:`pipeline.seed_replicates`); one without gives its
 selected trial's single run, marked as such, because one run is not a figure to rank models by.
-Rows are sorted by mean test Recall@20. With ``against``, each model is also compared with that
+Rows are sorted by mean test Recall@20; each also gives the median seconds of a training epoch
+over its sweep's runs, as the trainer timed them (with the sweep's concurrency). With ``against``, each model is also compared with that
 model paired by seed (the seeds both ran): the mean difference of each metric and its 95 %
 interval, and on how many seeds the row's model is ahead. Selection happened inside each sweep,
 on validation; this table reads test only to report.
@@ -23,6 +24,8 @@ from clear_core.errors import ConfigError
 from pipeline import tags
 
 METRICS = ("recall@20", "ndcg@20")
+#: The trainer's seconds per training epoch, as the sweep logs them.
+EPOCH_SECONDS = "time/train_seconds"
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,8 @@ class TableRow:
     per_seed: dict[int, dict[str, float]] = field(default_factory=dict)
     #: the selected trial's own test figures (the only ones without final_seeds)
     single: dict[str, float] = field(default_factory=dict)
+    #: median seconds of a training epoch over every epoch of the sweep's runs (None: not logged)
+    epoch_seconds: float | None = None
 
     def test_values(self, metric: str) -> list[float]:
         if self.per_seed:
@@ -69,25 +74,35 @@ def collect(client: Any, experiment: str, *, sweep_name: str | None = None) -> l
         if model is None or model in rows or (sweep_name is not None and name != sweep_name):
             continue
         metrics = run.data.metrics
+        children = client.search_runs(
+            [found.experiment_id], filter_string=f"tags.`{tags.MLFLOW_PARENT_RUN}` = '{run.info.run_id}'",
+            max_results=5000)
         per_seed: dict[int, dict[str, float]] = {}
         if "seeds/n" in metrics:
-            children = client.search_runs(
-                [found.experiment_id],
-                filter_string=(f"tags.`{tags.MLFLOW_PARENT_RUN}` = '{run.info.run_id}' and "
-                               f"tags.`{tags.ROLE}` = '{REPLICA}' and attributes.status = 'FINISHED'"),
-                max_results=1000)
             for child in children:
-                per_seed[int(child.data.tags[tags.SEED])] = {
-                    m: child.data.metrics[f"best/test/{_key(m)}"] for m in METRICS
-                    if f"best/test/{_key(m)}" in child.data.metrics}
+                if child.data.tags.get(tags.ROLE) == REPLICA and child.info.status == "FINISHED":
+                    per_seed[int(child.data.tags[tags.SEED])] = {
+                        m: child.data.metrics[f"best/test/{_key(m)}"] for m in METRICS
+                        if f"best/test/{_key(m)}" in child.data.metrics}
         rows[model] = TableRow(
             model=model, sweep_name=name, parent_run_id=run.info.run_id,
             selected=json.loads(run.data.tags.get(tags.SELECTED_PARAMS, "{}")),
             valid={m: metrics[f"best/valid/{_key(m)}"] for m in METRICS if f"best/valid/{_key(m)}" in metrics},
             per_seed=per_seed,
             single={m: metrics[f"best/test/{_key(m)}"] for m in METRICS if f"best/test/{_key(m)}" in metrics},
+            epoch_seconds=median_epoch_seconds(client, children),
         )
     return sorted(rows.values(), key=lambda r: -_mean(r.test_values(METRICS[0])))
+
+
+def median_epoch_seconds(client: Any, runs: Sequence[Any]) -> float | None:
+    """The median training-epoch time over every epoch of ``runs`` (trials and replicas), as
+    the trainer measured it: what the model costs here, with the sweep's concurrency."""
+    import statistics
+
+    seconds = [m.value for run in runs if EPOCH_SECONDS in run.data.metrics
+               for m in client.get_metric_history(run.info.run_id, EPOCH_SECONDS)]
+    return statistics.median(seconds) if seconds else None
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -122,15 +137,17 @@ def markdown(rows: Sequence[TableRow], *, against: str | None = None) -> str:
     """The table as Markdown: figures over seeds (mean ± std [95 % interval]); a single-run row
     says so in its seeds column."""
     names = ", ".join(f"test {m}" for m in METRICS)
-    lines = [f"| model | selected on validation | seeds | valid {METRICS[0]} | {names.replace(', ', ' | ')} | parent run |",
-             "|---|---|---|---|" + "---|" * len(METRICS) + "---|"]
+    lines = [f"| model | selected on validation | seeds | valid {METRICS[0]} | {names.replace(', ', ' | ')} "
+             "| s / train epoch | parent run |",
+             "|---|---|---|---|" + "---|" * len(METRICS) + "---|---|"]
     for row in rows:
         seeds = (f"{len(row.per_seed)} ({', '.join(map(str, sorted(row.per_seed)))})" if row.per_seed
                  else "1 (no final_seeds)")
         selected = " ".join(f"{k}={v}" for k, v in sorted(row.selected.items())) or "(defaults)"
         figures = " | ".join(_figure(row.test_values(m)) for m in METRICS)
         valid = f"{row.valid[METRICS[0]]:.4f}" if METRICS[0] in row.valid else "-"
-        lines.append(f"| {row.model} | {selected} | {seeds} | {valid} | {figures} | {row.parent_run_id} |")
+        cost = "-" if row.epoch_seconds is None else f"{row.epoch_seconds:.1f}"
+        lines.append(f"| {row.model} | {selected} | {seeds} | {valid} | {figures} | {cost} | {row.parent_run_id} |")
     if against is not None:
         reference = next((r for r in rows if r.model == against), None)
         if reference is None:

@@ -67,6 +67,7 @@ def train_replica(dataset: Dataset, model: str, model_params: Mapping[str, Any],
 
     def on_epoch_end(report) -> None:
         history.append({"epoch": report.epoch, "train_loss": report.train_loss,
+                        "train_seconds": report.train_seconds, "eval_seconds": report.eval_seconds,
                         **{f"valid/{k}": v for k, v in report.valid.items()},
                         **{f"test/{k}": v for k, v in report.test.items()}})
 

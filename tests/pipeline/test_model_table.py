@@ -13,13 +13,20 @@ from pipeline.cli import main
 EXPERIMENT = "clearrec-tiny"
 
 
-def add_sweep(tracker, model, *, name="table", selected=None, seeds=None, single=(0.1, 0.05), status="FINISHED"):
-    """A sweep's parent run as the pipeline leaves it, with a replica child per seed."""
+def add_sweep(tracker, model, *, name="table", selected=None, seeds=None, single=(0.1, 0.05), status="FINISHED",
+              epoch_seconds=()):
+    """A sweep's parent run as the pipeline leaves it, with a replica child per seed; each of
+    ``epoch_seconds`` is one trial child's per-epoch training times."""
     parent = tracker.start_run(f"{model} sweep {name}", tags={
         tags.ROLE: "sweep", tags.MODEL: model, tags.SELECTED_PARAMS: json.dumps(selected or {}, sort_keys=True)},
         params={"sweep.name": name})
     tracker.log_metrics(parent, {"best/valid/recall@20": single[0] + 0.01, "best/test/recall@20": single[0],
                                  "best/test/ndcg@20": single[1]}, step=3)
+    for i, times in enumerate(epoch_seconds):
+        trial = tracker.start_run(f"{model} trial {i}", parent_run_id=parent, tags={tags.ROLE: "trial"})
+        for epoch, value in enumerate(times, start=1):
+            tracker.log_metrics(trial, {"train_seconds": value}, step=epoch)
+        tracker.end_run(trial, "FINISHED")
     if seeds:
         for seed, (recall, ndcg) in seeds.items():
             child = tracker.start_run(f"{model} seed {seed}", parent_run_id=parent,
@@ -40,7 +47,8 @@ def store(tmp_path):
     add_sweep(tracker, "lightgcn", seeds={1: (0.10, 0.05), 2: (0.12, 0.06), 3: (0.11, 0.04)},
               selected={"n_layers": 3})
     clear = add_sweep(tracker, "clear", seeds={1: (0.13, 0.06), 2: (0.14, 0.07), 3: (0.15, 0.05)},
-                      selected={"redundancy_rank": 4, "projection_strength": 0.9})
+                      selected={"redundancy_rank": 4, "projection_strength": 0.9},
+                      epoch_seconds=[(2.0, 3.0, 9.0), (4.0, 5.0)])
     add_sweep(tracker, "clear", seeds={1: (0.9, 0.9), 2: (0.9, 0.9)}, status="KILLED")
     add_sweep(tracker, "mf", single=(0.08, 0.03))
     add_sweep(tracker, "vbpr", name="other-sweep", seeds={1: (0.3, 0.2), 2: (0.3, 0.2)})
@@ -55,10 +63,11 @@ def test_each_model_shows_its_newest_finished_sweep_sorted_by_mean_test_recall(s
     clear, lightgcn, mf = rows
     # mean 0.14, std 0.01, interval 0.14 ± 4.303 * 0.01 / sqrt(3) = 0.14 ± 0.0248
     assert "| projection_strength=0.9 redundancy_rank=4 | 3 (1, 2, 3) | 0.1100 | 0.1400 ± 0.0100 [0.1152, 0.1648] |" in clear
-    assert store["clear"] in clear
+    # The median over every epoch of every run of the sweep: 2, 3, 4, 5, 9 -> 4.
+    assert clear.endswith(f"| 4.0 | {store['clear']} |")
     assert "| n_layers=3 | 3 (1, 2, 3) |" in lightgcn and "0.1100 ± 0.0100 [0.0852, 0.1348]" in lightgcn
     # One run is shown as what it is.
-    assert "| (defaults) | 1 (no final_seeds) | 0.0900 | 0.0800 | 0.0300 |" in mf
+    assert "| (defaults) | 1 (no final_seeds) | 0.0900 | 0.0800 | 0.0300 | - |" in mf
 
 
 def test_against_a_model_gives_paired_differences_over_shared_seeds(store, capsys, tmp_path):

@@ -66,6 +66,8 @@ def test_each_seed_is_a_finished_child_run_of_the_selected_configuration(seeded_
         assert run.data.tags[tags.SWEEP_ID] == outcome["sweep_id"]
         history = tracker.client.get_metric_history(run.info.run_id, "valid/recall_at_20")
         assert [m.step for m in history] == list(range(1, int(run.data.metrics["epochs_run"]) + 1))
+        seconds = tracker.client.get_metric_history(run.info.run_id, "time/train_seconds")
+        assert len(seconds) == len(history) and all(m.value > 0 for m in seconds)
         best_epoch = int(run.data.metrics["best/epoch"])
         assert run.data.metrics["best/valid/recall_at_20"] == pytest.approx(
             {m.step: m.value for m in history}[best_epoch])
