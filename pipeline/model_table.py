@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,14 +50,17 @@ class TableRow:
         return [self.single[metric]] if metric in self.single else []
 
 
-def _key(metric: str) -> str:
-    return metric.replace("@", "_at_")
+def _best(metrics: Mapping[str, float], split: str) -> dict[str, float]:
+    """The table's metrics of ``split`` among a run's ``best/<split>/*`` figures."""
+    from pipeline.mlflow_logging import metric_key
+
+    return {m: metrics[key] for m in METRICS if (key := metric_key(f"best/{split}/{m}")) in metrics}
 
 
 def collect(client: Any, experiment: str, *, sweep_name: str | None = None) -> list[TableRow]:
     """The newest FINISHED sweep per model of ``experiment`` (an unknown experiment is an error
     naming the ones there are)."""
-    from pipeline.seed_replicates import ROLE as REPLICA
+    from pipeline.seed_replicates import replicas_of
 
     found = client.get_experiment_by_name(experiment)
     if found is None:
@@ -77,19 +80,12 @@ def collect(client: Any, experiment: str, *, sweep_name: str | None = None) -> l
         children = client.search_runs(
             [found.experiment_id], filter_string=f"tags.`{tags.MLFLOW_PARENT_RUN}` = '{run.info.run_id}'",
             max_results=5000)
-        per_seed: dict[int, dict[str, float]] = {}
-        if "seeds/n" in metrics:
-            for child in children:
-                if child.data.tags.get(tags.ROLE) == REPLICA and child.info.status == "FINISHED":
-                    per_seed[int(child.data.tags[tags.SEED])] = {
-                        m: child.data.metrics[f"best/test/{_key(m)}"] for m in METRICS
-                        if f"best/test/{_key(m)}" in child.data.metrics}
+        per_seed = ({seed: replica.test for seed, replica in replicas_of(children).items()}
+                    if "seeds/n" in metrics else {})
         rows[model] = TableRow(
             model=model, sweep_name=name, parent_run_id=run.info.run_id,
             selected=json.loads(run.data.tags.get(tags.SELECTED_PARAMS, "{}")),
-            valid={m: metrics[f"best/valid/{_key(m)}"] for m in METRICS if f"best/valid/{_key(m)}" in metrics},
-            per_seed=per_seed,
-            single={m: metrics[f"best/test/{_key(m)}"] for m in METRICS if f"best/test/{_key(m)}" in metrics},
+            valid=_best(metrics, "valid"), per_seed=per_seed, single=_best(metrics, "test"),
             epoch_seconds=median_epoch_seconds(client, children),
         )
     return sorted(rows.values(), key=lambda r: -_mean(r.test_values(METRICS[0])))

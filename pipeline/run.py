@@ -228,7 +228,7 @@ def sweep_stage(work: Path, *, plan: SweepPlan) -> dict[str, Any]:
 
 def finish_sweep(config: SweepConfig, outcome: SweepOutcome, dataset_path: str, work: Path, tracker: Tracker,
                  parent: str, uri: str, *, modalities: list[str] | None = None,
-                 register_model: str | None = None, dataset: Dataset | None = None,
+                 register_model: str | None = None, dataset: Dataset,
                  run_tags: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """After the trials: final evaluation of the best checkpoint, the selected point on
     ``config.final_seeds`` (:mod:`pipeline.seed_replicates`), tables, figures, artifacts.
@@ -257,19 +257,18 @@ def finish_sweep(config: SweepConfig, outcome: SweepOutcome, dataset_path: str, 
     tracker.log_metrics(parent, {f"best/valid/{k}": v for k, v in best.valid.items()}, step=best.best_epoch or 0)
     tracker.log_metrics(parent, {f"best/test/{k}": v for k, v in best.test.items()}, step=best.best_epoch or 0)
     tracker.log_metrics(parent, {"best/epoch": best.best_epoch or 0}, step=best.best_epoch or 0)
+    best_params = resolve_trial(config, best.params)
     replicas = []
     if config.final_seeds:
-        from clear_core.data.loading import load_dataset
         from pipeline import seed_replicates
 
         replicas = seed_replicates.replicate(
-            config, dataset=dataset if dataset is not None else load_dataset(dataset_path),
-            model_params=model_params, train=train, tracker=tracker, parent=parent,
+            config, dataset=dataset, model_params=model_params, train=train, tracker=tracker, parent=parent,
             run_tags={**(run_tags or {}), tags.SWEEP_ID: outcome.sweep_id, tags.MODEL: config.model},
-            resolved_params=resolve_trial(config, best.params))
+            resolved_params=best_params)
     record = mlflow_logging.record_sweep_end(
         tracker, parent, config=config, outcome=outcome, final=final, train=train, work=work,
-        best_params=resolve_trial(config, best.params), modalities=modalities, dataset_path=dataset_path,
+        best_params=best_params, modalities=modalities, dataset_path=dataset_path,
         register_model=register_model,
     )
 

@@ -24,7 +24,7 @@ parent run is reopened, and its finished replicas are read back from MLflow).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -101,11 +101,11 @@ def parent_metrics(summary: Mapping[str, Mapping[str, float]], split: str = "tes
     return out
 
 
-def finished_replicas(tracker: Tracker, parent: str) -> dict[int, Replica]:
-    """The replicas of ``parent`` that FINISHED, read back from MLflow (an interrupted sweep's
-    resume trains only the seeds these lack)."""
+def replicas_of(runs: Iterable[Any]) -> dict[int, Replica]:
+    """The FINISHED replicas among ``runs`` (a sweep parent's child runs), by seed, their
+    figures back under the trainer's names (``best/test/recall_at_20`` -> ``test["recall@20"]``)."""
     out: dict[int, Replica] = {}
-    for run in tracker.children(parent):
+    for run in runs:
         if run.data.tags.get(tags.ROLE) != ROLE or run.info.status != "FINISHED":
             continue
         seed = int(run.data.tags[tags.SEED])
@@ -115,12 +115,17 @@ def finished_replicas(tracker: Tracker, parent: str) -> dict[int, Replica]:
             prefix = f"best/{split}/"
             for key, value in metrics.items():
                 if key.startswith(prefix):
-                    # Back to the trainer's names (recall_at_20 -> recall@20), as the live ones.
                     figures[split][key[len(prefix):].replace("_at_", "@")] = value
         out[seed] = Replica(seed=seed, best_epoch=int(metrics.get("best/epoch", 0)),
                             epochs_run=int(metrics.get("epochs_run", 0)), valid=figures["valid"],
                             test=figures["test"], run_id=run.info.run_id)
     return out
+
+
+def finished_replicas(tracker: Tracker, parent: str) -> dict[int, Replica]:
+    """The replicas of ``parent`` that FINISHED, read back from MLflow (an interrupted sweep's
+    resume trains only the seeds these lack)."""
+    return replicas_of(tracker.children(parent))
 
 
 def replicate(config: SweepConfig, *, dataset: Dataset, model_params: Mapping[str, Any],
