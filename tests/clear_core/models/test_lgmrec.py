@@ -42,6 +42,21 @@ def test_contrast_rows_on_a_hand_worked_case():
     assert float(rows[0]) == pytest.approx(math.log(1 + math.e))
 
 
+
+@pytest.mark.parametrize("temperature", [0.2, 0.0125])
+def test_contrast_rows_equal_the_logsumexp_form_on_both_sides_of_the_overflow_guard(temperature):
+    # τ = 0.2 takes the plain sum of exps; τ = 0.0125 (logits up to ±80, where a sum of exps
+    # could overflow float32) takes the logsumexp path. Both must give the same loss.
+    g = torch.Generator().manual_seed(0)
+    a, p, c = (torch.randn(n, 8, generator=g) for n in (16, 16, 300))
+    expected = (torch.logsumexp(torch.nn.functional.normalize(a, dim=1) @ torch.nn.functional.normalize(c, dim=1).T
+                                / temperature, dim=1)
+                - (torch.nn.functional.normalize(a, dim=1) * torch.nn.functional.normalize(p, dim=1)).sum(dim=1)
+                / temperature)
+    rows = info_nce_rows(a, p, c, temperature)
+    assert torch.isfinite(rows).all()
+    torch.testing.assert_close(rows, expected, rtol=1e-5, atol=1e-4)
+
 def test_hypergraph_contrast_is_a_sum_over_the_batch_against_every_row():
     ds = tiny_dataset()
     torch.manual_seed(0)
