@@ -31,20 +31,33 @@ from clear_core.sampling import NegativeSampler  # noqa: E402
 from clear_core.trainer import adam_optimizer  # noqa: E402
 
 
+def training_batches(dataset, count: int, batch_size: int, seed: int) -> list[tuple[torch.Tensor, ...]]:
+    """``count`` training batches ``(users, positives, negatives)`` as the trainer draws them:
+    training pairs drawn uniformly, one uniform negative each (:class:`NegativeSampler`)."""
+    generator = torch.Generator().manual_seed(seed)
+    sampler = NegativeSampler(dataset.train, dataset.n_items)
+    pairs = torch.as_tensor(dataset.train, dtype=torch.long)
+    batches = []
+    for _ in range(count):
+        rows = pairs[torch.randint(0, len(pairs), (batch_size,), generator=generator)]
+        users, pos = rows[:, 0].contiguous(), rows[:, 1].contiguous()
+        batches.append((users, pos, sampler.sample(users, generator)))
+    return batches
+
+
+def load_average() -> list[str] | str:
+    """The machine's 1, 5 and 15-minute load averages, printed beside every timing table."""
+    return Path("/proc/loadavg").read_text().split()[:3] if os.path.exists("/proc/loadavg") else "?"
+
+
 def time_steps(dataset, model_name: str, steps: int, batch_size: int, seed: int) -> dict[str, float]:
     torch.manual_seed(seed)
     model = build_model(model_name, dataset, {})
     optimizer = adam_optimizer(model, 1e-3)
-    generator = torch.Generator().manual_seed(seed)
-    sampler = NegativeSampler(dataset.train, dataset.n_items)
-    pairs = torch.as_tensor(dataset.train, dtype=torch.long)
     model.train()
     model.on_epoch_start(1)
     walls, cpus = [], []
-    for step in range(steps + 1):
-        rows = pairs[torch.randint(0, len(pairs), (batch_size,), generator=generator)]
-        users, pos = rows[:, 0].contiguous(), rows[:, 1].contiguous()
-        neg = sampler.sample(users, generator)
+    for step, (users, pos, neg) in enumerate(training_batches(dataset, steps + 1, batch_size, seed)):
         c0, t0 = time.process_time(), time.perf_counter()
         loss = model.loss(users, pos, neg)
         optimizer.zero_grad(set_to_none=True)
@@ -54,7 +67,7 @@ def time_steps(dataset, model_name: str, steps: int, batch_size: int, seed: int)
         if step:  # the first step warms the allocator up
             walls.append(t1 - t0)
             cpus.append(c1 - c0)
-    n_steps = math.ceil(len(pairs) / batch_size)
+    n_steps = math.ceil(len(dataset.train) / batch_size)
     return {
         "wall_step": statistics.median(walls),
         "cpu_step": statistics.median(cpus),
@@ -74,7 +87,7 @@ def main() -> None:
     args = parser.parse_args()
     dataset = load_dataset(args.data)
     print(f"# {dataset.name}: {len(dataset.train)} train pairs, torch threads {torch.get_num_threads()}, "
-          f"load {Path('/proc/loadavg').read_text().split()[:3] if os.path.exists('/proc/loadavg') else '?'}")
+          f"load {load_average()}")
     print("| model | wall s / step | CPU s / step | wall s / epoch (est.) | CPU s / epoch (est.) |")
     print("|---|---|---|---|---|")
     for name in args.models:

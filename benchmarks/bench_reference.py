@@ -60,13 +60,11 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_baseline_steps import (  # noqa: E402
-    REPO,
-    NegativeSampler,
-    adam_optimizer,
-    build_model,
-    load_dataset,
-)
+from bench_baseline_steps import REPO, load_average, training_batches  # noqa: E402
+
+from clear_core.data.loading import load_dataset  # noqa: E402
+from clear_core.models import build_model  # noqa: E402
+from clear_core.trainer import adam_optimizer  # noqa: E402
 
 log = logging.getLogger("bench_reference")
 
@@ -367,14 +365,7 @@ def compare(name: str, dataset, reference_src: Path, load_class: Callable[[str],
     ref, ref_build, _ = _timed(lambda: reference_side(model_class, config, ReferenceTrainData(dataset),
                                                       learning_rate, REFERENCE_FIXUPS.get(name)))
 
-    generator = torch.Generator().manual_seed(seed)
-    sampler = NegativeSampler(dataset.train, dataset.n_items)
-    pairs = torch.as_tensor(dataset.train, dtype=torch.long)
-    batches = []
-    for _ in range(steps + 1):
-        rows = pairs[torch.randint(0, len(pairs), (batch_size,), generator=generator)]
-        users, pos = rows[:, 0].contiguous(), rows[:, 1].contiguous()
-        batches.append((users, pos, sampler.sample(users, generator)))
+    batches = training_batches(dataset, steps + 1, batch_size, seed)
 
     # The epoch's first step, with the epoch-start hook (graph pruning, item-graph rebuild).
     first = {}
@@ -470,7 +461,7 @@ def main() -> None:
             except Exception as exc:  # report the model as not measurable and go on
                 log.exception("%s failed", name)
                 failures[name] = f"{type(exc).__name__}: {exc}".replace("|", "/").replace("\n", " ")[:300]
-    load = Path("/proc/loadavg").read_text().split()[:3] if os.path.exists("/proc/loadavg") else "?"
+    load = load_average()
     print(f"# {dataset.name}: {dataset.n_users} users, {dataset.n_items} items, {len(dataset.train)} train "
           f"pairs, batch {args.batch_size}, median of {args.steps} steps after one, torch threads "
           f"{torch.get_num_threads()}, scoring in chunks of {EVAL_CHUNK} users, load {load}")
