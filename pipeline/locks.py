@@ -119,6 +119,19 @@ def _alive(pid: int, started: str | None) -> bool:
     return started is None or now == started
 
 
+def lock_table(meta: Any) -> Any:
+    """The lock table (:data:`TABLE`) in SQLAlchemy metadata ``meta``."""
+    import sqlalchemy as sa
+
+    return sa.Table(
+        TABLE, meta,
+        sa.Column("sweep_id", sa.String(255), primary_key=True),
+        sa.Column("token", sa.String(64), nullable=False),
+        sa.Column("owner", sa.Text, nullable=False),
+        sa.Column("heartbeat", sa.Float, nullable=False),
+    )
+
+
 class SweepLock:
     """The lock row of one sweep in an RDB (SQLAlchemy URL); see the module doc.
 
@@ -148,19 +161,15 @@ class SweepLock:
             # Wait for a concurrent writer instead of failing with "database is locked".
             kwargs["connect_args"] = {"timeout": 30}
         self._engine = sa.create_engine(self.url, **kwargs)
-        meta = sa.MetaData()
-        self._table = sa.Table(
-            TABLE, meta,
-            sa.Column("sweep_id", sa.String(255), primary_key=True),
-            sa.Column("token", sa.String(64), nullable=False),
-            sa.Column("owner", sa.Text, nullable=False),
-            sa.Column("heartbeat", sa.Float, nullable=False),
-        )
+        self._table = lock_table(sa.MetaData())
         with store_creation_lock(self.url):
             try:
-                meta.create_all(self._engine, checkfirst=True)
-            except sa.exc.OperationalError:  # created meanwhile by a driver on another host
-                meta.create_all(self._engine, checkfirst=True)
+                self._table.create(self._engine, checkfirst=True)
+            except (sa.exc.OperationalError, sa.exc.IntegrityError, sa.exc.ProgrammingError):
+                # Created meanwhile by a driver on another host: its CREATE was not yet committed
+                # when ours checked. MySQL then says "table already exists"; PostgreSQL makes ours
+                # wait for the other's commit and fails it on pg_type's unique index.
+                self._table.create(self._engine, checkfirst=True)
 
     def _row(self, conn) -> Any:
         import sqlalchemy as sa

@@ -133,17 +133,21 @@ def test_a_holder_on_another_host_is_taken_over_only_when_its_heartbeat_is_stale
 
 
 def test_drivers_starting_together_on_a_fresh_database_get_exactly_one_lock(postgres_url):
-    # Each process creates the lock table if it is missing and races for the row.
+    # Each process creates the lock table if it is missing and races for the row. They import
+    # first and then start at one agreed moment, so that their "is the table there?" checks meet:
+    # on PostgreSQL a plain check-then-create loses that race with a unique violation on pg_type.
     race = """
 import sys
-import tempfile
+import time
+import psycopg, sqlalchemy  # noqa: F401 - imported before the start, not during the race
 from pipeline.locks import SweepLock, SweepRunningError
+time.sleep(max(0.0, float(sys.argv[2]) - time.time()))
 try:
     SweepLock(sys.argv[1], "sweep-d").acquire()
     print("won", flush=True)
 except SweepRunningError:
     print("refused", flush=True)
-import time; time.sleep(5)
+time.sleep(5)
 """
     import sqlalchemy as sa
 
@@ -152,9 +156,51 @@ import time; time.sleep(5)
         conn.execute(sa.text("CREATE DATABASE fresh"))
     admin.dispose()
     fresh = postgres_url.rsplit("/", 1)[0] + "/fresh"
-    procs = [subprocess.Popen([sys.executable, "-c", race, fresh], stdout=subprocess.PIPE, text=True,
-                              env={**os.environ, "PYTHONPATH": str(REPO)}) for _ in range(3)]
+    drivers = 4
+    go = time.time() + 8.0  # after every interpreter has imported sqlalchemy and the lock module
+    procs = [subprocess.Popen([sys.executable, "-c", race, fresh, str(go)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+             for _ in range(drivers)]
     outcomes = sorted(p.stdout.readline().strip() for p in procs)
+    errors = []
     for p in procs:
         p.wait(timeout=60)
-    assert outcomes == ["refused", "refused", "won"]
+        errors.append(p.stderr.read())
+    assert outcomes == ["refused"] * (drivers - 1) + ["won"], "".join(errors)
+
+
+def test_a_driver_that_finds_another_mid_way_through_creating_the_table_waits_and_takes_the_lock(postgres_url):
+    # The race above, held open: one driver has created the lock table in a transaction it has not
+    # committed yet. A second driver must wait for it rather than fail on PostgreSQL's catalogue.
+    import threading
+
+    import sqlalchemy as sa
+
+    from pipeline.locks import lock_table
+
+    admin = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text("CREATE DATABASE midway"))
+    admin.dispose()
+    midway = postgres_url.rsplit("/", 1)[0] + "/midway"
+    first = sa.create_engine(midway)
+    outcome: dict[str, object] = {}
+
+    def second_driver() -> None:
+        try:
+            with SweepLock(midway, "sweep-e") as lock:
+                outcome["won"] = not lock.reentered
+        except Exception as exc:  # noqa: BLE001 - the assertion below reports it
+            outcome["error"] = exc
+
+    with first.connect() as conn:
+        transaction = conn.begin()
+        lock_table(sa.MetaData()).create(conn)
+        racer = threading.Thread(target=second_driver, daemon=True)
+        racer.start()
+        time.sleep(2.0)  # the second driver is now waiting on the first one's creation
+        assert racer.is_alive(), f"the second driver did not wait: {outcome}"
+        transaction.commit()
+    racer.join(timeout=30)
+    first.dispose()
+    assert outcome == {"won": True}
