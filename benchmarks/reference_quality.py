@@ -1,0 +1,263 @@
+"""Quality against the reference implementations: ours and MMRec's same model, trained the same way.
+
+Both sides go through clearrec's trainer (:func:`clear_core.trainer.fit`), so they share the
+protocol of ``configs/train.yaml`` (Adam, batch 2,048, uniform negatives, full ranking with the
+training items masked, early stopping on validation Recall@20 with patience 20, test read at the
+best-validation epoch), the split, and the seeds. MMRec's model is wrapped in the model contract
+(:class:`ReferenceModel`): its ``pre_epoch_processing`` at each epoch's start, its
+``calculate_loss`` on the batch's ``[users; positives; negatives]`` (a tuple of losses summed, as
+MMRec's trainer does), its ``full_sort_predict`` for the scores. A gap between the two sides is
+then the models' code, not the trainer, sampler or evaluator around them.
+
+The reference is built as ``benchmarks/bench_reference.py`` builds it (its ``--reference-src``
+and ``--reference-site``, MMRec's ``overall.yaml`` + ``model/<Model>.yaml`` with the first value
+of each searched list, the same data folder), then ``--reference-set KEY=VALUE`` sets MMRec config
+keys (its names: ``reg_weight``, ``cl_weight``, ...); ``--ours-set`` sets our model's keyword
+arguments. Give both the same point. MMRec's ``weight_decay`` must be 0 (its ``overall.yaml``
+value): the trainer's Adam has none.
+
+    nice -n 5 .venv/bin/python benchmarks/reference_quality.py dualgnn --reference-src MMRec/src \\
+        --reference-site ref_site --seeds 7 42 123 --out runs/reference_quality.jsonl
+    .venv/bin/python benchmarks/reference_quality.py dualgnn --out runs/reference_quality.jsonl --summarise
+
+Each run is one JSON line in ``--out``; a rerun skips the runs already there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any, ClassVar
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_reference import (  # noqa: E402
+    REFERENCE_CLASSES,
+    REFERENCE_FIXUPS,
+    REFERENCE_OVERRIDES,
+    ReferenceTrainData,
+    import_reference,
+    prepare_reference_data,
+    reference_build_compat,
+    reference_config,
+)
+
+from clear_core.config import CONFIG_DIR_ENV, config_dir, parse_value  # noqa: E402
+from clear_core.seed_statistics import mean_interval  # noqa: E402
+
+log = logging.getLogger("reference_quality")
+SIDES = ("ours", "reference")
+METRICS = ("recall@20", "ndcg@20")
+
+
+def reference_model_class(name: str, model_class: type, config: dict[str, Any], fixup=None) -> type:
+    """A :class:`~clear_core.models.base.Recommender` named ``reference_<name>`` that holds
+    MMRec's ``model_class`` built with ``config``."""
+    import torch
+
+    from clear_core.models.base import Recommender
+
+    class ReferenceModel(Recommender):
+        needs_features = True
+        params: ClassVar[dict[str, Any]] = {}
+
+        def __init__(self, dataset, **params: Any) -> None:
+            super().__init__(dataset, **params)
+            with reference_build_compat():
+                self.inner = model_class(config, ReferenceTrainData(dataset))
+            if fixup is not None:
+                fixup(self.inner)
+
+        def on_epoch_start(self, epoch: int) -> None:
+            hook = getattr(self.inner, "pre_epoch_processing", None)
+            if hook is not None:
+                hook()
+
+        def loss(self, users, pos_items, neg_items):
+            # A fresh tensor: some reference models edit the interaction they are given.
+            out = self.inner.calculate_loss(torch.stack((users, pos_items, neg_items)))
+            return sum(out) if isinstance(out, tuple) else out
+
+        def score(self, users):
+            return self.inner.full_sort_predict([users, None])
+
+    ReferenceModel.name = f"reference_{name}"
+    ReferenceModel.__qualname__ = ReferenceModel.__name__ = f"Reference{model_class.__name__}"
+    return ReferenceModel
+
+
+def _config_dir_with(model_name: str, into: Path) -> Path:
+    """A copy of the config folder with an empty ``models/<model_name>.yaml`` (the adapter takes
+    no keyword arguments), so that the trainer's model lookup finds it."""
+    target = into / "configs"
+    shutil.copytree(config_dir(), target)
+    (target / "models" / f"{model_name}.yaml").write_text("{}\n", encoding="utf-8")
+    return target
+
+
+def run_one(job: dict) -> dict:
+    """Train one side of ``job['model']`` on one seed; the row that goes to ``--out``."""
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(job["threads"])
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    from clear_core.data.loading import load_dataset
+    from clear_core.models import register
+    from clear_core.trainer import TrainConfig, fit
+
+    random.seed(job["seed"])
+    np.random.seed(job["seed"])  # MMRec's samplers draw from NumPy and random; ours does not
+    dataset = load_dataset(job["data"])
+    cfg = TrainConfig.resolve({**job["train"], "seed": job["seed"], "device": "cpu"})
+    t0 = time.perf_counter()
+    if job["side"] == "ours":
+        result = fit(dataset, job["model"], job["ours_set"], cfg)
+    else:
+        src = Path(job["reference_src"])
+        load = import_reference(src, Path(job["reference_site"]) if job["reference_site"] else None)
+        class_name = REFERENCE_CLASSES[job["model"]]
+        with tempfile.TemporaryDirectory(prefix="reference_quality_") as tmp:
+            folder = Path(tmp) / "data"
+            prepare_reference_data(dataset, folder / dataset.name, with_user_graph=(job["model"] == "dualgnn"))
+            config = reference_config(src, class_name, folder, dataset.name,
+                                      {**REFERENCE_OVERRIDES.get(job["model"], {}), **job["reference_set"],
+                                       "learning_rate": cfg.learning_rate, "seed": job["seed"]})
+            if float(config["weight_decay"] or 0.0) != 0.0:
+                raise SystemExit(f"{class_name}: weight_decay {config['weight_decay']}: the trainer's Adam has none")
+            cls = register(reference_model_class(job["model"], load(class_name), config,
+                                                 REFERENCE_FIXUPS.get(job["model"])))
+            os.environ[CONFIG_DIR_ENV] = str(_config_dir_with(cls.name, Path(tmp)))
+            try:
+                result = fit(dataset, cls.name, {}, cfg)
+            finally:
+                os.environ.pop(CONFIG_DIR_ENV)
+    return {
+        **{k: job[k] for k in ("side", "model", "seed", "ours_set", "reference_set", "train")},
+        "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
+        "valid": result.valid, "test": result.test,
+        "median_train_seconds": result.median_train_seconds, "wall_seconds": time.perf_counter() - t0,
+    }
+
+
+def _key(row: dict) -> str:
+    return json.dumps([row["side"], row["model"], row["seed"], row["ours_set"], row["reference_set"],
+                       row["train"]], sort_keys=True)
+
+
+def done_rows(out: Path) -> list[dict]:
+    if not out.exists():
+        return []
+    return [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def summarise(rows: list[dict]) -> str:
+    """Per model and point: each side's mean ± std over seeds, and ours minus the reference
+    paired by seed (test; 95 % t interval)."""
+    groups: dict[str, dict[str, list[dict]]] = {}
+    for r in rows:
+        point = json.dumps({"model": r["model"], "ours": r["ours_set"], "reference": r["reference_set"],
+                            "train": r["train"]}, sort_keys=True)
+        groups.setdefault(point, {}).setdefault(r["side"], []).append(r)
+    sd = lambda vals: statistics.stdev(vals) if len(vals) > 1 else 0.0  # noqa: E731
+    lines = ["| model | point | side | seeds | valid R@20 | test R@20 | test N@20 | best epoch (mean) |",
+             "|---|---|---|---|---|---|---|---|"]
+    diffs = ["| model | seeds | ΔR@20 ours − ref [95 % CI] | ΔN@20 ours − ref [95 % CI] | ours ahead R@20 / N@20 |",
+             "|---|---|---|---|---|"]
+    for point, sides in groups.items():
+        p = json.loads(point)
+        for side in SIDES:
+            rs = sorted(sides.get(side, []), key=lambda r: r["seed"])
+            if not rs:
+                continue
+            cells = [f"{statistics.mean(v):.4f} ± {sd(v):.4f}" for v in (
+                [r["valid"]["recall@20"] for r in rs], [r["test"]["recall@20"] for r in rs],
+                [r["test"]["ndcg@20"] for r in rs])]
+            lines.append(f"| {p['model']} | ours {json.dumps(p['ours'])}; ref {json.dumps(p['reference'])}; "
+                         f"lr {p['train'].get('learning_rate')} | {side} "
+                         f"| {len(rs)} | {' | '.join(cells)} | {statistics.mean(r['best_epoch'] for r in rs):.0f} |")
+        ref = {r["seed"]: r for r in sides.get("reference", [])}
+        pairs = [(r, ref[r["seed"]]) for r in sides.get("ours", []) if r["seed"] in ref]
+        if pairs:
+            cells = []
+            for metric in METRICS:
+                d = [a["test"][metric] - b["test"][metric] for a, b in pairs]
+                mean, low, high = mean_interval(d)
+                cells.append(f"{mean:+.4f} [{low:+.4f}, {high:+.4f}]")
+            ahead = [sum(a["test"][m] > b["test"][m] for a, b in pairs) for m in METRICS]
+            diffs.append(f"| {p['model']} | {len(pairs)} | {cells[0]} | {cells[1]} | "
+                         f"{ahead[0]}/{len(pairs)} / {ahead[1]}/{len(pairs)} |")
+    return "\n".join([*lines, "", *diffs])
+
+
+def _settings(pairs: list[str]) -> dict[str, Any]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"expected KEY=VALUE, got {pair!r}")
+        out[key.strip()] = parse_value(value)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    from clear_core.trainer import TrainConfig
+
+    protocol = TrainConfig.resolve()
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("model", choices=sorted(REFERENCE_CLASSES))
+    ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[1].parent / "shared/data/tiktok")
+    ap.add_argument("--reference-src", type=Path, help="a checkout of MMRec's src/ directory")
+    ap.add_argument("--reference-site", type=Path, default=None, help="extra import directory (torch_geometric)")
+    ap.add_argument("--ours-set", nargs="*", default=[], metavar="KEY=VALUE", help="our model's keyword arguments")
+    ap.add_argument("--reference-set", nargs="*", default=[], metavar="KEY=VALUE", help="MMRec config keys")
+    ap.add_argument("--sides", nargs="+", choices=SIDES, default=list(SIDES))
+    ap.add_argument("--seeds", type=int, nargs="+", default=[7, 42, 123])
+    ap.add_argument("--max-epochs", type=int, default=protocol.max_epochs)
+    ap.add_argument("--patience", type=int, default=protocol.patience)
+    ap.add_argument("--learning-rate", type=float, default=protocol.learning_rate)
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    ap.add_argument("--out", type=Path, default=Path("runs/reference_quality.jsonl"))
+    ap.add_argument("--summarise", action="store_true", help="only print the table of what --out holds")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.summarise:
+        print(summarise([r for r in done_rows(args.out) if r["model"] == args.model]))
+        return 0
+    if "reference" in args.sides and args.reference_src is None:
+        ap.error("--reference-src is needed for the reference side")
+    common = {
+        "model": args.model, "data": str(args.data), "threads": args.threads,
+        "ours_set": _settings(args.ours_set), "reference_set": _settings(args.reference_set),
+        "train": {"max_epochs": args.max_epochs, "patience": args.patience, "learning_rate": args.learning_rate},
+        "reference_src": str(args.reference_src.resolve()) if args.reference_src else None,
+        "reference_site": str(args.reference_site.resolve()) if args.reference_site else None,
+    }
+    done = {_key(r) for r in done_rows(args.out)}
+    jobs = [{**common, "side": side, "seed": seed} for seed in args.seeds for side in args.sides]
+    jobs = [j for j in jobs if _key(j) not in done]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with ProcessPoolExecutor(max_workers=args.workers) as pool:
+        for row in pool.map(run_one, jobs):
+            with args.out.open("a", encoding="utf-8") as fh:
+                fh.write(json.dumps(row, sort_keys=True) + "\n")
+            log.info("%s %s seed %d: valid R@20 %.4f test R@20 %.4f (best epoch %d of %d)", row["model"],
+                     row["side"], row["seed"], row["valid"]["recall@20"], row["test"]["recall@20"],
+                     row["best_epoch"], row["epochs_run"])
+    print(summarise([r for r in done_rows(args.out) if r["model"] == args.model]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

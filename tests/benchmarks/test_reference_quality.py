@@ -1,0 +1,100 @@
+"""benchmarks/reference_quality.py: a reference model goes through our trainer unchanged, so a
+gap between the two sides is the models' code; and the summary pairs the sides by seed."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+
+import reference_quality as rq  # noqa: E402
+
+from clear_core.config import CONFIG_DIR_ENV  # noqa: E402
+from clear_core.data.synthetic import generate_synthetic  # noqa: E402
+from clear_core.models import _REGISTRY  # noqa: E402
+from clear_core.models.losses import bpr_loss, embedding_penalty  # noqa: E402
+from clear_core.trainer import TrainConfig, fit  # noqa: E402
+
+
+class MMRecStyleMF(nn.Module):
+    """MF-BPR written the way MMRec writes a model (built from its config and train loader;
+    ``calculate_loss`` on ``[users; positives; negatives]`` returning a tuple of losses;
+    ``full_sort_predict``), with the same maths and initialisation as our ``mf``."""
+
+    def __init__(self, config, dataloader) -> None:
+        super().__init__()
+        n_users, n_items = dataloader.dataset.get_user_num(), dataloader.dataset.get_item_num()
+        self.reg_weight = config["reg_weight"]
+        self.user_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(n_users, config["embedding_size"])))
+        self.item_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(n_items, config["embedding_size"])))
+        self.epochs_started = 0
+
+    def pre_epoch_processing(self) -> None:
+        self.epochs_started += 1
+
+    def calculate_loss(self, interaction):
+        users, pos, neg = interaction[0], interaction[1], interaction[2]
+        u = self.user_embedding.index_select(0, users)
+        p, n = self.item_embedding.index_select(0, torch.cat([pos, neg])).split(users.shape[0])
+        return bpr_loss((u * p).sum(-1), (u * n).sum(-1)), self.reg_weight * embedding_penalty(u, p, n)
+
+    def full_sort_predict(self, interaction):
+        return self.user_embedding[interaction[0]] @ self.item_embedding.T
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return generate_synthetic(n_users=120, n_items=80, n_interactions=2400, seed=5).dataset
+
+
+def test_a_reference_model_that_computes_what_ours_computes_gets_the_same_figures_every_epoch(
+        tiny, tmp_path, monkeypatch):
+    config = {"embedding_size": 16, "reg_weight": 0.1}
+    cls = rq.reference_model_class("fakemf", MMRecStyleMF, config)
+    monkeypatch.setitem(_REGISTRY, cls.name, cls)
+    monkeypatch.setenv(CONFIG_DIR_ENV, str(rq._config_dir_with(cls.name, tmp_path)))
+    train = TrainConfig.resolve({"batch_size": 256, "max_epochs": 4, "device": "cpu", "seed": 3})
+
+    reference = fit(tiny, cls.name, {}, train)
+    ours = fit(tiny, "mf", config, train)
+
+    assert [h["train_loss"] for h in reference.history] == [h["train_loss"] for h in ours.history]
+    assert [h["valid"] for h in reference.history] == [h["valid"] for h in ours.history]
+    assert reference.test == ours.test
+
+
+def test_the_reference_hears_every_epoch_start_and_its_loss_terms_are_summed(tiny):
+    cls = rq.reference_model_class("fakemf", MMRecStyleMF, {"embedding_size": 8, "reg_weight": 0.5})
+    model = cls(tiny)
+    for epoch in (1, 2, 3):
+        model.on_epoch_start(epoch)
+    assert model.inner.epochs_started == 3
+    users, pos, neg = torch.tensor([0, 1]), torch.tensor([2, 3]), torch.tensor([4, 5])
+    ranking, reg = model.inner.calculate_loss(torch.stack((users, pos, neg)))
+    assert model.loss(users, pos, neg).item() == pytest.approx((ranking + reg).item())
+    assert model.score(users).shape == (2, tiny.n_items)
+
+
+def row(side, seed, test_r, test_n, valid=0.1):
+    return {"side": side, "model": "dualgnn", "seed": seed, "ours_set": {}, "reference_set": {},
+            "train": {}, "valid": {"recall@20": valid}, "test": {"recall@20": test_r, "ndcg@20": test_n},
+            "best_epoch": 10}
+
+
+def test_the_summary_pairs_ours_against_the_reference_by_seed_and_leaves_unpaired_seeds_out():
+    rows = [row("ours", 1, 0.10, 0.05), row("ours", 2, 0.12, 0.06), row("ours", 3, 0.50, 0.50),
+            row("reference", 2, 0.11, 0.05), row("reference", 1, 0.08, 0.05)]
+    text = rq.summarise(rows)
+    diffs = [line for line in text.splitlines() if line.startswith("| dualgnn | 2 |")]
+    assert len(diffs) == 1
+    # Seeds 1 and 2: differences +0.02 and +0.01; mean +0.015, t(0.975, 1) = 12.706.
+    half = 12.706 * (0.01 / math.sqrt(2)) / math.sqrt(2)
+    assert f"+0.0150 [{0.015 - half:+.4f}, {0.015 + half:+.4f}]" in diffs[0]
+    assert diffs[0].endswith("2/2 / 1/2 |")
+    assert "| ours | 3 |" in text and "| reference | 2 |" in text
