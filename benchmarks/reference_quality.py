@@ -35,7 +35,7 @@ import statistics
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -86,7 +86,8 @@ def reference_model_class(name: str, model_class: type, config: dict[str, Any], 
         def loss(self, users, pos_items, neg_items):
             # A fresh tensor: some reference models edit the interaction they are given.
             out = self.inner.calculate_loss(torch.stack((users, pos_items, neg_items)))
-            return sum(out) if isinstance(out, tuple) else out
+            loss = sum(out) if isinstance(out, tuple) else out
+            return loss.reshape(())  # BM3 returns shape [1]; the trainer accumulates a scalar
 
         def score(self, users):
             return self.inner.full_sort_predict([users, None])
@@ -248,15 +249,25 @@ def main(argv: list[str] | None = None) -> int:
     jobs = [{**common, "side": side, "seed": seed} for seed in args.seeds for side in args.sides]
     jobs = [j for j in jobs if _key(j) not in done]
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    failed = 0
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
-        for row in pool.map(run_one, jobs):
+        # Each run is written as it finishes; one that fails is reported and does not lose the others.
+        futures = {pool.submit(run_one, job): job for job in jobs}
+        for future in as_completed(futures):
+            job = futures[future]
+            try:
+                row = future.result()
+            except Exception:
+                failed += 1
+                log.exception("%s %s seed %d failed", job["model"], job["side"], job["seed"])
+                continue
             with args.out.open("a", encoding="utf-8") as fh:
                 fh.write(json.dumps(row, sort_keys=True) + "\n")
             log.info("%s %s seed %d: valid R@20 %.4f test R@20 %.4f (best epoch %d of %d)", row["model"],
                      row["side"], row["seed"], row["valid"]["recall@20"], row["test"]["recall@20"],
                      row["best_epoch"], row["epochs_run"])
     print(summarise([r for r in done_rows(args.out) if r["model"] == args.model]))
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

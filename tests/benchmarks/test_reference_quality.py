@@ -42,7 +42,9 @@ class MMRecStyleMF(nn.Module):
         users, pos, neg = interaction[0], interaction[1], interaction[2]
         u = self.user_embedding.index_select(0, users)
         p, n = self.item_embedding.index_select(0, torch.cat([pos, neg])).split(users.shape[0])
-        return bpr_loss((u * p).sum(-1), (u * n).sum(-1)), self.reg_weight * embedding_penalty(u, p, n)
+        # A one-element tensor, not a scalar, as MMRec's BM3 returns.
+        ranking = bpr_loss((u * p).sum(-1), (u * n).sum(-1)).reshape(1)
+        return ranking, self.reg_weight * embedding_penalty(u, p, n)
 
     def full_sort_predict(self, interaction):
         return self.user_embedding[interaction[0]] @ self.item_embedding.T
@@ -77,7 +79,8 @@ def test_the_reference_hears_every_epoch_start_and_its_loss_terms_are_summed(tin
     assert model.inner.epochs_started == 3
     users, pos, neg = torch.tensor([0, 1]), torch.tensor([2, 3]), torch.tensor([4, 5])
     ranking, reg = model.inner.calculate_loss(torch.stack((users, pos, neg)))
-    assert model.loss(users, pos, neg).item() == pytest.approx((ranking + reg).item())
+    loss = model.loss(users, pos, neg)
+    assert loss.shape == () and loss.item() == pytest.approx((ranking + reg).item())
     assert model.score(users).shape == (2, tiny.n_items)
 
 
