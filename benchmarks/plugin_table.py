@@ -169,12 +169,12 @@ def paired(plugged: list[dict], base: list[dict]) -> dict | None:
     return out
 
 
-def _fmt_interval(interval: tuple[float, float, float]) -> str:
+def fmt_interval(interval: tuple[float, float, float]) -> str:
     mean, low, high = interval
     return f"{mean:+.4f}" if math.isnan(low) else f"{mean:+.4f} [{low:+.4f}, {high:+.4f}]"
 
 
-def _mean_sd(vals: list[float]) -> str:
+def mean_sd(vals: list[float]) -> str:
     return f"{statistics.mean(vals):.4f} ± {statistics.stdev(vals) if len(vals) > 1 else 0.0:.4f}"
 
 
@@ -197,14 +197,14 @@ def summarise(rows: list[dict], models: list[str], select_seeds: list[int], base
                 continue
             runs[plug] = rs
             lines.append(f"| {method} | {json.dumps(chosen, sort_keys=True)} | {len(rs)} | "
-                         f"{_mean_sd([r['valid']['recall@20'] for r in selecting])} | "
-                         f"{_mean_sd([r['test']['recall@20'] for r in rs])} | "
-                         f"{_mean_sd([r['test']['ndcg@20'] for r in rs])} |")
+                         f"{mean_sd([r['valid']['recall@20'] for r in selecting])} | "
+                         f"{mean_sd([r['test']['recall@20'] for r in rs])} | "
+                         f"{mean_sd([r['test']['ndcg@20'] for r in rs])} |")
         for plug in PLUG_INS:
             if plug in runs and None in runs and (p := paired(runs[plug], runs[None])):
                 n = len(p["seeds"])
-                diffs.append(f"| {model} | +{plug} | {n} | {_fmt_interval(p['recall@20']['interval'])} | "
-                             f"{_fmt_interval(p['ndcg@20']['interval'])} | "
+                diffs.append(f"| {model} | +{plug} | {n} | {fmt_interval(p['recall@20']['interval'])} | "
+                             f"{fmt_interval(p['ndcg@20']['interval'])} | "
                              f"{p['recall@20']['ahead']}/{n} / {p['ndcg@20']['ahead']}/{n} |")
     return "\n".join([*lines, "", "Each plug-in minus its base, paired by held-out seed (test; t interval over seeds):", "", *diffs])
 

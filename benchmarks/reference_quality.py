@@ -51,13 +51,12 @@ from bench_reference import (  # noqa: E402
     reference_build_compat,
     reference_config,
 )
+from plugin_table import METRICS, done_rows, fmt_interval, mean_sd, paired  # noqa: E402
 
-from clear_core.config import CONFIG_DIR_ENV, config_dir, parse_value  # noqa: E402
-from clear_core.seed_statistics import mean_interval  # noqa: E402
+from clear_core.config import CONFIG_DIR_ENV, config_dir, parse_overrides  # noqa: E402
 
 log = logging.getLogger("reference_quality")
 SIDES = ("ours", "reference")
-METRICS = ("recall@20", "ndcg@20")
 
 
 def reference_model_class(name: str, model_class: type, config: dict[str, Any], fixup=None) -> type:
@@ -156,12 +155,6 @@ def _key(row: dict) -> str:
                        row["train"]], sort_keys=True)
 
 
-def done_rows(out: Path) -> list[dict]:
-    if not out.exists():
-        return []
-    return [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
 def summarise(rows: list[dict]) -> str:
     """Per model and point: each side's mean ± std over seeds, and ours minus the reference
     paired by seed (test; 95 % t interval)."""
@@ -170,7 +163,6 @@ def summarise(rows: list[dict]) -> str:
         point = json.dumps({"model": r["model"], "ours": r["ours_set"], "reference": r["reference_set"],
                             "train": r["train"]}, sort_keys=True)
         groups.setdefault(point, {}).setdefault(r["side"], []).append(r)
-    sd = lambda vals: statistics.stdev(vals) if len(vals) > 1 else 0.0  # noqa: E731
     lines = ["| model | point | side | seeds | valid R@20 | test R@20 | test N@20 | best epoch (mean) |",
              "|---|---|---|---|---|---|---|---|"]
     diffs = ["| model | seeds | ΔR@20 ours − ref [95 % CI] | ΔN@20 ours − ref [95 % CI] | ours ahead R@20 / N@20 |",
@@ -181,34 +173,19 @@ def summarise(rows: list[dict]) -> str:
             rs = sorted(sides.get(side, []), key=lambda r: r["seed"])
             if not rs:
                 continue
-            cells = [f"{statistics.mean(v):.4f} ± {sd(v):.4f}" for v in (
+            cells = [mean_sd(v) for v in (
                 [r["valid"]["recall@20"] for r in rs], [r["test"]["recall@20"] for r in rs],
                 [r["test"]["ndcg@20"] for r in rs])]
             lines.append(f"| {p['model']} | ours {json.dumps(p['ours'])}; ref {json.dumps(p['reference'])}; "
                          f"lr {p['train'].get('learning_rate')} | {side} "
                          f"| {len(rs)} | {' | '.join(cells)} | {statistics.mean(r['best_epoch'] for r in rs):.0f} |")
-        ref = {r["seed"]: r for r in sides.get("reference", [])}
-        pairs = [(r, ref[r["seed"]]) for r in sides.get("ours", []) if r["seed"] in ref]
-        if pairs:
-            cells = []
-            for metric in METRICS:
-                d = [a["test"][metric] - b["test"][metric] for a, b in pairs]
-                mean, low, high = mean_interval(d)
-                cells.append(f"{mean:+.4f} [{low:+.4f}, {high:+.4f}]")
-            ahead = [sum(a["test"][m] > b["test"][m] for a, b in pairs) for m in METRICS]
-            diffs.append(f"| {p['model']} | {len(pairs)} | {cells[0]} | {cells[1]} | "
-                         f"{ahead[0]}/{len(pairs)} / {ahead[1]}/{len(pairs)} |")
+        d = paired(sides.get("ours", []), sides.get("reference", []))
+        if d is not None:
+            n = len(d["seeds"])
+            diffs.append(f"| {p['model']} | {n} | {fmt_interval(d[METRICS[0]]['interval'])} | "
+                         f"{fmt_interval(d[METRICS[1]]['interval'])} | "
+                         f"{d[METRICS[0]]['ahead']}/{n} / {d[METRICS[1]]['ahead']}/{n} |")
     return "\n".join([*lines, "", *diffs])
-
-
-def _settings(pairs: list[str]) -> dict[str, Any]:
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise SystemExit(f"expected KEY=VALUE, got {pair!r}")
-        out[key.strip()] = parse_value(value)
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -240,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--reference-src is needed for the reference side")
     common = {
         "model": args.model, "data": str(args.data), "threads": args.threads,
-        "ours_set": _settings(args.ours_set), "reference_set": _settings(args.reference_set),
+        "ours_set": parse_overrides(args.ours_set), "reference_set": parse_overrides(args.reference_set),
         "train": {"max_epochs": args.max_epochs, "patience": args.patience, "learning_rate": args.learning_rate},
         "reference_src": str(args.reference_src.resolve()) if args.reference_src else None,
         "reference_site": str(args.reference_site.resolve()) if args.reference_site else None,
