@@ -19,6 +19,9 @@ Recommendation") as MMRec implements it (enoche/MMRec ``src/models/dualgnn.py`` 
   users]²) + mean(w²)).
 
 Departures, and why:
+* The modality encoders start Xavier-uniform with zero biases, where MMRec keeps nn.Linear's own
+  draw: one initialisation for every model (:mod:`clear_core.models.multimodal`, which gives
+  the measured effect).
 * MMRec also builds "dropped-modality" edge lists and an item weight table ``weight_i``; its
   forward never reads either (only ``reg_weight · mean(weight_i²)``, whose gradient touches
   nothing else), so they are left out.

@@ -11,6 +11,11 @@
   φ_m is the linear projection of the (trainable, as in FREEDOM) raw features. With
   ``projection: fixed`` the projected pair of φ_m outputs is de-redundanced first ("FREEDOM +
   CLEAR", paper Table 3).
+
+Departure: the modality encoders (``image_trs`` / ``text_trs``) start Xavier-uniform with zero
+biases, where MMRec keeps nn.Linear's own draw (one initialisation for every model:
+:mod:`clear_core.models.multimodal`). Trained through the same trainer beside MMRec's FREEDOM
+(``benchmarks/reference_quality.py``) the two land within seed noise of each other.
 """
 
 from __future__ import annotations

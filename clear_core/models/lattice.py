@@ -19,6 +19,9 @@ with its default ``cf_model: lightgcn``.
 * Loss: BPR + ``reg_weight`` · ½ (‖u‖² + ‖p‖² + ‖n‖²) / batch on the final embeddings.
 
 Departures, and why:
+* The modality encoders start Xavier-uniform with zero biases, where MMRec keeps nn.Linear's own
+  draw: one initialisation for every model (:mod:`clear_core.models.multimodal`, which gives
+  the measured effect).
 * The kNN graphs are sparse (k entries a row) and built in chunks, where MMRec keeps dense
   n_items² matrices: the same entries and gradients, O(n_items · k) memory.
 * MMRec divides the L2 term by the configured batch size (2048); here by the batch's length,

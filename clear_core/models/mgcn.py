@@ -22,7 +22,9 @@ Departures: with more than two modalities the fuser sums over all of them (the r
 written for image + text; with two the formulas are the same). MMRec's MGCN config decays the
 learning rate by 0.96 every 50 epochs; the trainer here has no scheduler (a 4 % change after 50
 epochs). The regulariser divides by the batch's size (the reference divides by the configured
-batch size, which differs only on the last, shorter batch).
+batch size, which differs only on the last, shorter batch). The modality encoders start
+Xavier-uniform with zero biases, where MMRec keeps nn.Linear's own draw (one initialisation for
+every model: :mod:`clear_core.models.multimodal`, which gives the measured effect).
 """
 
 from __future__ import annotations

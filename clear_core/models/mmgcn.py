@@ -20,6 +20,9 @@ is a constant. ``trainable_embeddings: false`` (the default) reproduces that; ``
 them, as the paper describes.
 
 Departures, and why:
+* The modality encoders start Xavier-uniform with zero biases, where MMRec keeps nn.Linear's own
+  draw: one initialisation for every model (:mod:`clear_core.models.multimodal`, which gives
+  the measured effect).
 * MMRec passes ``concate='False'``, a non-empty string, which its ``if self.concate`` reads as
   true: the concatenating layers are what runs there, hence ``concatenate: true``.
 * MMRec maps only the visual features to the 256-d latent and feeds text raw (its preference

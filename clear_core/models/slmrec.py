@@ -23,6 +23,9 @@ default self-supervised task FAC (fine and coarse alignment).
   exactly that of this term, so the trainer needs no per-model optimiser setting.
 
 Departures, and why:
+* The modality encoders start with zero biases, where MMRec keeps nn.Linear's own bias draw
+  (both draw the weights Xavier-uniform): one initialisation for every model
+  (:mod:`clear_core.models.multimodal`, which gives the measured effect).
 * With image + text MMRec's chain has one more linear layer between the two stages
   (``g_iv_iva``, the audio stage whose loss it comments out); two linear maps in a row are one
   linear map, so the functions the chain can express are the same.
