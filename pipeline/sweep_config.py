@@ -6,8 +6,11 @@ problems are raised together in one :class:`~clear_core.errors.ConfigError`.
 
 Merge rules. Nested mappings (``scheduler``, ``resources``, ``storage``, ``train`` ...) merge key
 by key. ``dataset``, ``model_params``, ``search``, ``fault_injection`` and ``per_model`` are replaced
-whole: a file that says ``search:`` means exactly that search. Override keys may be dotted
-(``{"scheduler.max_t": 4, "train.max_epochs": 3}``) or nested mappings.
+whole: a file that says ``search:`` means exactly that search. Override keys may be nested
+mappings (merged by the same rules) or dotted (``{"scheduler.max_t": 4, "train.max_epochs": 3}``):
+a dotted key sets exactly the value at its path and leaves every other key along that path as it
+was, so ``per_model.lattice.search.learning_rate`` changes LATTICE's learning-rate axis and keeps
+its other axes, the other models' entries and LATTICE's ``sampler``.
 
 Baselines. ``per_model: {lightgcn: {model_params: {...}, search: {...}}}`` gives the model
 parameters and search used when ``model`` is that name (e.g. ``clearrec sweep --model lightgcn``),
@@ -288,17 +291,29 @@ def _merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _nest(overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """``{"a.b": 1}`` -> ``{"a": {"b": 1}}``; keys under replaced-whole fields stay dotted-free."""
-    out: dict[str, Any] = {}
-    for key, value in overrides.items():
-        parts = str(key).split(".")
-        node = out
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {key!r}: {part!r} is not a mapping")
-        node[parts[-1]] = value
+def _set_path(base: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
+    """A copy of ``base`` with the dotted ``key`` set to ``value``; siblings along the path stay.
+
+    Without this a dotted override into a replaced-whole field (``per_model.lattice.search.x``)
+    went through :func:`_merge` as ``{"per_model": {...}}`` and silently dropped every other model,
+    every other search axis and the entry's sampler.
+    """
+    parts = str(key).split(".")
+    out = dict(base)
+    node = out
+    for depth, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = {}
+        elif not isinstance(child, Mapping):
+            raise ConfigError(f"override {key!r}: {'.'.join(parts[:depth + 1])} is not a mapping")
+        node[part] = dict(child)
+        node = node[part]
+    leaf = parts[-1]
+    if isinstance(value, Mapping) and isinstance(node.get(leaf), Mapping) and leaf not in REPLACED_WHOLE and len(parts) == 1:
+        node[leaf] = _merge(dict(node[leaf]), value)
+    else:
+        node[leaf] = copy.deepcopy(value)
     return out
 
 
@@ -312,11 +327,11 @@ def load_sweep_config(path: str | Path | None, overrides: Mapping[str, Any] | No
         written = set(own) if isinstance(own, Mapping) else set()
         merged = _merge(merged, own)
         source = str(path)
-    nested = _nest(overrides or {})
     # A model override must not inherit the previous model's parameters and search through
     # the merge; per_model (or the overrides themselves) then says what they are.
-    explicit = set(nested)
-    merged = _merge(merged, nested)
+    explicit = {str(key).split(".")[0] for key in overrides or {}}
+    for key, value in (overrides or {}).items():
+        merged = _set_path(merged, key, value)
     # A grid's size, not the TPE budget of default.yaml, is how many trials it runs; only a
     # num_samples the user wrote (sweep file or command line) caps it.
     grid_cap_given = "num_samples" in written or "num_samples" in explicit

@@ -76,6 +76,32 @@ def test_dotted_overrides_reach_nested_fields(tmp_path):
     assert config.num_samples == 5
 
 
+def test_a_dotted_override_into_a_per_model_search_changes_that_axis_and_keeps_the_rest(tmp_path):
+    # The LATTICE row of 2026-12-06 ran one trial instead of four: the override replaced the
+    # whole per_model mapping, so reg_weight's axis, the other models and the grid sampler went.
+    path = write(tmp_path, {"per_model": {
+        "lattice": {"sampler": "grid", "model_params": {"knn_k": 5},
+                    "search": {"reg_weight": {"type": "choice", "values": [0.0, 0.001]},
+                               "learning_rate": {"type": "loguniform", "low": 1e-4, "high": 1e-2}}},
+        "mf": {"search": {"reg_weight": {"type": "choice", "values": [0.01]}}},
+    }})
+    override = {"model": "lattice",
+                "per_model.lattice.search.learning_rate": {"type": "choice", "values": [0.001]}}
+    config = load_sweep_config(path, override)
+    assert set(config.search) == {"reg_weight", "learning_rate"}
+    assert config.search["reg_weight"].values == (0.0, 0.001)
+    # The leaf is replaced whole: no `low`/`high` left over from the loguniform it replaced.
+    assert (config.search["learning_rate"].type, config.search["learning_rate"].values, config.search["learning_rate"].low) == ("choice", (0.001,), None)
+    assert (config.sampler, config.num_samples) == ("grid", 2)
+    assert config.model_params == {"knn_k": 5}
+    assert load_sweep_config(path, {**override, "model": "mf"}).search["reg_weight"].values == (0.01,)
+
+
+def test_a_dotted_override_through_a_value_that_is_not_a_mapping_names_the_path():
+    with pytest.raises(ConfigError, match=r"'num_samples.x'.*num_samples is not a mapping"):
+        load_sweep_config(None, {"num_samples.x": 3})
+
+
 def test_train_config_fields_can_be_searched_and_land_in_the_train_overrides(tmp_path):
     config = load_sweep_config(
         write(tmp_path, {"search": {
