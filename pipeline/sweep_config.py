@@ -10,7 +10,9 @@ whole: a file that says ``search:`` means exactly that search. Override keys may
 mappings (merged by the same rules) or dotted (``{"scheduler.max_t": 4, "train.max_epochs": 3}``):
 a dotted key sets exactly the value at its path and leaves every other key along that path as it
 was, so ``per_model.lattice.search.learning_rate`` changes LATTICE's learning-rate axis and keeps
-its other axes, the other models' entries and LATTICE's ``sampler``.
+its other axes, the other models' entries and LATTICE's ``sampler``. ``dataset``'s two forms
+(``path``; ``synthetic``, ``raw``, ``set``) exclude each other: ``dataset.path`` replaces the
+generator, ``dataset.synthetic`` a folder.
 
 Baselines. ``per_model: {lightgcn: {model_params: {...}, search: {...}}}`` gives the model
 parameters and search used when ``model`` is that name (e.g. ``clearrec sweep --model lightgcn``),
@@ -55,6 +57,8 @@ from clear_core.errors import ConfigError
 from clear_core.trainer import TRAIN_SCHEMA
 
 REPLACED_WHOLE = ("dataset", "model_params", "search", "fault_injection", "per_model")
+#: The two forms of ``dataset``: a prepared folder, or the embedded generator.
+DATASET_FORMS = (frozenset({"path"}), frozenset({"synthetic", "raw", "set"}))
 
 SWEEP_SCHEMA: dict[str, Any] = {
     "name": str,
@@ -300,6 +304,11 @@ def _set_path(base: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
     """
     parts = str(key).split(".")
     out = dict(base)
+    if parts[0] == "dataset" and len(parts) > 1 and isinstance(out.get("dataset"), Mapping):
+        # A folder and the generator exclude each other: a field of one form drops the other's.
+        form = next((f for f in DATASET_FORMS if parts[1] in f), None)
+        if form is not None and set(out["dataset"]) - form:
+            out["dataset"] = {k: v for k, v in out["dataset"].items() if k in form}
     node = out
     for depth, part in enumerate(parts[:-1]):
         child = node.get(part)

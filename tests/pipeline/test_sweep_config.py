@@ -97,6 +97,16 @@ def test_a_dotted_override_into_a_per_model_search_changes_that_axis_and_keeps_t
     assert load_sweep_config(path, {**override, "model": "mf"}).search["reg_weight"].values == (0.01,)
 
 
+def test_a_dotted_dataset_override_switches_between_a_folder_and_the_generator(tmp_path):
+    # The dataset's two forms exclude each other: naming one field of the other form replaces it.
+    folder = load_sweep_config(None, {"dataset.path": str(tmp_path)})
+    assert folder.dataset == {"path": str(tmp_path)}
+    generated = load_sweep_config(REPO / "configs/sweeps/tiktok.yaml", {"dataset.synthetic": True})
+    assert generated.dataset == {"synthetic": True}
+    smaller = load_sweep_config(None, {"dataset.set.n_users": 50})
+    assert smaller.dataset["set"] == {"n_users": 50} and smaller.dataset["synthetic"] is True
+
+
 def test_a_dotted_override_through_a_value_that_is_not_a_mapping_names_the_path():
     with pytest.raises(ConfigError, match=r"'num_samples.x'.*num_samples is not a mapping"):
         load_sweep_config(None, {"num_samples.x": 3})
