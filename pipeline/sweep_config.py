@@ -326,6 +326,24 @@ def _set_path(base: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
     return out
 
 
+def _start_from_own_entry(merged: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Put the model's ``per_model`` search and parameters in place before dotted overrides of them.
+
+    ``--model lightgcn --set search.reg_weight=...`` narrows LightGCN's own search; without this
+    it would edit CLEAR's top-level search, which then replaces LightGCN's.
+    """
+    model = overrides.get("model", merged.get("model"))
+    entry = (merged.get("per_model") or {}).get(model) if isinstance(merged.get("per_model"), Mapping) else None
+    if not isinstance(entry, Mapping):
+        return merged
+    out = dict(merged)
+    for field_name in ("search", "model_params"):
+        dotted = any(str(key).startswith(field_name + ".") for key in overrides)
+        if dotted and field_name not in overrides and isinstance(entry.get(field_name), Mapping):
+            out[field_name] = copy.deepcopy(dict(entry[field_name]))
+    return out
+
+
 def load_sweep_config(path: str | Path | None, overrides: Mapping[str, Any] | None = None) -> SweepConfig:
     """Read a sweep file (``None``: the defaults alone), apply ``overrides``, validate."""
     merged = load_defaults("sweeps", "default")
@@ -338,8 +356,10 @@ def load_sweep_config(path: str | Path | None, overrides: Mapping[str, Any] | No
         source = str(path)
     # A model override must not inherit the previous model's parameters and search through
     # the merge; per_model (or the overrides themselves) then says what they are.
-    explicit = {str(key).split(".")[0] for key in overrides or {}}
-    for key, value in (overrides or {}).items():
+    overrides = dict(overrides or {})
+    explicit = {str(key).split(".")[0] for key in overrides}
+    merged = _start_from_own_entry(merged, overrides)
+    for key, value in overrides.items():
         merged = _set_path(merged, key, value)
     # A grid's size, not the TPE budget of default.yaml, is how many trials it runs; only a
     # num_samples the user wrote (sweep file or command line) caps it.

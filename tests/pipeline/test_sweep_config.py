@@ -97,6 +97,19 @@ def test_a_dotted_override_into_a_per_model_search_changes_that_axis_and_keeps_t
     assert load_sweep_config(path, {**override, "model": "mf"}).search["reg_weight"].values == (0.01,)
 
 
+def test_a_dotted_search_override_narrows_the_chosen_models_own_search():
+    tiktok = REPO / "configs/sweeps/tiktok.yaml"
+    own = load_sweep_config(tiktok, {"model": "lightgcn"})
+    narrowed = load_sweep_config(tiktok, {"model": "lightgcn",
+                                          "search.reg_weight": {"type": "choice", "values": [0.1]}})
+    assert set(narrowed.search) == set(own.search) and len(own.search) > 1
+    assert narrowed.search["reg_weight"].values == (0.1,)
+    assert narrowed.sampler == own.sampler
+    # CLEAR's own search (the file's top level) is narrowed the same way.
+    clear = load_sweep_config(tiktok, {"search.knn_k": {"type": "choice", "values": [5]}})
+    assert set(clear.search) == set(load_sweep_config(tiktok).search)
+
+
 def test_a_dotted_dataset_override_switches_between_a_folder_and_the_generator(tmp_path):
     # The dataset's two forms exclude each other: naming one field of the other form replaces it.
     folder = load_sweep_config(None, {"dataset.path": str(tmp_path)})
