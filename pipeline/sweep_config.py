@@ -58,7 +58,8 @@ from clear_core.trainer import TRAIN_SCHEMA
 
 REPLACED_WHOLE = ("dataset", "model_params", "search", "fault_injection", "per_model")
 #: The two forms of ``dataset``: a prepared folder, or the embedded generator.
-DATASET_FORMS = (frozenset({"path"}), frozenset({"synthetic", "raw", "set"}))
+FOLDER_FIELDS = frozenset({"path"})
+GENERATOR_FIELDS = frozenset({"synthetic", "raw", "set"})
 
 SWEEP_SCHEMA: dict[str, Any] = {
     "name": str,
@@ -303,12 +304,9 @@ def _set_path(base: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
     every other search axis and the entry's sampler.
     """
     parts = str(key).split(".")
+    if len(parts) == 1:
+        return _merge(base, {key: value})
     out = dict(base)
-    if parts[0] == "dataset" and len(parts) > 1 and isinstance(out.get("dataset"), Mapping):
-        # A folder and the generator exclude each other: a field of one form drops the other's.
-        form = next((f for f in DATASET_FORMS if parts[1] in f), None)
-        if form is not None and set(out["dataset"]) - form:
-            out["dataset"] = {k: v for k, v in out["dataset"].items() if k in form}
     node = out
     for depth, part in enumerate(parts[:-1]):
         child = node.get(part)
@@ -318,12 +316,20 @@ def _set_path(base: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
             raise ConfigError(f"override {key!r}: {'.'.join(parts[:depth + 1])} is not a mapping")
         node[part] = dict(child)
         node = node[part]
-    leaf = parts[-1]
-    if isinstance(value, Mapping) and isinstance(node.get(leaf), Mapping) and leaf not in REPLACED_WHOLE and len(parts) == 1:
-        node[leaf] = _merge(dict(node[leaf]), value)
-    else:
-        node[leaf] = copy.deepcopy(value)
+    node[parts[-1]] = copy.deepcopy(value)
     return out
+
+
+def _keep_dataset_form(merged: dict[str, Any], key: str) -> dict[str, Any]:
+    """Before ``dataset.<field>`` is set, drop the fields of the other form (folder or generator)."""
+    parts = str(key).split(".")
+    dataset = merged.get("dataset")
+    if parts[0] != "dataset" or len(parts) < 2 or not isinstance(dataset, Mapping):
+        return merged
+    form = next((f for f in (FOLDER_FIELDS, GENERATOR_FIELDS) if parts[1] in f), None)
+    if form is None or not set(dataset) - form:
+        return merged
+    return {**merged, "dataset": {k: v for k, v in dataset.items() if k in form}}
 
 
 def _start_from_own_entry(merged: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
@@ -333,7 +339,8 @@ def _start_from_own_entry(merged: dict[str, Any], overrides: Mapping[str, Any]) 
     it would edit CLEAR's top-level search, which then replaces LightGCN's.
     """
     model = overrides.get("model", merged.get("model"))
-    entry = (merged.get("per_model") or {}).get(model) if isinstance(merged.get("per_model"), Mapping) else None
+    per_model = merged.get("per_model")
+    entry = per_model.get(model) if isinstance(per_model, Mapping) else None
     if not isinstance(entry, Mapping):
         return merged
     out = dict(merged)
@@ -360,7 +367,7 @@ def load_sweep_config(path: str | Path | None, overrides: Mapping[str, Any] | No
     explicit = {str(key).split(".")[0] for key in overrides}
     merged = _start_from_own_entry(merged, overrides)
     for key, value in overrides.items():
-        merged = _set_path(merged, key, value)
+        merged = _set_path(_keep_dataset_form(merged, key), key, value)
     # A grid's size, not the TPE budget of default.yaml, is how many trials it runs; only a
     # num_samples the user wrote (sweep file or command line) caps it.
     grid_cap_given = "num_samples" in written or "num_samples" in explicit
@@ -572,13 +579,13 @@ def final_seeds_problems(seeds: list[Any]) -> list[str]:
 
 def _dataset_problems(dataset: Mapping[str, Any]) -> list[str]:
     if "path" in dataset:
-        extra = sorted(set(dataset) - {"path"})
+        extra = sorted(set(dataset) - FOLDER_FIELDS)
         out = [] if isinstance(dataset["path"], str) and dataset["path"] else [
             f"dataset.path: expected a folder path, got {dataset['path']!r}"
         ]
         return out + [f"dataset.{k}: unknown field next to dataset.path" for k in extra]
     if dataset.get("synthetic") is True:
-        extra = sorted(set(dataset) - {"synthetic", "raw", "set"})
+        extra = sorted(set(dataset) - GENERATOR_FIELDS)
         out = [f"dataset.{k}: unknown field; known: synthetic, raw, set" for k in extra]
         if "raw" in dataset and not isinstance(dataset["raw"], bool):
             out.append(f"dataset.raw: expected bool, got {dataset['raw']!r}")
