@@ -344,7 +344,7 @@ def _start_from_own_entry(merged: dict[str, Any], overrides: Mapping[str, Any]) 
     if not isinstance(entry, Mapping):
         return merged
     out = dict(merged)
-    for field_name in ("search", "model_params"):
+    for field_name in (k for k, kind in PER_MODEL_SCHEMA.items() if kind is dict):
         dotted = any(str(key).startswith(field_name + ".") for key in overrides)
         if dotted and field_name not in overrides and isinstance(entry.get(field_name), Mapping):
             out[field_name] = copy.deepcopy(dict(entry[field_name]))
