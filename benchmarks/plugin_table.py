@@ -17,10 +17,14 @@ base paired by seed with a 95 % t interval, both over the held-out seeds only (`
 ``--select-seeds``): on a selection seed the plug-in's figure is the best of six tries and the
 base's (with a one-point grid) of one, so pairing there would favour the plug-in. The training protocol is
 ``configs/train.yaml`` (MMRec's, ../shared/docs/protocol.md) unless overridden. Each run is
-appended as one JSON line to ``--out``, so an interrupted table resumes where it stopped.
+appended as one JSON line to ``--out``, so an interrupted table resumes where it stopped. With
+``--tracking-uri`` the table is mirrored into MLflow as well (experiment ``--experiment``): a run
+per row under one parent per table, whose description is the summary below, so the plug-in rows
+sit in the UI beside the sweeps' (``mirror_to_mlflow``).
 
     nice -n 10 .venv/bin/python benchmarks/plugin_table.py --out runs/plugin_table.jsonl
-    .venv/bin/python benchmarks/plugin_table.py --out runs/plugin_table.jsonl --summarise
+    .venv/bin/python benchmarks/plugin_table.py --out runs/plugin_table.jsonl --summarise \
+        [--tracking-uri sqlite:///runs/mlruns.db]
 """
 
 from __future__ import annotations
@@ -178,35 +182,121 @@ def mean_sd(vals: list[float]) -> str:
     return f"{statistics.mean(vals):.4f} ± {statistics.stdev(vals) if len(vals) > 1 else 0.0:.4f}"
 
 
+def selected(rows: list[dict], model: str, select_seeds: list[int],
+             base_grid: dict[str, list[dict]]) -> dict[str | None, dict]:
+    """Per method of ``model`` (None = the base, else the plug-in's name) whose selection is
+    complete: the point validation chose, its runs on the selection seeds and on the held-out
+    seeds (sorted by seed). A method with no held-out run yet is left out."""
+    out: dict[str | None, dict] = {}
+    for plug in (None, *PLUG_INS):
+        method = method_name(model, plug)
+        chosen = select(rows, method, points(rows, method, select_seeds, base_grid), select_seeds)
+        if chosen is None:
+            continue
+        mine = [r for r in rows if r["method"] == method and r["params"] == chosen]
+        held_out = sorted((r for r in mine if r["seed"] not in select_seeds), key=lambda r: r["seed"])
+        if held_out:
+            out[plug] = {"method": method, "params": chosen, "held_out": held_out,
+                         "selecting": [r for r in mine if r["seed"] in select_seeds]}
+    return out
+
+
 def summarise(rows: list[dict], models: list[str], select_seeds: list[int], base_grid: dict[str, list[dict]]) -> str:
     lines = ["| method | selected params | held-out seeds | valid R@20 (selection seeds) | test R@20 | test N@20 |",
              "|---|---|---|---|---|---|"]
     diffs = ["| base | plug-in | seeds | ΔR@20 mean [95 % CI] | ΔN@20 mean [95 % CI] | ahead R@20 / N@20 |",
              "|---|---|---|---|---|---|"]
     for model in models:
-        runs: dict[str | None, list[dict]] = {}
-        for plug in (None, *PLUG_INS):
-            method = method_name(model, plug)
-            chosen = select(rows, method, points(rows, method, select_seeds, base_grid), select_seeds)
-            if chosen is None:
-                continue
-            mine = [r for r in rows if r["method"] == method and r["params"] == chosen]
-            selecting = [r for r in mine if r["seed"] in select_seeds]
-            rs = sorted((r for r in mine if r["seed"] not in select_seeds), key=lambda r: r["seed"])
-            if not rs:
-                continue
-            runs[plug] = rs
-            lines.append(f"| {method} | {json.dumps(chosen, sort_keys=True)} | {len(rs)} | "
-                         f"{mean_sd([r['valid']['recall@20'] for r in selecting])} | "
+        chosen = selected(rows, model, select_seeds, base_grid)
+        for sel in chosen.values():
+            rs = sel["held_out"]
+            lines.append(f"| {sel['method']} | {json.dumps(sel['params'], sort_keys=True)} | {len(rs)} | "
+                         f"{mean_sd([r['valid']['recall@20'] for r in sel['selecting']])} | "
                          f"{mean_sd([r['test']['recall@20'] for r in rs])} | "
                          f"{mean_sd([r['test']['ndcg@20'] for r in rs])} |")
         for plug in PLUG_INS:
-            if plug in runs and None in runs and (p := paired(runs[plug], runs[None])):
+            if plug in chosen and None in chosen and (p := paired(chosen[plug]["held_out"], chosen[None]["held_out"])):
                 n = len(p["seeds"])
                 diffs.append(f"| {model} | +{plug} | {n} | {fmt_interval(p['recall@20']['interval'])} | "
                              f"{fmt_interval(p['ndcg@20']['interval'])} | "
                              f"{p['recall@20']['ahead']}/{n} / {p['ndcg@20']['ahead']}/{n} |")
     return "\n".join([*lines, "", "Each plug-in minus its base, paired by held-out seed (test; t interval over seeds):", "", *diffs])
+
+
+# --- MLflow: the table where the other results are compared --------------------------------------
+
+
+def mirror_to_mlflow(rows: list[dict], *, tracking_uri: str, experiment: str, data: Path, models: list[str],
+                     select_seeds: list[int], base_grid: dict[str, list[dict]]) -> str:
+    """Log the table into MLflow and return its parent run's id.
+
+    The parent (one per data, models and selection seeds, reopened on every call) carries the
+    summary as its description, ``plugin_table.md`` and a results table, and each plug-in's paired
+    difference from its base as metrics (``<model>/<plug-in>/delta_recall_at_20`` with ``_low``,
+    ``_high``). Each row of ``--out`` becomes a child run once (keyed by method, point and seed, so
+    a resumed table logs nothing twice), with the row's point as ``model.*`` parameters and its
+    best-validation-epoch figures as ``best/valid/*`` and ``best/test/*``; the runs of every
+    selected point are tagged ``clearrec.selected=true``, so the UI can filter to the table's rows.
+    The ``--out`` file stays the record: this only mirrors it.
+    """
+    import hashlib
+
+    from pipeline import tags
+    from pipeline.mlflow_logging import log_results_table, metric_key, set_description
+    from pipeline.tracking import Tracker
+
+    tracker = Tracker(tracking_uri, experiment)
+    identity = json.dumps({"data": str(data), "models": models, "select_seeds": select_seeds}, sort_keys=True)
+    table_id = hashlib.sha256(identity.encode()).hexdigest()[:16]
+    parent = tracker.start_run(f"plug-in table: {' '.join(models)}",
+                               tags={tags.ROLE: "plugin_table", tags.PLUGIN_TABLE: table_id, tags.DATASET: str(data)},
+                               resume_tags={tags.PLUGIN_TABLE: table_id})
+    children = {run.data.tags.get(tags.PLUGIN_RUN_KEY): run for run in tracker.children(parent)}
+    chosen = {model: selected(rows, model, select_seeds, base_grid) for model in models}
+    chosen_keys = {_key(r["method"], r["params"], r["seed"]) for per_model in chosen.values()
+                   for sel in per_model.values() for r in (*sel["selecting"], *sel["held_out"])}
+    for row in rows:
+        model, plug = split_method(row["method"])
+        if model not in models:
+            continue
+        key = _key(row["method"], row["params"], row["seed"])
+        flag = "true" if key in chosen_keys else "false"
+        if key in children:
+            if children[key].data.tags.get(tags.SELECTED) != flag:
+                tracker.set_tags(children[key].info.run_id, {tags.SELECTED: flag})
+            continue
+        run_id = tracker.start_run(
+            f"{row['method']} seed {row['seed']}", parent_run_id=parent,
+            tags={tags.ROLE: "plugin_run", tags.MODEL: row["method"], tags.BASE_MODEL: model,
+                  tags.PLUG_IN: plug or "none", tags.SEED: row["seed"], tags.PLUGIN_RUN_KEY: key,
+                  tags.SELECTED: flag},
+            params={"model": row["params"], "train": row["train"], "seed": row["seed"]})
+        metrics = {metric_key(f"best/{split}/{m}"): v for split in ("valid", "test") for m, v in row[split].items()}
+        metrics.update({"best/epoch": row["best_epoch"], "epochs_run": row["epochs_run"],
+                        "time/train_seconds": row.get("median_train_seconds"),
+                        "time/wall_seconds": row.get("wall_seconds")})
+        tracker.log_metrics(run_id, metrics, step=0)
+        tracker.end_run(run_id, "FINISHED")
+    summary = summarise(rows, models, select_seeds, base_grid)
+    differences: dict[str, float] = {}
+    table_rows = []
+    for model, per_model in chosen.items():
+        for plug, sel in per_model.items():
+            held = sel["held_out"]
+            table_rows.append({"method": sel["method"], "selected": json.dumps(sel["params"], sort_keys=True),
+                               "held_out_seeds": len(held),
+                               **{f"test_{metric_key(m)}": statistics.mean(r["test"][m] for r in held) for m in METRICS}})
+            if plug is not None and None in per_model and (p := paired(held, per_model[None]["held_out"])):
+                for m in METRICS:
+                    mean, low, high = p[m]["interval"]
+                    name = f"{model}/{plug}/delta_{metric_key(m)}"
+                    differences.update({name: mean, f"{name}_low": low, f"{name}_high": high})
+    tracker.log_metrics(parent, differences, step=0)  # a one-seed interval's NaN ends is dropped
+    set_description(tracker.client, parent, summary)
+    tracker.client.log_text(parent, summary + "\n", "plugin_table.md")
+    log_results_table(tracker.client, parent, table_rows)
+    tracker.end_run(parent, "FINISHED")
+    return parent
 
 
 # --- driver -------------------------------------------------------------------------------------
@@ -230,13 +320,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--learning-rate", type=float, default=protocol.learning_rate)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--summarise", action="store_true", help="only print the table of what --out holds")
+    ap.add_argument("--tracking-uri", default=None,
+                    help="also mirror the table into this MLflow store after each stage (and with --summarise)")
+    ap.add_argument("--experiment", default="clearrec-plugins", help="MLflow experiment of the mirror")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     models = args.models or default_models()
     base_grid = dict(BASE_GRID)
     if args.base_grid is not None:
         base_grid.update(json.loads(args.base_grid.read_text(encoding="utf-8")))
+
+    def mirror() -> None:
+        if args.tracking_uri:
+            parent = mirror_to_mlflow(done_rows(args.out), tracking_uri=args.tracking_uri, experiment=args.experiment,
+                                      data=args.data, models=models, select_seeds=args.select_seeds,
+                                      base_grid=base_grid)
+            logging.info("mirrored into MLflow: experiment %s, run %s", args.experiment, parent)
+
     if args.summarise:
+        mirror()
         print(summarise(done_rows(args.out), models, args.select_seeds, base_grid))
         return 0
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -250,7 +352,9 @@ def main(argv: list[str] | None = None) -> int:
 
     # Bases first, then the plug-ins from the bases' selected points, on the selection seeds.
     run_jobs(jobs([method_name(m, None) for m in models], args.select_seeds), args.out, args.workers)
+    mirror()
     run_jobs(jobs([method_name(m, p) for m in models for p in PLUG_INS], args.select_seeds), args.out, args.workers)
+    mirror()
     rows = done_rows(args.out)
     final = []
     for model in models:
@@ -261,6 +365,7 @@ def main(argv: list[str] | None = None) -> int:
                 final += [{**common, "method": method, "params": chosen, "seed": s}
                           for s in args.seeds if s not in args.select_seeds]
     run_jobs(final, args.out, args.workers)
+    mirror()
     print(summarise(done_rows(args.out), models, args.select_seeds, base_grid))
     return 0
 

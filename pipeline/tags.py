@@ -9,7 +9,7 @@ rename here is a change of the tracking schema.
 from __future__ import annotations
 
 # What a run is and which sweep or trial it belongs to.
-ROLE = "clearrec.role"  # "sweep", "trial", "replica" (a final seed) or "evaluate"
+ROLE = "clearrec.role"  # "sweep", "trial", "replica" (a final seed), "evaluate", "plugin_table" or "plugin_run"
 SWEEP_ID = "clearrec.sweep_id"
 TRIAL_ID = "clearrec.trial_id"
 MODEL = "clearrec.model"
@@ -40,6 +40,13 @@ OUTCOME = "clearrec.outcome"  # FINISHED, PRUNED or FAILED
 RAY_HOSTNAME = "clearrec.ray_hostname"  # the host its last result came from
 RAY_HOSTNAMES = "clearrec.ray_hostnames"  # every host it ran on, in order (a retry may move it)
 RAY_NODE_ID = "clearrec.ray_node_id"
+
+# The plug-in table's runs (benchmarks/plugin_table.py): a parent per table, a child per row.
+PLUGIN_TABLE = "clearrec.plugin_table"  # the parent's identity: a hash of its data, models and selection seeds
+PLUGIN_RUN_KEY = "clearrec.plugin_run_key"  # a child's [method, params, seed] (JSON): each is logged once
+BASE_MODEL = "clearrec.base_model"  # the model a plug-in sits on
+PLUG_IN = "clearrec.plug_in"  # "clear", "mrdib" or "none"
+SELECTED = "clearrec.selected"  # "true" on the runs of a point validation selected, else "false"
 
 # The reproducibility check's run (``clearrec.repro=true``, with .status, .device, .reason).
 REPRO = "clearrec.repro"

@@ -19,7 +19,8 @@ GRID = {"vbpr": [{"reg_weight": 0.1}, {"reg_weight": 1.0}]}
 
 def run(method, params, seed, valid, test_r, test_n):
     return {"method": method, "params": params, "seed": seed, "valid": {"recall@20": valid},
-            "test": {"recall@20": test_r, "ndcg@20": test_n}, "best_epoch": 1, "epochs_run": 2}
+            "test": {"recall@20": test_r, "ndcg@20": test_n}, "best_epoch": 1, "epochs_run": 2,
+            "train": {"max_epochs": 2}}
 
 
 def test_the_interval_is_the_paired_t_interval():
@@ -94,3 +95,37 @@ def test_selection_seeds_are_left_out_of_the_reported_test_figures():
     text = pt.summarise(rows, ["vbpr"], [1], {"vbpr": [{}]})
     assert "| vbpr | +clear | 1 | +0.0100 |" in text
     assert "0.3000" not in text
+
+
+def test_the_table_is_mirrored_into_mlflow_once_per_row_with_its_selection_tagged(tmp_path):
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/mlruns.db"
+    rows = [run("vbpr", {}, s, 0.1, 0.10 + s / 100, 0.05) for s in (1, 2, 3)]
+    rows += [run("vbpr+clear", p, 1, 0.1 + i / 100, 0.3, 0.2) for i, p in enumerate(pt.CLEAR_GRID)]
+    rows += [run("vbpr+clear", pt.CLEAR_GRID[-1], s, 0.1, 0.13 + s / 100, 0.06) for s in (2, 3)]
+    mirror = dict(tracking_uri=uri, experiment="plugins", data=tmp_path, models=["vbpr"], select_seeds=[1],
+                  base_grid={"vbpr": [{}]})
+    parent = pt.mirror_to_mlflow(rows[:-1], **mirror)
+    # A resumed table mirrors again: the parent is reopened and only the new row is added.
+    assert pt.mirror_to_mlflow(rows, **mirror) == parent
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("plugins").experiment_id
+    children = client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{parent}'", max_results=100)
+    assert len(children) == len(rows) == 11
+    chosen = [c for c in children if c.data.tags["clearrec.selected"] == "true"]
+    # the base's three seeds, and the plug-in's selected point (k, lambda of CLEAR_GRID[-1]) on all three
+    assert sorted((c.data.tags["clearrec.model"], int(c.data.tags["clearrec.seed"])) for c in chosen) == [
+        ("vbpr", 1), ("vbpr", 2), ("vbpr", 3), ("vbpr+clear", 1), ("vbpr+clear", 2), ("vbpr+clear", 3)]
+    one = next(c for c in chosen if c.data.tags["clearrec.model"] == "vbpr+clear" and c.data.tags["clearrec.seed"] == "3")
+    assert one.data.tags["clearrec.plug_in"] == "clear" and one.data.tags["clearrec.base_model"] == "vbpr"
+    assert one.data.metrics["best/test/recall_at_20"] == pytest.approx(0.16)
+    assert one.data.params["model.redundancy_rank"] == str(pt.CLEAR_GRID[-1]["redundancy_rank"])
+    assert one.data.params["train.max_epochs"] == "2"
+    # The parent carries the paired difference on the held-out seeds 2 and 3 (+0.03 both) and the summary.
+    top = client.get_run(parent)
+    assert top.info.status == "FINISHED"
+    assert top.data.metrics["vbpr/clear/delta_recall_at_20"] == pytest.approx(0.03)
+    assert "| vbpr | +clear | 2 | +0.0300" in top.data.tags["mlflow.note.content"]
+    assert "plugin_table.md" in {a.path for a in client.list_artifacts(parent)}
