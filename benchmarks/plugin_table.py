@@ -319,6 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=protocol.batch_size)
     ap.add_argument("--learning-rate", type=float, default=protocol.learning_rate)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--plug-ins", nargs="+", choices=sorted(PLUG_INS), default=list(PLUG_INS),
+                    help="which plug-ins to run (default: both); the summary shows whatever --out holds")
     ap.add_argument("--summarise", action="store_true", help="only print the table of what --out holds")
     ap.add_argument("--tracking-uri", default=None,
                     help="also mirror the table into this MLflow store after each stage (and with --summarise)")
@@ -353,12 +355,12 @@ def main(argv: list[str] | None = None) -> int:
     # Bases first, then the plug-ins from the bases' selected points, on the selection seeds.
     run_jobs(jobs([method_name(m, None) for m in models], args.select_seeds), args.out, args.workers)
     mirror()
-    run_jobs(jobs([method_name(m, p) for m in models for p in PLUG_INS], args.select_seeds), args.out, args.workers)
+    run_jobs(jobs([method_name(m, p) for m in models for p in args.plug_ins], args.select_seeds), args.out, args.workers)
     mirror()
     rows = done_rows(args.out)
     final = []
     for model in models:
-        for plug in (None, *PLUG_INS):
+        for plug in (None, *args.plug_ins):
             method = method_name(model, plug)
             chosen = select(rows, method, points(rows, method, args.select_seeds, base_grid), args.select_seeds)
             if chosen is not None:
