@@ -26,8 +26,9 @@ Departures, each chosen to keep scoring deterministic or the model general:
   Gumbel noise at evaluation too, so its scores are random. Training keeps the noise
   (``hyperedge_noise: false`` turns it off, e.g. for a CPU-vs-CUDA comparison).
 * More than two modalities: MGE and GHE sum over all of them and the contrast runs over every
-  pair in dataset order; with image + text (or TikTok's image + audio) it is the reference's
-  formula. The hyperedge logits read the raw features, not the encoded ones (the reference's
+  pair, image first and the others in dataset order (:func:`contrast_pairs`); with image + text
+  (or TikTok's image + audio, whose audio stands where the reference reads text) it is the
+  reference's formula, anchored on the visual embeddings with the negatives from the other's. The hyperedge logits read the raw features, not the encoded ones (the reference's
   ``v_hyper`` is its own map of the raw features), so the CLEAR projection does not touch them.
 """
 
@@ -51,6 +52,15 @@ from clear_core.models.self_supervised import info_nce_rows
 
 #: Gumbel-softmax temperature of the hyperedge assignment and of the contrast (``self.tau``).
 TAU = 0.2
+
+
+def contrast_pairs(modalities: list[str]) -> list[tuple[str, str]]:
+    """The modality pairs of the hypergraph contrast, each ``(anchor, other)``. The contrast is not
+    symmetric (the negatives are the other modality's rows), and the reference anchors it on the
+    visual embeddings (``ssl_triple_loss(uv_embs[users], ut_embs[users], ut_embs)``), so image goes
+    first; dataset order (sorted by name: TikTok's is audio, image) would reverse it."""
+    ordered = sorted(modalities, key=lambda m: m != "image")  # stable: the rest keep their order
+    return list(combinations(ordered, 2))
 
 
 @register
@@ -170,7 +180,7 @@ class LGMRec(MultimodalRecommender):
     # --- contract -------------------------------------------------------------------------------
     def hypergraph_contrast(self, hyper, users: torch.Tensor, pos_items: torch.Tensor) -> torch.Tensor:
         total = 0.0
-        for a, b in combinations(self.modality_names, 2):
+        for a, b in contrast_pairs(self.modality_names):
             (ua, ia), (ub, ib) = hyper[a], hyper[b]
             total = total + info_nce_rows(ua.index_select(0, users), ub.index_select(0, users), ub, TAU).sum()
             total = total + info_nce_rows(ia.index_select(0, pos_items), ib.index_select(0, pos_items), ib, TAU).sum()

@@ -57,8 +57,13 @@ def test_contrast_rows_equal_the_logsumexp_form_on_both_sides_of_the_overflow_gu
     assert torch.isfinite(rows).all()
     torch.testing.assert_close(rows, expected, rtol=1e-5, atol=1e-4)
 
-def test_hypergraph_contrast_is_a_sum_over_the_batch_against_every_row():
-    ds = tiny_dataset()
+@pytest.mark.parametrize("modalities", [(("image", 24), ("text", 16)), (("audio", 16), ("image", 24))],
+                         ids=["amazon-image-text", "tiktok-audio-image"])
+def test_hypergraph_contrast_is_a_sum_over_the_batch_against_every_row(modalities):
+    # Anchored on the image embeddings with the other modality's rows as negatives, as the
+    # reference's ssl_triple_loss(uv_embs[users], ut_embs[users], ut_embs), also where the other
+    # modality's name sorts first (TikTok's audio).
+    ds = tiny_dataset(modalities)
     torch.manual_seed(0)
     model = build_model("lgmrec", ds, {"hyperedge_noise": False, "keep_rate": 1.0, "reg_weight": 0.0})
     users, pos, neg = torch.tensor([0, 1, 2]), torch.tensor([3, 4, 5]), torch.tensor([6, 7, 8])
@@ -68,7 +73,8 @@ def test_hypergraph_contrast_is_a_sum_over_the_batch_against_every_row():
     model.cl_weight = 0.0
     without = model.loss(users, pos, neg)
     _, hyper = model.forward_all()
-    (ui, ii), (ut, it) = hyper["image"], hyper["text"]
+    other = next(name for name, _ in modalities if name != "image")
+    (ui, ii), (ut, it) = hyper["image"], hyper[other]
 
     def by_hand(anchor, positive, table):
         a, p, t = F.normalize(anchor), F.normalize(positive), F.normalize(table)
