@@ -51,13 +51,15 @@ from clear_core.seed_statistics import mean_interval  # noqa: E402
 BASE_GRID: dict[str, list[dict]] = {"vbpr": GRID["vbpr"], "freedom": GRID["freedom"]}
 #: CLEAR's projection: k and lambda around the base's point (the grid of the CLEAR study).
 CLEAR_GRID: list[dict] = PLUG_GRID
-#: MRdIB: the compression weight beta and one scale s for the three disentangling terms
-#: (unique = synergy = s, redundancy = s / 10: the redundancy term is a squared-correlation sum
-#: over d x d pairs, an order of magnitude larger than a BPR term at d = 64).
+#: MRdIB: the paper's best point for MGCN (alpha_1 KL 5e-3, alpha_2 redundancy 5e-2, alpha_3
+#: unique 5e-3) and one step along each weight within the paper's grid {1e-4, 1e-3, 5e-3, 1e-2,
+#: 5e-2}: a star of six points around it (the paper searches all 125).
+MRDIB_STAR = [(5e-3, 5e-2, 5e-3), (1e-3, 5e-2, 5e-3), (1e-2, 5e-2, 5e-3), (5e-3, 1e-2, 5e-3),
+              (5e-3, 5e-2, 1e-3), (5e-3, 5e-2, 5e-2)]
 MRDIB_GRID: list[dict] = [
-    {"mrdib": True, "mrdib_kl_weight": beta, "mrdib_unique_weight": s, "mrdib_synergy_weight": s,
-     "mrdib_redundancy_weight": s / 10}
-    for beta in (1e-4, 1e-3, 1e-2) for s in (0.01, 0.1)
+    {"mrdib": True, "mrdib_kl_weight": kl, "mrdib_redundancy_weight": red, "mrdib_unique_weight": uni,
+     "mrdib_redundancy_estimator": "mine", "mrdib_synergy_weight": 0.0}
+    for kl, red, uni in MRDIB_STAR
 ]
 PLUG_INS = {"clear": CLEAR_GRID, "mrdib": MRDIB_GRID}
 METRICS = ("recall@20", "ndcg@20")

@@ -1,54 +1,63 @@
-"""MRdIB as a plug-in: an information bottleneck on the encoded modality features, and three
-disentangling objectives (Wang et al., "Multimodal Representation-disentangled Information
-Bottleneck for Multimodal Recommendation", arXiv 2509.20225).
+"""MRdIB as a plug-in: an information bottleneck on the encoded modality features, and the
+objectives that shape unique, redundant and synergistic information (Wang et al., "Multimodal
+Representation-disentangled Information Bottleneck for Multimodal Recommendation", arXiv
+2509.20225).
 
-What this is based on. The full text and the authors' code were not reachable when this was
-written: only the arXiv abstract and third-party summaries of the paper (the emergentmind.com topic
-page, arxivlens and the edgentiq blog post). Those say: a multimodal
-information bottleneck (MIB) first compresses each modality's representation, with a KL
-divergence as the compression term; then unique, redundant and synergistic information about the
-recommendation target (partial information decomposition, PID) is shaped by three objectives, "a
-unique information learning objective to preserve modality-unique signals, a redundant
-information learning objective to minimize overlap, and a synergistic information learning
-objective to capture emergent information"; the whole is a plug-in added to existing models.
-The equations below are therefore OUR instantiation of those sentences, with the standard
-variational estimators, not a transcription of the paper's; the symbols are ours.
+What this is based on. Neither the paper's full text nor the authors' code was reachable from here.
+The equations below follow a detailed reading note of the full paper (GitHub
+stephenZkang/recommended-paper-weekly-reading, ``notes/2509/4-week/005-MRdIB.md``; a secondary,
+apparently generated summary) and the abstract; where the note is silent the choice is ours and
+says so. According to the note, with z_i ~ q(z_i | x_i) per modality and Y the recommendation target:
+
+* L_MIB = E[-log p(y | z_1, z_2)] + α_1 Σ_i KL(q(z_i | x_i) ‖ N(0, I)): the first term is the
+  backbone's own recommendation loss read on the sampled z (the model reads z_m in training);
+  the second is the compression term.
+* L_U = E[Σ_i -log p(y | z_i)], an independent decoder per modality (unique information).
+* L_R = E_p(z1,z2)[f(z_1, z_2)] - log E_p(z1)p(z2)[e^f(z_1, z_2)], MINE's Donsker-Varadhan
+  bound on I(Z_1; Z_2) with a critic network f, minimised (redundant information).
+* L_S = E[-log p(y | z_1, z_2)] (synergistic information): the same joint prediction as L_MIB's
+  first term, so it has no weight of its own.
+* Total: L_MIB + α_2 L_R + α_3 L_U, each α searched over {1e-4, 1e-3, 5e-3, 1e-2, 5e-2}; the
+  best point reported for MGCN is α_1 = 5e-3, α_2 = 5e-2, α_3 = 5e-3 (our defaults).
 
 Where it sits: like CLEAR's projection, on h_m, the features of modality m after their first
 learned transform (:meth:`MultimodalRecommender.encode`), so every multimodal model gets it with
-no code of its own.
+no code of its own. Our instantiation, symbol by symbol:
 
-1. Bottleneck (MIB, variational IB of Alemi et al. 2017 per modality): q(z_m | x) =
-   N(h_m, diag σ_m²) with log σ_m² = g_m(h_m), g_m a linear head. In training the model reads
-   the sample z_m = h_m + σ_m ⊙ ε (reparameterised); in evaluation the mean h_m. Compression:
-   ``L_kl = Σ_m mean_i KL(N(h_m,i, σ_m,i²) ‖ N(0, I))``, an upper bound of I(x_m; z_m).
-2. Relevance to the target. Y is which of a (positive, negative) pair user u interacted with; a
-   variational decoder q(y | z) scores items with its own user vectors p_u^X per representation
-   X, and its BPR loss ``ℓ(X) = mean -log σ(<p_u^X, X_pos> - <p_u^X, X_neg>)`` gives
-   ``I(X; Y) >= log 2 - ℓ(X)`` (H(Y) = log 2 for a pair in random order).
-3. Unique: ``L_uni = Σ_m ℓ(z_m)``: each modality's compressed representation must predict Y on
-   its own (keeps U_m + R, the information only it has plus what it shares).
-4. Redundant: ``L_red = Σ_{m<n} ½ ‖R(h_m, h_n)‖_F²``, R the d x d cross-correlation of the two
-   modalities' means over the batch's items: I(h_m; h_n) of jointly Gaussian features to second
-   order in the correlations (exact when each modality's own dimensions are uncorrelated). On the
-   means, not the samples, so inflating the noise cannot buy a lower overlap.
-5. Synergistic: ``L_syn = ℓ(z_f)`` with z_f = LeakyReLU(W_f [z_1; ...; z_M] + b_f): the joint
-   information I(z_1..z_M; Y) = ΣU + R + S through a non-linear fusion that can carry what no
-   modality has alone. With L_uni holding each modality's own share and L_red shrinking the
-   overlap, what the joint adds is the synergy.
+1. Bottleneck: q(z_m | x) = N(h_m, diag σ_m²) with log σ_m² = g_m(h_m), g_m a linear head
+   (ours; the note does not say how σ is parameterised). In training the model reads
+   z_m = h_m + σ_m ⊙ ε (reparameterised); in evaluation the mean h_m.
+   ``L_kl = Σ_m mean_i KL(N(h_m,i, σ_m,i²) ‖ N(0, I))``, weight ``mrdib_kl_weight`` (α_1).
+2. Decoders: q(y | X) scores the (positive, negative) pair of the batch with its own user vectors
+   p_u^X, ``ℓ(X) = mean -log σ(<p_u^X, X_pos> - <p_u^X, X_neg>)`` (BPR, the backbones' -log p(y|.)).
+   ``L_U = Σ_m ℓ(z_m)``, weight ``mrdib_unique_weight`` (α_3).
+3. Redundancy, ``mrdib_redundancy_estimator``:
+   * ``mine`` (the paper's): per pair of modalities a critic f (an MLP on [z_a; z_b]) and
+     ``L_R = mean f(z_a, z_b) - log mean exp f(z_a, z_b[π])`` over the batch's item rows, π a
+     random permutation of the rows (samples of the product of marginals, as MINE draws them).
+     The encoders minimise it; the critic must maximise it to keep the bound tight. Both happen
+     in the one optimiser step the trainer takes: the critic's parameters enter through a
+     gradient reversal (:func:`reversed_call`), so its gradient is the ascent direction.
+   * ``correlation`` (our first instantiation, kept as an ablation): ``½ ‖R(h_a, h_b)‖_F²``, R the
+     d x d cross-correlation of the means over the batch's items, the Gaussian I(h_a; h_b) to
+     second order. No critic, only linear dependence.
+   Weight ``mrdib_redundancy_weight`` (α_2).
+4. Synergy: the paper's L_S is the backbone's own loss on z (weight 1, built in). An extra
+   fused decoder, ``ℓ(LeakyReLU(W_f [z_1; ...; z_M] + b_f))`` with weight
+   ``mrdib_synergy_weight`` (α_s), was our first reading of the abstract; it is off by default
+   (0) and is built only when its weight is positive.
 
-Loss added to the model's own: ``β L_kl + α_u L_uni + α_r L_red + α_s L_syn`` (configuration:
-``mrdib_kl_weight`` β, ``mrdib_unique_weight`` α_u, ``mrdib_redundancy_weight`` α_r,
-``mrdib_synergy_weight`` α_s).
+Loss added to the model's own: ``α_1 L_kl + α_3 L_U + α_2 L_R (+ α_s L_fused)``.
 
 Departures, and why:
 
-* The decoder q(y | z) has its own user vectors (p_u^X) instead of the backbone's users: a
-  plug-in at the encoder output has no generic access to them (VBPR's users are 2d wide, CLEAR's
-  one d-vector per modality), and a separate decoder is how the variational IB is written.
-* The PID terms are not estimated as such (no PID estimator is tractable for 64-d continuous
-  representations in a training loop); each objective is the bound or moment named above.
-* Only the batch's positive and negative items enter the auxiliary terms (as the backbone's BPR).
+* The decoders q(y | z) have their own user vectors instead of the backbone's users: a plug-in at
+  the encoder output has no generic access to them (VBPR's users are 2d wide, CLEAR's one
+  d-vector per modality).
+* The auxiliary terms are computed on the batch's positive and negative items only (as the
+  backbone's BPR), from a sample of z drawn for them, independent of the one the backbone read.
+* MINE's moving-average correction of the bound's gradient bias is not used (the note does not
+  mention one).
 """
 
 from __future__ import annotations
@@ -70,8 +79,11 @@ MRDIB_PARAMS: dict[str, Any] = {
     "mrdib_kl_weight": float,
     "mrdib_unique_weight": float,
     "mrdib_redundancy_weight": float,
+    "mrdib_redundancy_estimator": str,
     "mrdib_synergy_weight": float,
 }
+#: How L_R estimates the overlap of two modalities (module docstring, item 3).
+REDUNDANCY_ESTIMATORS = ("mine", "correlation")
 
 #: log σ² the bottleneck starts from (σ = 0.1): training starts near the deterministic model and
 #: the KL term, not the initialisation, decides how much noise each modality carries.
@@ -99,9 +111,42 @@ def redundancy(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return 0.5 * cross_correlation(a, b).square().sum()
 
 
+def donsker_varadhan(joint: torch.Tensor, marginal: torch.Tensor) -> torch.Tensor:
+    """MINE's bound ``mean(joint) - log mean(exp(marginal))`` on I(A; B) from the critic's
+    outputs on paired rows (samples of p(a, b)) and on shuffled rows (of p(a) p(b))."""
+    return joint.mean() - (torch.logsumexp(marginal, dim=0) - math.log(marginal.numel()))
+
+
+class _ReverseGradient(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        return -grad
+
+
+def reversed_call(module: nn.Module, *inputs: torch.Tensor) -> torch.Tensor:
+    """``module(*inputs)`` with the gradient of ``module``'s own parameters negated (the inputs'
+    is not): minimising a loss through it trains the module to maximise that loss."""
+    params = {name: _ReverseGradient.apply(p) for name, p in module.named_parameters()}
+    return torch.func.functional_call(module, params, inputs)
+
+
+def critic(dim: int) -> nn.Sequential:
+    """MINE's statistics network f(z_a, z_b) on the concatenated pair: 2d -> d -> 1."""
+    net = nn.Sequential(nn.Linear(2 * dim, dim), nn.ReLU(), nn.Linear(dim, 1))
+    for layer in (net[0], net[2]):
+        nn.init.xavier_uniform_(layer.weight)
+        nn.init.zeros_(layer.bias)
+    return net
+
+
 class MRdIB(nn.Module):
-    """Bottleneck heads g_m, the decoder's user vectors p_u^X and the fusion W_f; see the module
-    docstring. ``modalities`` fixes the order of the fused concatenation."""
+    """Bottleneck heads g_m, the decoders' user vectors p_u^X, the MINE critics (one per pair of
+    modalities) and, only with a positive ``synergy_weight``, the fused decoder W_f; see the
+    module docstring. ``modalities`` fixes the order of the pairs and of the concatenation."""
 
     def __init__(
         self,
@@ -113,26 +158,41 @@ class MRdIB(nn.Module):
         unique_weight: float,
         redundancy_weight: float,
         synergy_weight: float,
+        redundancy_estimator: str = "mine",
     ) -> None:
         super().__init__()
+        if redundancy_estimator not in REDUNDANCY_ESTIMATORS:
+            raise ValueError(f"redundancy_estimator: expected one of {REDUNDANCY_ESTIMATORS}, got {redundancy_estimator!r}")
         self.modalities = list(modalities)
         self.kl_weight = float(kl_weight)
         self.unique_weight = float(unique_weight)
         self.redundancy_weight = float(redundancy_weight)
         self.synergy_weight = float(synergy_weight)
+        self.redundancy_estimator = redundancy_estimator
+        self.pairs = [(a, b) for i, a in enumerate(self.modalities) for b in self.modalities[i + 1 :]]
         self.log_variance = nn.ModuleDict()
         for m in self.modalities:
             head = nn.Linear(dim, dim)
             nn.init.zeros_(head.weight)
             nn.init.constant_(head.bias, INITIAL_LOG_VARIANCE)
             self.log_variance[m] = head
-        # One user table per representation the decoder reads: the M modalities, then the fusion.
+        # One user table per representation a decoder reads: the M modalities (then the fusion).
+        fused = self.synergy_weight > 0
         self.target_users = nn.Parameter(
-            nn.init.xavier_uniform_(torch.empty(len(self.modalities) + 1, n_users, dim))
+            nn.init.xavier_uniform_(torch.empty(len(self.modalities) + int(fused), n_users, dim))
         )
-        self.fusion = nn.Linear(len(self.modalities) * dim, dim)
-        nn.init.xavier_uniform_(self.fusion.weight)
-        nn.init.zeros_(self.fusion.bias)
+        self.critics = nn.ModuleDict(
+            {self.pair_key(a, b): critic(dim) for a, b in self.pairs} if redundancy_estimator == "mine" else {}
+        )
+        self.fusion: nn.Linear | None = None
+        if fused:
+            self.fusion = nn.Linear(len(self.modalities) * dim, dim)
+            nn.init.xavier_uniform_(self.fusion.weight)
+            nn.init.zeros_(self.fusion.bias)
+
+    @staticmethod
+    def pair_key(a: str, b: str) -> str:
+        return f"{a}__{b}"
 
     def log_variances(self, means: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """log σ_m² = g_m(h_m), clamped to :data:`LOG_VARIANCE_RANGE`."""
@@ -161,42 +221,57 @@ class MRdIB(nn.Module):
         p_u = self.target_users[which].index_select(0, users)
         return bpr_loss((p_u * pos).sum(-1), (p_u * neg).sum(-1))
 
+    def mutual_information(self, a: str, b: str, za: torch.Tensor, zb: torch.Tensor,
+                           shuffle: torch.Tensor) -> torch.Tensor:
+        """MINE's bound on I(z_a; z_b) over the rows, the critic's gradient reversed."""
+        f = self.critics[self.pair_key(a, b)]
+        joint = reversed_call(f, torch.cat([za, zb], dim=1)).squeeze(1)
+        marginal = reversed_call(f, torch.cat([za, zb.index_select(0, shuffle)], dim=1)).squeeze(1)
+        return donsker_varadhan(joint, marginal)
+
     def terms(
         self,
         means: Mapping[str, torch.Tensor],
         users: torch.Tensor,
         samples: Mapping[str, torch.Tensor] | None = None,
+        shuffle: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """The four unweighted terms for a batch: ``means`` hold h_m of the positives (first
-        ``len(users)`` rows) then the negatives. ``samples`` (z_m) are drawn when not given."""
+        """The unweighted terms for a batch: ``means`` hold h_m of the positives (first
+        ``len(users)`` rows) then the negatives. ``samples`` (z_m) are drawn when not given, and
+        so is ``shuffle``, the permutation of the rows that pairs them for MINE's marginal term."""
         log_variances = self.log_variances(means)
         if samples is None:
             samples = self.sample(means, log_variances)
         n = len(users)
+        zero = torch.zeros((), device=users.device)
         kl = sum(gaussian_kl(means[m], log_variances[m]) for m in self.modalities)
         unique = sum(
             self.decoder_loss(i, users, samples[m][:n], samples[m][n:]) for i, m in enumerate(self.modalities)
         )
-        pairs = [(a, b) for i, a in enumerate(self.modalities) for b in self.modalities[i + 1 :]]
-        red = sum((redundancy(means[a], means[b]) for a, b in pairs), torch.zeros((), device=users.device))
-        fused = F.leaky_relu(self.fusion(torch.cat([samples[m] for m in self.modalities], dim=1)))
-        synergy = self.decoder_loss(len(self.modalities), users, fused[:n], fused[n:])
-        return {"kl": kl, "unique": unique, "redundancy": red, "synergy": synergy}
+        if self.redundancy_estimator == "mine":
+            rows = len(samples[self.modalities[0]])
+            if shuffle is None:
+                shuffle = torch.randperm(rows, device=users.device)
+            red = sum((self.mutual_information(a, b, samples[a], samples[b], shuffle) for a, b in self.pairs), zero)
+        else:
+            red = sum((redundancy(means[a], means[b]) for a, b in self.pairs), zero)
+        out = {"kl": kl, "unique": unique, "redundancy": red}
+        if self.fusion is not None:
+            fused = F.leaky_relu(self.fusion(torch.cat([samples[m] for m in self.modalities], dim=1)))
+            out["synergy"] = self.decoder_loss(len(self.modalities), users, fused[:n], fused[n:])
+        return out
 
     def loss(
         self,
         means: Mapping[str, torch.Tensor],
         users: torch.Tensor,
         samples: Mapping[str, torch.Tensor] | None = None,
+        shuffle: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``β L_kl + α_u L_uni + α_r L_red + α_s L_syn`` (arguments as :meth:`terms`)."""
-        t = self.terms(means, users, samples)
-        return (
-            self.kl_weight * t["kl"]
-            + self.unique_weight * t["unique"]
-            + self.redundancy_weight * t["redundancy"]
-            + self.synergy_weight * t["synergy"]
-        )
+        """``α_1 L_kl + α_3 L_U + α_2 L_R (+ α_s L_fused)`` (arguments as :meth:`terms`)."""
+        t = self.terms(means, users, samples, shuffle)
+        loss = self.kl_weight * t["kl"] + self.unique_weight * t["unique"] + self.redundancy_weight * t["redundancy"]
+        return loss + self.synergy_weight * t["synergy"] if "synergy" in t else loss
 
     def diagnostics(self) -> dict[str, float]:
         """Mean bottleneck log σ² bias per modality (how much noise the KL has let in)."""
@@ -205,7 +280,8 @@ class MRdIB(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"kl_weight={self.kl_weight}, unique_weight={self.unique_weight}, "
-            f"redundancy_weight={self.redundancy_weight}, synergy_weight={self.synergy_weight}"
+            f"redundancy_weight={self.redundancy_weight} ({self.redundancy_estimator}), "
+            f"synergy_weight={self.synergy_weight}"
         )
 
 
@@ -214,7 +290,10 @@ __all__ = [
     "LOG_VARIANCE_RANGE",
     "MRDIB_PARAMS",
     "MRdIB",
+    "REDUNDANCY_ESTIMATORS",
     "cross_correlation",
+    "donsker_varadhan",
     "gaussian_kl",
     "redundancy",
+    "reversed_call",
 ]

@@ -60,10 +60,11 @@ RULES: dict[str, Rule] = {
     "projection_strength": number_in(0.0, 1.0),
     "refresh_every": at_least(1),
     "energy_ratio": number_in(0.0, 1.0, closed_low=False),
-    # MRdIB's weights: beta (KL), alpha_u, alpha_r, alpha_s (clear_core/mrdib.py).
+    # MRdIB's weights: alpha_1 (KL), alpha_3 (unique), alpha_2 (redundancy), alpha_s (clear_core/mrdib.py).
     "mrdib_kl_weight": NON_NEGATIVE,
     "mrdib_unique_weight": NON_NEGATIVE,
     "mrdib_redundancy_weight": NON_NEGATIVE,
+    "mrdib_redundancy_estimator": Rule("'mine' or 'correlation'", lambda x: x in ("mine", "correlation")),
     "mrdib_synergy_weight": NON_NEGATIVE,
     "neighbours": at_least(1),
     "chunk_size": at_least(1),

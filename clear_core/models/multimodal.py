@@ -227,6 +227,7 @@ class MultimodalRecommender(Recommender):
                     unique_weight=params["mrdib_unique_weight"],
                     redundancy_weight=params["mrdib_redundancy_weight"],
                     synergy_weight=params["mrdib_synergy_weight"],
+                    redundancy_estimator=params["mrdib_redundancy_estimator"],
                 )
 
     @classmethod

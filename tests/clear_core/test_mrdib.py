@@ -1,7 +1,7 @@
 """MRdIB's terms (clear_core/mrdib.py) on cases small enough to work out by hand.
 
-The equations are those of the module docstring (our instantiation of the paper's objectives; its
-full text was not available): every expected number below is derived in the comments.
+The equations are those of the module docstring (the paper's objectives as a reading note of its
+full text gives them, instantiated by us): every expected number below is derived in the comments.
 """
 
 from __future__ import annotations
@@ -11,7 +11,15 @@ import math
 import pytest
 import torch
 
-from clear_core.mrdib import MRdIB, cross_correlation, gaussian_kl, redundancy
+from clear_core.mrdib import (
+    MRdIB,
+    critic,
+    cross_correlation,
+    donsker_varadhan,
+    gaussian_kl,
+    redundancy,
+    reversed_call,
+)
 
 
 def test_kl_to_the_standard_normal_is_half_of_mu2_plus_sigma2_minus_log_sigma2_minus_1():
@@ -38,10 +46,10 @@ def test_redundancy_is_half_the_squared_cross_correlation():
     assert redundancy(two, a).item() == pytest.approx(7 / 8, rel=1e-6)
 
 
-def _hand_set_plugin() -> MRdIB:
+def _hand_set_plugin(estimator: str = "correlation") -> MRdIB:
     """Two modalities in 2-d, one user, every weight set by hand."""
     plugin = MRdIB(["image", "text"], 2, 1, kl_weight=0.5, unique_weight=2.0, redundancy_weight=3.0,
-                   synergy_weight=4.0)
+                   synergy_weight=4.0, redundancy_estimator=estimator)
     with torch.no_grad():
         for head in plugin.log_variance.values():  # log σ² = 0: σ = 1
             head.weight.zero_()
@@ -73,6 +81,44 @@ def test_each_term_on_a_hand_worked_batch():
     # The plug-in's loss weighs them with β, α_u, α_r, α_s.
     expected = 0.5 * 1.5 + 2.0 * terms["unique"].item() + 3.0 * 0.5 + 4.0 * math.log(2.0)
     assert plugin.loss(feats, users, samples=feats).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_mine_is_the_donsker_varadhan_bound_on_shuffled_pairs():
+    # f(a, b) = ReLU(a + b) on 1-d samples: the critic of a 1-d pair is 2 -> 1 -> 1.
+    f = critic(1)
+    with torch.no_grad():
+        f[0].weight.copy_(torch.tensor([[1.0, 1.0]]))
+        f[0].bias.zero_()
+        f[2].weight.fill_(1.0)
+        f[2].bias.zero_()
+    plugin = MRdIB(["image", "text"], 1, 1, kl_weight=0.0, unique_weight=0.0, redundancy_weight=1.0,
+                   synergy_weight=0.0)
+    plugin.critics["image__text"].load_state_dict(f.state_dict())
+    z = {"image": torch.tensor([[1.0], [2.0]]), "text": torch.tensor([[0.0], [2.0]])}
+    # Joint rows (1, 0), (2, 2): f = 1, 4, mean 2.5. Shuffled by (1, 0): (1, 2), (2, 0): f = 3, 2,
+    # log mean exp = log((e^3 + e^2) / 2).
+    expected = 2.5 - math.log((math.exp(3) + math.exp(2)) / 2)
+    terms = plugin.terms(z, torch.tensor([0]), samples=z, shuffle=torch.tensor([1, 0]))
+    assert terms["redundancy"].item() == pytest.approx(expected, rel=1e-6)
+    assert donsker_varadhan(torch.tensor([1.0, 4.0]), torch.tensor([3.0, 2.0])).item() == pytest.approx(expected, rel=1e-6)
+    # No synergy weight, no fused decoder: the paper's synergy term is the backbone's own loss.
+    assert "synergy" not in terms and plugin.fusion is None and plugin.target_users.shape[0] == 2
+
+
+def test_the_critic_ascends_the_bound_that_the_features_descend():
+    # One backward through reversed_call: the critic's gradient is the negative of the plain
+    # one (it maximises the bound), the inputs' is unchanged (the encoders minimise it).
+    torch.manual_seed(0)
+    f = critic(3)
+    x = torch.randn(5, 6, requires_grad=True)
+    plain = f(x).square().sum()
+    g_params = torch.autograd.grad(plain, list(f.parameters()) + [x])
+    reversed_out = reversed_call(f, x).square().sum()
+    torch.testing.assert_close(reversed_out, plain)
+    g_reversed = torch.autograd.grad(reversed_out, list(f.parameters()) + [x])
+    for a, b in zip(g_params[:-1], g_reversed[:-1], strict=True):
+        torch.testing.assert_close(b, -a)
+    torch.testing.assert_close(g_reversed[-1], g_params[-1])
 
 
 def test_the_kl_term_reads_the_learned_variance():

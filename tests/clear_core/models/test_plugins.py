@@ -32,7 +32,8 @@ EPOCHS = 3
 
 # Settings that must do nothing while their plug-in is off.
 MRDIB_OFF_BUT_SET = {"mrdib": False, "mrdib_kl_weight": 0.7, "mrdib_unique_weight": 3.0,
-                     "mrdib_redundancy_weight": 2.0, "mrdib_synergy_weight": 5.0}
+                     "mrdib_redundancy_weight": 2.0, "mrdib_synergy_weight": 5.0,
+                     "mrdib_redundancy_estimator": "correlation"}
 PROJECTION_OFF_BUT_SET = {"projection": "none", "redundancy_rank": 2, "projection_strength": 0.3,
                           "refresh_every": 3, "energy_ratio": 0.5, "projected_pair": ["text", "image"]}
 
@@ -196,8 +197,9 @@ def test_every_bad_mrdib_weight_is_reported_at_once():
 
     with pytest.raises(ConfigError) as err:
         build_model("vbpr", tiny_dataset(), {"mrdib": True, "mrdib_kl_weight": -1.0, "mrdib_synergy_weight": -0.5,
-                                             "embedding_size": 0})
+                                             "mrdib_redundancy_estimator": "pearson", "embedding_size": 0})
     text = str(err.value)
+    assert "mrdib_redundancy_estimator: expected 'mine' or 'correlation', got 'pearson'" in text
     assert "mrdib_kl_weight: expected a finite number >= 0, got -1.0" in text
     assert "mrdib_synergy_weight: expected a finite number >= 0, got -0.5" in text
     assert "embedding_size" in text
