@@ -178,9 +178,11 @@ class MRdIB(nn.Module):
             self.log_variance[m] = head
         # One user table per representation a decoder reads: the M modalities (then the fusion).
         fused = self.synergy_weight > 0
-        self.target_users = nn.Parameter(
-            nn.init.xavier_uniform_(torch.empty(len(self.modalities) + int(fused), n_users, dim))
-        )
+        # Xavier per table, as a backbone's user table (n_users x d): on the stacked 3-d tensor
+        # torch would count n_users x d as fan-in and start the decoders 8x smaller on TikTok.
+        self.target_users = nn.Parameter(torch.stack([
+            nn.init.xavier_uniform_(torch.empty(n_users, dim)) for _ in range(len(self.modalities) + int(fused))
+        ]))
         self.critics = nn.ModuleDict(
             {self.pair_key(a, b): critic(dim) for a, b in self.pairs} if redundancy_estimator == "mine" else {}
         )

@@ -152,3 +152,15 @@ def test_the_auxiliary_loss_trains_the_bottleneck_and_the_features():
     plugin.loss(means, torch.tensor([0, 1, 2])).backward()
     assert all(means[m].grad is not None and means[m].grad.abs().sum() > 0 for m in means)
     assert all(p.grad is not None for p in plugin.parameters())
+
+
+def test_each_decoder_user_table_starts_as_a_backbone_user_table():
+    # Xavier on an n_users x d table: bound sqrt(6 / (n_users + d)) per table, not the bound of
+    # the stacked tensor (which would count n_users x d as its fan-in).
+    torch.manual_seed(0)
+    plugin = MRdIB(["image", "text"], 16, 500, kl_weight=1.0, unique_weight=1.0, redundancy_weight=1.0,
+                   synergy_weight=0.0)
+    bound = math.sqrt(6 / (500 + 16))
+    for table in plugin.target_users:
+        assert table.abs().max().item() <= bound
+        assert table.abs().max().item() > 0.9 * bound
