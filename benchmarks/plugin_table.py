@@ -103,11 +103,20 @@ def run_one(job: dict) -> dict:
         "test": result.test,
         "median_train_seconds": result.median_train_seconds,
         "wall_seconds": time.perf_counter() - t0,
+        "git_commit": job["git_commit"],
     }
 
 
 def _key(method: str, params: dict, seed: int) -> str:
     return json.dumps([method, params, seed], sort_keys=True)
+
+
+def _content(row: dict) -> str:
+    """A digest of what a row measured (and with which code), to tell a re-trained row apart."""
+    import hashlib
+
+    fields = {k: row.get(k) for k in ("valid", "test", "best_epoch", "epochs_run", "git_commit")}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def done_rows(out: Path) -> list[dict]:
@@ -236,10 +245,12 @@ def mirror_to_mlflow(rows: list[dict], *, tracking_uri: str, experiment: str, da
     summary as its description, ``plugin_table.md`` and a results table, and each plug-in's paired
     difference from its base as metrics (``<model>/<plug-in>/delta_recall_at_20`` with ``_low``,
     ``_high``). Each row of ``--out`` becomes a child run once (keyed by method, point and seed, so
-    a resumed table logs nothing twice), with the row's point as ``model.*`` parameters and its
-    best-validation-epoch figures as ``best/valid/*`` and ``best/test/*``; the runs of every
-    selected point are tagged ``clearrec.selected=true``, so the UI can filter to the table's rows.
-    The ``--out`` file stays the record: this only mirrors it.
+    a resumed table logs nothing twice), with the row's point as ``model.*`` parameters, its
+    best-validation-epoch figures as ``best/valid/*`` and ``best/test/*`` and the commit that
+    trained it; the runs of every selected point are tagged ``clearrec.selected=true``, so the UI
+    can filter to the table's rows. The ``--out`` file stays the record: this only mirrors it, so
+    a child whose row has changed (re-trained) or left the file is deleted, and a changed row is
+    logged again.
     """
     import hashlib
 
@@ -254,6 +265,11 @@ def mirror_to_mlflow(rows: list[dict], *, tracking_uri: str, experiment: str, da
                                tags={tags.ROLE: "plugin_table", tags.PLUGIN_TABLE: table_id, tags.DATASET: str(data)},
                                resume_tags={tags.PLUGIN_TABLE: table_id})
     children = {run.data.tags.get(tags.PLUGIN_RUN_KEY): run for run in tracker.children(parent)}
+    contents = {_key(r["method"], r["params"], r["seed"]): _content(r) for r in rows}
+    for key, run in list(children.items()):
+        if contents.get(key) != run.data.tags.get(tags.PLUGIN_RUN_CONTENT):
+            tracker.client.delete_run(run.info.run_id)
+            del children[key]
     chosen = {model: selected(rows, model, select_seeds, base_grid) for model in models}
     chosen_keys = {_key(r["method"], r["params"], r["seed"]) for per_model in chosen.values()
                    for sel in per_model.values() for r in (*sel["selecting"], *sel["held_out"])}
@@ -271,7 +287,8 @@ def mirror_to_mlflow(rows: list[dict], *, tracking_uri: str, experiment: str, da
             f"{row['method']} seed {row['seed']}", parent_run_id=parent,
             tags={tags.ROLE: "plugin_run", tags.MODEL: row["method"], tags.BASE_MODEL: model,
                   tags.PLUG_IN: plug or "none", tags.SEED: row["seed"], tags.PLUGIN_RUN_KEY: key,
-                  tags.SELECTED: flag},
+                  tags.PLUGIN_RUN_CONTENT: contents[key], tags.SELECTED: flag,
+                  tags.GIT_COMMIT: row.get("git_commit", "unknown")},
             params={"model": row["params"], "train": row["train"], "seed": row["seed"]})
         metrics = {metric_key(f"best/{split}/{m}"): v for split in ("valid", "test") for m, v in row[split].items()}
         metrics.update({"best/epoch": row["best_epoch"], "epochs_run": row["epochs_run"],
@@ -346,8 +363,13 @@ def main(argv: list[str] | None = None) -> int:
         print(summarise(done_rows(args.out), models, args.select_seeds, base_grid))
         return 0
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    common = {"data": str(args.data), "train": {"max_epochs": args.max_epochs, "patience": args.patience,
-                                                "batch_size": args.batch_size, "learning_rate": args.learning_rate}}
+    from pipeline.provenance import git_commit
+
+    # Each row names the code that trained it: a table resumed after a change of the models
+    # must not mix two versions silently (the MLflow mirror shows the commit of every run).
+    common = {"data": str(args.data), "git_commit": git_commit(ROOT),
+              "train": {"max_epochs": args.max_epochs, "patience": args.patience,
+                        "batch_size": args.batch_size, "learning_rate": args.learning_rate}}
 
     def jobs(methods: list[str], seeds: list[int]) -> list[dict]:
         rows = done_rows(args.out)

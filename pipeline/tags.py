@@ -44,6 +44,7 @@ RAY_NODE_ID = "clearrec.ray_node_id"
 # The plug-in table's runs (benchmarks/plugin_table.py): a parent per table, a child per row.
 PLUGIN_TABLE = "clearrec.plugin_table"  # the parent's identity: a hash of its data, models and selection seeds
 PLUGIN_RUN_KEY = "clearrec.plugin_run_key"  # a child's [method, params, seed] (JSON): each is logged once
+PLUGIN_RUN_CONTENT = "clearrec.plugin_run_content"  # a digest of its figures and commit: a re-trained row replaces it
 BASE_MODEL = "clearrec.base_model"  # the model a plug-in sits on
 PLUG_IN = "clearrec.plug_in"  # "clear", "mrdib" or "none"
 SELECTED = "clearrec.selected"  # "true" on the runs of a point validation selected, else "false"

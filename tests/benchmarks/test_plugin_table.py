@@ -129,3 +129,24 @@ def test_the_table_is_mirrored_into_mlflow_once_per_row_with_its_selection_tagge
     assert top.data.metrics["vbpr/clear/delta_recall_at_20"] == pytest.approx(0.03)
     assert "| vbpr | +clear | 2 | +0.0300" in top.data.tags["mlflow.note.content"]
     assert "plugin_table.md" in {a.path for a in client.list_artifacts(parent)}
+
+
+def test_a_retrained_row_replaces_its_mirror_and_a_dropped_row_leaves_it(tmp_path):
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/mlruns.db"
+    rows = [run("vbpr", {}, s, 0.1, 0.10, 0.05) for s in (1, 2, 3)]
+    mirror = dict(tracking_uri=uri, experiment="plugins", data=tmp_path, models=["vbpr"], select_seeds=[1],
+                  base_grid={"vbpr": [{}]})
+    parent = pt.mirror_to_mlflow(rows, **mirror)
+    # Seed 2 re-trained by other code (new figures), seed 3 removed from the file.
+    rows = [rows[0], {**run("vbpr", {}, 2, 0.2, 0.30, 0.15), "git_commit": "abc123"}]
+    pt.mirror_to_mlflow(rows, **mirror)
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("plugins").experiment_id
+    live = client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{parent}'", max_results=100)
+    by_seed = {r.data.tags["clearrec.seed"]: r for r in live}
+    assert sorted(by_seed) == ["1", "2"]
+    assert by_seed["2"].data.metrics["best/test/recall_at_20"] == pytest.approx(0.30)
+    assert by_seed["2"].data.tags["clearrec.git_commit"] == "abc123"
+    assert by_seed["1"].data.tags["clearrec.git_commit"] == "unknown"  # a row from before rows named their code
