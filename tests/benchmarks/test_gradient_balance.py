@@ -1,4 +1,4 @@
-"""benchmarks/gradient_balance.py: the loss of one batch split into its ranking and auxiliary
+"""benchmarks/gradient_balance.py: the loss of one batch split into an auxiliary term and the rest
 parts by the model's auxiliary weight, and each part's gradient per parameter."""
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def test_an_auxiliary_term_shows_in_the_tables_it_moves_and_not_in_the_frozen_on
 def test_the_two_parts_add_up_to_the_batch_loss(data, capsys):
     assert gb.main(["--model", "lgmrec", "--aux", "cl_weight", "--data", str(data), "--batch-size", "256"]) == 0
     head = capsys.readouterr().out.splitlines()[0]
-    total, ranking, aux = (float(head.split(word)[1].split()[0]) for word in ("loss ", "ranking ", "auxiliary "))
+    total, ranking, aux = (float(head.split(word)[1].split()[0]) for word in ("loss ", "rest ", "auxiliary "))
     assert total == pytest.approx(ranking + aux, abs=2e-4) and aux > 0
     assert "weighted by cl_weight 0.0001" in head
 
@@ -45,3 +45,12 @@ def test_the_two_parts_add_up_to_the_batch_loss(data, capsys):
 def test_an_unknown_auxiliary_weight_is_an_error_naming_it(data):
     with pytest.raises(SystemExit, match="no_such_weight.*no such attribute"):
         gb.main(["--model", "lgmrec", "--aux", "no_such_weight", "--data", str(data)])
+
+
+def test_a_plugins_weight_is_split_off_the_same_way(data, capsys):
+    # MRdIB's unique term on VBPR: its decoders' user tables feel it, VBPR's own user table does not.
+    assert gb.main(["--model", "vbpr", "--param", "mrdib=true", "--aux", "mrdib.unique_weight",
+                    "--data", str(data), "--batch-size", "256"]) == 0
+    table = rows(capsys.readouterr().out)
+    assert float(table["mrdib.target_users"][1]) > 0 and float(table["encoders.image.weight"][1]) > 0
+    assert float(table["user_embedding"][1]) == 0
