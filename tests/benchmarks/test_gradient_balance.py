@@ -1,5 +1,5 @@
-"""benchmarks/gradient_balance.py: the loss of one batch split into an auxiliary term and the rest
-parts by the model's auxiliary weight, and each part's gradient per parameter."""
+"""benchmarks/gradient_balance.py: the training loss of one batch split by an auxiliary weight into
+that term and the rest, and each part's gradient per parameter."""
 
 from __future__ import annotations
 
