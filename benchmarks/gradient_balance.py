@@ -6,9 +6,9 @@ negatives), and splits the training loss of that batch in two by one auxiliary w
 an attribute of the model, e.g. ``cl_weight``, or of a plug-in, e.g. ``mrdib.unique_weight``): the
 loss with the weight set to 0 and the difference (the weighted auxiliary term). For each trained
 parameter it prints the gradient norm of both parts ("rest" is the backbone's loss and any other
-auxiliary term) and their ratio. A ratio far above 1 means
-that Adam moves that table mostly to serve the auxiliary objective in the first epochs, which is
-what explains a model whose validation figure rises slowly.
+auxiliary term) and their ratio. A ratio far above 1 means that Adam moves that table mostly to
+serve the auxiliary objective in the first epochs, which is what explains a model whose
+validation figure rises slowly; a ratio far below 1, a weight too small to matter.
 
     .venv/bin/python benchmarks/gradient_balance.py --model lgmrec --aux cl_weight --data ../shared/data/tiktok
     .venv/bin/python benchmarks/gradient_balance.py --model vbpr --param mrdib=true --aux mrdib.unique_weight \

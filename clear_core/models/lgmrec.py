@@ -28,7 +28,8 @@ Departures, each chosen to keep scoring deterministic or the model general:
 * More than two modalities: MGE and GHE sum over all of them and the contrast runs over every
   pair, image first and the others in dataset order (:func:`contrast_pairs`); with image + text
   (or TikTok's image + audio, whose audio stands where the reference reads text) it is the
-  reference's formula, anchored on the visual embeddings with the negatives from the other's. The hyperedge logits read the raw features, not the encoded ones (the reference's
+  reference's formula, anchored on the visual embeddings with the negatives from the other's.
+  The hyperedge logits read the raw features, not the encoded ones (the reference's
   ``v_hyper`` is its own map of the raw features), so the CLEAR projection does not touch them.
 """
 
