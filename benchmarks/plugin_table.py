@@ -30,6 +30,7 @@ sit in the UI beside the sweeps' (``mirror_to_mlflow``).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import math
@@ -111,12 +112,13 @@ def _key(method: str, params: dict, seed: int) -> str:
     return json.dumps([method, params, seed], sort_keys=True)
 
 
+def _digest(value: object) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def _content(row: dict) -> str:
     """A digest of what a row measured (and with which code), to tell a re-trained row apart."""
-    import hashlib
-
-    fields = {k: row.get(k) for k in ("valid", "test", "best_epoch", "epochs_run", "git_commit")}
-    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+    return _digest({k: row.get(k) for k in ("valid", "test", "best_epoch", "epochs_run", "git_commit")})
 
 
 def done_rows(out: Path) -> list[dict]:
@@ -213,20 +215,25 @@ def selected(rows: list[dict], model: str, select_seeds: list[int],
 
 
 def summarise(rows: list[dict], models: list[str], select_seeds: list[int], base_grid: dict[str, list[dict]]) -> str:
+    return summary_text({model: selected(rows, model, select_seeds, base_grid) for model in models})
+
+
+def summary_text(chosen: dict[str, dict[str | None, dict]]) -> str:
+    """The Markdown table of :func:`selected`'s result per model, and each plug-in minus its base."""
     lines = ["| method | selected params | held-out seeds | valid R@20 (selection seeds) | test R@20 | test N@20 |",
              "|---|---|---|---|---|---|"]
     diffs = ["| base | plug-in | seeds | ΔR@20 mean [95 % CI] | ΔN@20 mean [95 % CI] | ahead R@20 / N@20 |",
              "|---|---|---|---|---|---|"]
-    for model in models:
-        chosen = selected(rows, model, select_seeds, base_grid)
-        for sel in chosen.values():
+    for model, per_model in chosen.items():
+        for sel in per_model.values():
             rs = sel["held_out"]
             lines.append(f"| {sel['method']} | {json.dumps(sel['params'], sort_keys=True)} | {len(rs)} | "
                          f"{mean_sd([r['valid']['recall@20'] for r in sel['selecting']])} | "
                          f"{mean_sd([r['test']['recall@20'] for r in rs])} | "
                          f"{mean_sd([r['test']['ndcg@20'] for r in rs])} |")
         for plug in PLUG_INS:
-            if plug in chosen and None in chosen and (p := paired(chosen[plug]["held_out"], chosen[None]["held_out"])):
+            if plug in per_model and None in per_model and (
+                    p := paired(per_model[plug]["held_out"], per_model[None]["held_out"])):
                 n = len(p["seeds"])
                 diffs.append(f"| {model} | +{plug} | {n} | {fmt_interval(p['recall@20']['interval'])} | "
                              f"{fmt_interval(p['ndcg@20']['interval'])} | "
@@ -252,15 +259,12 @@ def mirror_to_mlflow(rows: list[dict], *, tracking_uri: str, experiment: str, da
     a child whose row has changed (re-trained) or left the file is deleted, and a changed row is
     logged again.
     """
-    import hashlib
-
     from pipeline import tags
     from pipeline.mlflow_logging import log_results_table, metric_key, set_description
     from pipeline.tracking import Tracker
 
     tracker = Tracker(tracking_uri, experiment)
-    identity = json.dumps({"data": str(data), "models": models, "select_seeds": select_seeds}, sort_keys=True)
-    table_id = hashlib.sha256(identity.encode()).hexdigest()[:16]
+    table_id = _digest({"data": str(data), "models": models, "select_seeds": select_seeds})
     parent = tracker.start_run(f"plug-in table: {' '.join(models)}",
                                tags={tags.ROLE: "plugin_table", tags.PLUGIN_TABLE: table_id, tags.DATASET: str(data)},
                                resume_tags={tags.PLUGIN_TABLE: table_id})
@@ -296,7 +300,7 @@ def mirror_to_mlflow(rows: list[dict], *, tracking_uri: str, experiment: str, da
                         "time/wall_seconds": row.get("wall_seconds")})
         tracker.log_metrics(run_id, metrics, step=0)
         tracker.end_run(run_id, "FINISHED")
-    summary = summarise(rows, models, select_seeds, base_grid)
+    summary = summary_text(chosen)
     differences: dict[str, float] = {}
     table_rows = []
     for model, per_model in chosen.items():
