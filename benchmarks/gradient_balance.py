@@ -27,17 +27,18 @@ sys.path.insert(0, str(ROOT))
 
 def main(argv: list[str] | None = None) -> int:
     import torch
-    import yaml
 
+    from clear_core.config import parse_overrides
     from clear_core.data.loading import load_dataset
+    from clear_core.errors import ConfigError
     from clear_core.models import build_model
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True)
     ap.add_argument("--aux", required=True,
                     help="the attribute weighting the auxiliary loss: NAME on the model, or PART.NAME on a part of it")
-    ap.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
-                    help="a model parameter (YAML value), repeatable")
+    ap.add_argument("--set", "--param", dest="set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a model parameter, as clearrec's --set (repeatable)")
     ap.add_argument("--data", type=Path, required=True)
     ap.add_argument("--seed", type=int, default=999)
     ap.add_argument("--batch-size", type=int, default=2048)
@@ -46,12 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     ds = load_dataset(args.data)
     torch.manual_seed(args.seed)
-    params = {}
-    for item in args.param:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--param {item!r}: expected KEY=VALUE")
-        params[key] = yaml.safe_load(value)
+    try:
+        params = parse_overrides(args.set)
+    except ConfigError as err:
+        raise SystemExit(str(err)) from None
     model = build_model(args.model, ds, params)
     *path, attribute = args.aux.split(".")
     owner = model
