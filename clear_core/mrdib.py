@@ -71,6 +71,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clear_core.models.losses import bpr_loss
+from clear_core.param_rules import MRDIB_REDUNDANCY_ESTIMATORS
 
 #: The plug-in's parameters, shared by every multimodal model (defaults: configs/plugins.yaml;
 #: their ranges: :mod:`clear_core.param_rules`).
@@ -83,7 +84,7 @@ MRDIB_PARAMS: dict[str, Any] = {
     "mrdib_synergy_weight": float,
 }
 #: How L_R estimates the overlap of two modalities (module docstring, item 3).
-REDUNDANCY_ESTIMATORS = ("mine", "correlation")
+REDUNDANCY_ESTIMATORS = MRDIB_REDUNDANCY_ESTIMATORS
 
 #: log σ² the bottleneck starts from (σ = 0.1): training starts near the deterministic model and
 #: the KL term, not the initialisation, decides how much noise each modality carries.

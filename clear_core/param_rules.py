@@ -47,6 +47,9 @@ def number_in(low: float, high: float, *, closed_low: bool = True, closed_high: 
 
 NON_NEGATIVE = Rule("a finite number >= 0", lambda x: _number(x) and x >= 0)
 
+#: How MRdIB estimates the overlap of two modalities (clear_core/mrdib.py, which reads it from here).
+MRDIB_REDUNDANCY_ESTIMATORS = ("mine", "correlation")
+
 RULES: dict[str, Rule] = {
     "embedding_size": at_least(1),
     "encoder_layers": Rule("1 or 2", lambda x: _integer(x) and x in (1, 2)),
@@ -64,7 +67,8 @@ RULES: dict[str, Rule] = {
     "mrdib_kl_weight": NON_NEGATIVE,
     "mrdib_unique_weight": NON_NEGATIVE,
     "mrdib_redundancy_weight": NON_NEGATIVE,
-    "mrdib_redundancy_estimator": Rule("'mine' or 'correlation'", lambda x: x in ("mine", "correlation")),
+    "mrdib_redundancy_estimator": Rule(" or ".join(map(repr, MRDIB_REDUNDANCY_ESTIMATORS)),
+                                       lambda x: x in MRDIB_REDUNDANCY_ESTIMATORS),
     "mrdib_synergy_weight": NON_NEGATIVE,
     "neighbours": at_least(1),
     "chunk_size": at_least(1),
