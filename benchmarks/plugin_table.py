@@ -294,7 +294,8 @@ def mirror_to_mlflow(rows: list[dict], *, tracking_uri: str, experiment: str, da
                   tags.PLUGIN_RUN_CONTENT: contents[key], tags.SELECTED: flag,
                   tags.GIT_COMMIT: row.get("git_commit", "unknown")},
             params={"model": row["params"], "train": row["train"], "seed": row["seed"]})
-        metrics = {metric_key(f"best/{split}/{m}"): v for split in ("valid", "test") for m, v in row[split].items()}
+        # Tracker.log_metrics makes the names MLflow-safe (recall@20 -> recall_at_20).
+        metrics = {f"best/{split}/{m}": v for split in ("valid", "test") for m, v in row[split].items()}
         metrics.update({"best/epoch": row["best_epoch"], "epochs_run": row["epochs_run"],
                         "time/train_seconds": row.get("median_train_seconds"),
                         "time/wall_seconds": row.get("wall_seconds")})
