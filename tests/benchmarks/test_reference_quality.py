@@ -84,6 +84,33 @@ def test_the_reference_hears_every_epoch_start_and_its_loss_terms_are_summed(tin
     assert model.score(users).shape == (2, tiny.n_items)
 
 
+def test_mmrecs_adam_weight_decay_becomes_the_loss_term_whose_gradient_it_adds(tiny):
+    """SLMRec's MMRec config trains with Adam(weight_decay=1e-4); the trainer's Adam has none,
+    so the adapter adds wd/2 * sum(theta^2): the same parameters, step for step."""
+    torch.manual_seed(0)
+    cls = rq.reference_model_class("fakemf", MMRecStyleMF,
+                                   {"embedding_size": 8, "reg_weight": 0.0, "weight_decay": 0.05})
+    adapted = cls(tiny)
+    coupled = MMRecStyleMF({"embedding_size": 8, "reg_weight": 0.0}, type(
+        "Loader", (), {"dataset": type("D", (), {"get_user_num": lambda s: tiny.n_users,
+                                                   "get_item_num": lambda s: tiny.n_items})()})())
+    coupled.load_state_dict(adapted.inner.state_dict())
+    ours_opt = torch.optim.Adam(adapted.parameters(), lr=0.01)
+    mmrec_opt = torch.optim.Adam(coupled.parameters(), lr=0.01, weight_decay=0.05)
+    for step in range(5):
+        g = torch.Generator().manual_seed(step)
+        users = torch.randint(0, tiny.n_users, (32,), generator=g)
+        pos, neg = torch.randint(0, tiny.n_items, (2, 32), generator=g)
+        ours_opt.zero_grad()
+        adapted.loss(users, pos, neg).backward()
+        ours_opt.step()
+        mmrec_opt.zero_grad()
+        sum(coupled.calculate_loss(torch.stack((users, pos, neg)))).sum().backward()
+        mmrec_opt.step()
+    for name, value in coupled.state_dict().items():
+        torch.testing.assert_close(adapted.inner.state_dict()[name], value, rtol=1e-5, atol=1e-7)
+
+
 def row(side, seed, test_r, test_n, valid=0.1):
     return {"side": side, "model": "dualgnn", "seed": seed, "ours_set": {}, "reference_set": {},
             "train": {}, "valid": {"recall@20": valid}, "test": {"recall@20": test_r, "ndcg@20": test_n},
