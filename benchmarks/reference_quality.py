@@ -22,6 +22,10 @@ gradient, exactly this term's gradient (our SLMRec does the same).
         --reference-site ref_site --seeds 7 42 123 --out runs/reference_quality.jsonl
     .venv/bin/python benchmarks/reference_quality.py dualgnn --out runs/reference_quality.jsonl --summarise
 
+``--reference-variant NAME`` trains a named change of the reference (:data:`REFERENCE_VARIANTS`,
+e.g. SLMRec's encoders with our zero biases), to find which departure a gap between the sides
+comes from; its rows are labelled with it and compared with ours beside the plain reference.
+
 Each run is one JSON line in ``--out``; a rerun skips the runs already there.
 """
 
@@ -59,6 +63,25 @@ from clear_core.config import CONFIG_DIR_ENV, config_dir, parse_overrides  # noq
 
 log = logging.getLogger("reference_quality")
 SIDES = ("ours", "reference")
+
+
+def _zero_biases(*names: str):
+    def fixup(model) -> None:
+        import torch
+
+        with torch.no_grad():
+            for name in names:
+                getattr(model, name).bias.zero_()
+    return fixup
+
+
+#: Model -> variant name -> a change applied to the built reference model (after its own fixup):
+#: one of our departures from it, to measure what that departure is worth.
+REFERENCE_VARIANTS: dict[str, dict[str, Any]] = {
+    # Our encoders start with zero biases (clear_core.models.multimodal); MMRec's SLMRec keeps
+    # nn.Linear's uniform draw for v_dense / t_dense.
+    "slmrec": {"zero_encoder_biases": _zero_biases("v_dense", "t_dense")},
+}
 
 
 def reference_model_class(name: str, model_class: type, config: dict[str, Any], fixup=None) -> type:
@@ -141,8 +164,15 @@ def run_one(job: dict) -> dict:
             config = reference_config(src, class_name, folder, dataset.name,
                                       {**REFERENCE_OVERRIDES.get(job["model"], {}), **job["reference_set"],
                                        "learning_rate": cfg.learning_rate, "seed": job["seed"]})
-            cls = register(reference_model_class(job["model"], load(class_name), config,
-                                                 REFERENCE_FIXUPS.get(job["model"])))
+            fixups = [f for f in (REFERENCE_FIXUPS.get(job["model"]),
+                                  REFERENCE_VARIANTS.get(job["model"], {}).get(job.get("reference_variant")))
+                      if f is not None]
+
+            def fixup(model) -> None:
+                for f in fixups:
+                    f(model)
+
+            cls = register(reference_model_class(job["model"], load(class_name), config, fixup))
             os.environ[CONFIG_DIR_ENV] = str(_config_dir_with(cls.name, Path(tmp)))
             try:
                 result = fit(dataset, cls.name, {}, cfg)
@@ -150,6 +180,7 @@ def run_one(job: dict) -> dict:
                 os.environ.pop(CONFIG_DIR_ENV)
     return {
         **{k: job[k] for k in ("side", "model", "seed", "ours_set", "reference_set", "train")},
+        **({"reference_variant": job["reference_variant"]} if job.get("reference_variant") else {}),
         "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
         "valid": result.valid, "test": result.test,
         "median_train_seconds": result.median_train_seconds, "wall_seconds": time.perf_counter() - t0,
@@ -157,25 +188,35 @@ def run_one(job: dict) -> dict:
 
 
 def _key(row: dict) -> str:
+    # The variant joins the key only when set, so that rows written before it existed still match.
+    variant = [row["reference_variant"]] if row.get("reference_variant") else []
     return json.dumps([row["side"], row["model"], row["seed"], row["ours_set"], row["reference_set"],
-                       row["train"]], sort_keys=True)
+                       row["train"], *variant], sort_keys=True)
+
+
+def side_label(row: dict) -> str:
+    """``ours``, ``reference``, or ``reference: <variant>``."""
+    variant = row.get("reference_variant") if row["side"] == "reference" else None
+    return f"reference: {variant}" if variant else row["side"]
 
 
 def summarise(rows: list[dict]) -> str:
-    """Per model and point: each side's mean ± std over seeds, and ours minus the reference
-    paired by seed (test; 95 % t interval)."""
+    """Per model and point: each side's mean ± std over seeds, and ours minus the reference (and
+    minus each variant of it) paired by seed (test; 95 % t interval)."""
     groups: dict[str, dict[str, list[dict]]] = {}
     for r in rows:
         point = json.dumps({"model": r["model"], "ours": r["ours_set"], "reference": r["reference_set"],
                             "train": r["train"]}, sort_keys=True)
-        groups.setdefault(point, {}).setdefault(r["side"], []).append(r)
+        groups.setdefault(point, {}).setdefault(side_label(r), []).append(r)
     lines = ["| model | point | side | seeds | valid R@20 | test R@20 | test N@20 | best epoch (mean) |",
              "|---|---|---|---|---|---|---|---|"]
-    diffs = ["| model | seeds | ΔR@20 ours − ref [95 % CI] | ΔN@20 ours − ref [95 % CI] | ours ahead R@20 / N@20 |",
-             "|---|---|---|---|---|"]
+    diffs = ["| model | against | seeds | ΔR@20 ours − ref [95 % CI] | ΔN@20 ours − ref [95 % CI] "
+             "| ours ahead R@20 / N@20 |",
+             "|---|---|---|---|---|---|"]
     for point, sides in groups.items():
         p = json.loads(point)
-        for side in SIDES:
+        labels = [*SIDES, *sorted(set(sides) - set(SIDES))]
+        for side in labels:
             rs = sorted(sides.get(side, []), key=lambda r: r["seed"])
             if not rs:
                 continue
@@ -185,10 +226,12 @@ def summarise(rows: list[dict]) -> str:
             lines.append(f"| {p['model']} | ours {json.dumps(p['ours'])}; ref {json.dumps(p['reference'])}; "
                          f"lr {p['train'].get('learning_rate')} | {side} "
                          f"| {len(rs)} | {' | '.join(cells)} | {statistics.mean(r['best_epoch'] for r in rs):.0f} |")
-        d = paired(sides.get("ours", []), sides.get("reference", []))
-        if d is not None:
+        for side in labels[1:]:
+            d = paired(sides.get("ours", []), sides.get(side, []))
+            if d is None:
+                continue
             n = len(d["seeds"])
-            diffs.append(f"| {p['model']} | {n} | {fmt_interval(d[METRICS[0]]['interval'])} | "
+            diffs.append(f"| {p['model']} | {side} | {n} | {fmt_interval(d[METRICS[0]]['interval'])} | "
                          f"{fmt_interval(d[METRICS[1]]['interval'])} | "
                          f"{d[METRICS[0]]['ahead']}/{n} / {d[METRICS[1]]['ahead']}/{n} |")
     return "\n".join([*lines, "", *diffs])
@@ -206,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ours-set", nargs="*", default=[], metavar="KEY=VALUE", help="our model's keyword arguments")
     ap.add_argument("--reference-set", nargs="*", default=[], metavar="KEY=VALUE", help="MMRec config keys")
     ap.add_argument("--sides", nargs="+", choices=SIDES, default=list(SIDES))
+    ap.add_argument("--reference-variant", default=None,
+                    help="a named change of the reference side (REFERENCE_VARIANTS), e.g. zero_encoder_biases")
     ap.add_argument("--seeds", type=int, nargs="+", default=[7, 42, 123])
     ap.add_argument("--max-epochs", type=int, default=protocol.max_epochs)
     ap.add_argument("--patience", type=int, default=protocol.patience)
@@ -221,6 +266,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if "reference" in args.sides and args.reference_src is None:
         ap.error("--reference-src is needed for the reference side")
+    variants = REFERENCE_VARIANTS.get(args.model, {})
+    if args.reference_variant is not None and args.reference_variant not in variants:
+        ap.error(f"--reference-variant {args.reference_variant!r}: {args.model} has "
+                 f"{', '.join(sorted(variants)) or 'none'}")
     common = {
         "model": args.model, "data": str(args.data), "threads": args.threads,
         "ours_set": parse_overrides(args.ours_set), "reference_set": parse_overrides(args.reference_set),
@@ -229,7 +278,10 @@ def main(argv: list[str] | None = None) -> int:
         "reference_site": str(args.reference_site.resolve()) if args.reference_site else None,
     }
     done = {_key(r) for r in done_rows(args.out)}
-    jobs = [{**common, "side": side, "seed": seed} for seed in args.seeds for side in args.sides]
+    # The variant changes the reference only: ours runs (and is skipped when done) as without it.
+    jobs = [{**common, "side": side, "seed": seed,
+             "reference_variant": args.reference_variant if side == "reference" else None}
+            for seed in args.seeds for side in args.sides]
     jobs = [j for j in jobs if _key(j) not in done]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     failed = 0

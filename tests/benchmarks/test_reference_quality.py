@@ -111,20 +111,58 @@ def test_mmrecs_adam_weight_decay_becomes_the_loss_term_whose_gradient_it_adds(t
         torch.testing.assert_close(adapted.inner.state_dict()[name], value, rtol=1e-5, atol=1e-7)
 
 
-def row(side, seed, test_r, test_n, valid=0.1):
+def row(side, seed, test_r, test_n, valid=0.1, variant=None):
     return {"side": side, "model": "dualgnn", "seed": seed, "ours_set": {}, "reference_set": {},
             "train": {}, "valid": {"recall@20": valid}, "test": {"recall@20": test_r, "ndcg@20": test_n},
-            "best_epoch": 10}
+            "best_epoch": 10, **({"reference_variant": variant} if variant else {})}
 
 
 def test_the_summary_pairs_ours_against_the_reference_by_seed_and_leaves_unpaired_seeds_out():
     rows = [row("ours", 1, 0.10, 0.05), row("ours", 2, 0.12, 0.06), row("ours", 3, 0.50, 0.50),
             row("reference", 2, 0.11, 0.05), row("reference", 1, 0.08, 0.05)]
     text = rq.summarise(rows)
-    diffs = [line for line in text.splitlines() if line.startswith("| dualgnn | 2 |")]
+    diffs = [line for line in text.splitlines() if line.startswith("| dualgnn | reference | 2 |")]
     assert len(diffs) == 1
     # Seeds 1 and 2: differences +0.02 and +0.01; mean +0.015, t(0.975, 1) = 12.706.
     half = 12.706 * (0.01 / math.sqrt(2)) / math.sqrt(2)
     assert f"+0.0150 [{0.015 - half:+.4f}, {0.015 + half:+.4f}]" in diffs[0]
     assert diffs[0].endswith("2/2 / 1/2 |")
     assert "| ours | 3 |" in text and "| reference | 2 |" in text
+
+
+def test_a_reference_variant_is_paired_with_ours_beside_the_plain_reference():
+    rows = [row("ours", 1, 0.10, 0.05), row("ours", 2, 0.12, 0.06),
+            row("reference", 1, 0.08, 0.04), row("reference", 2, 0.10, 0.05),
+            row("reference", 1, 0.11, 0.05, variant="zero_encoder_biases"),
+            row("reference", 2, 0.12, 0.05, variant="zero_encoder_biases")]
+    text = rq.summarise(rows)
+    assert "| reference: zero_encoder_biases | 2 |" in text
+    plain = [line for line in text.splitlines() if line.startswith("| dualgnn | reference | 2 |")]
+    variant = [line for line in text.splitlines()
+               if line.startswith("| dualgnn | reference: zero_encoder_biases | 2 |")]
+    assert len(plain) == 1 and "+0.0200" in plain[0]
+    assert len(variant) == 1 and "-0.0050" in variant[0].replace("−", "-")
+
+
+def test_a_variant_keys_its_reference_rows_apart_and_leaves_earlier_keys_as_they_were():
+    plain = row("reference", 1, 0.1, 0.05)
+    assert rq._key(plain) == rq._key({**plain, "reference_variant": None})
+    assert rq._key(plain) != rq._key({**plain, "reference_variant": "zero_encoder_biases"})
+    assert rq.side_label({**row("ours", 1, 0.1, 0.05), "reference_variant": "zero_encoder_biases"}) == "ours"
+
+
+def test_slmrecs_zero_encoder_biases_variant_zeroes_its_two_encoders_and_nothing_else():
+    model = nn.Module()
+    model.v_dense, model.t_dense, model.other = nn.Linear(4, 3), nn.Linear(4, 3), nn.Linear(4, 3)
+    weights = {n: t.clone() for n, t in model.state_dict().items()}
+    rq.REFERENCE_VARIANTS["slmrec"]["zero_encoder_biases"](model)
+    after = model.state_dict()
+    assert torch.equal(after["v_dense.bias"], torch.zeros(3)) and torch.equal(after["t_dense.bias"], torch.zeros(3))
+    for name in ("v_dense.weight", "t_dense.weight", "other.weight", "other.bias"):
+        assert torch.equal(after[name], weights[name])
+
+
+def test_an_unknown_variant_is_refused_with_the_models_variants_named(capsys):
+    with pytest.raises(SystemExit):
+        rq.main(["slmrec", "--reference-src", ".", "--reference-variant", "nope"])
+    assert "zero_encoder_biases" in capsys.readouterr().err
