@@ -23,7 +23,8 @@ Both plug-ins act on what :meth:`encode` returns, so every model that reads its 
 features through :meth:`encode` gets them; their defaults (both off) live in
 ``configs/plugins.yaml`` and fill in whatever a model's YAML leaves out
 (:meth:`shared_defaults`), so a model's configuration needs no plug-in keys. Switched off, a
-plug-in builds no module and draws no random number: the model is bit-for-bit the one without it.
+plug-in adds no parameter and draws no random number (the projection's module stays, with its
+buffers and a zero-width basis; MRdIB builds none): the model is bit-for-bit the one without it.
 
 Subclasses call :meth:`encode` to get the (projected) modality features of all or some items
 and must call ``super().on_epoch_start(epoch)`` if they override it.
