@@ -23,8 +23,10 @@ gradient, exactly this term's gradient (our SLMRec does the same).
     .venv/bin/python benchmarks/reference_quality.py dualgnn --out runs/reference_quality.jsonl --summarise
 
 ``--reference-variant NAME`` trains a named change of the reference (:data:`REFERENCE_VARIANTS`,
-e.g. SLMRec's encoders with our zero biases), to find which departure a gap between the sides
-comes from; its rows are labelled with it and compared with ours beside the plain reference.
+e.g. SLMRec's encoders with our zero biases), ``--ours-variant NAME`` one of ours
+(:data:`OURS_VARIANTS`, e.g. SLMRec given TikTok's audio as MMRec's textual slot receives it), to
+find which departure a gap between the sides comes from; their rows are labelled with it and
+every ours-side label is compared with every reference-side label.
 
 Each run is one JSON line in ``--out``; a rerun skips the runs already there.
 """
@@ -82,6 +84,23 @@ REFERENCE_VARIANTS: dict[str, dict[str, Any]] = {
     # nn.Linear's uniform draw for v_dense / t_dense.
     "slmrec": {"zero_encoder_biases": _zero_biases("v_dense", "t_dense")},
 }
+
+
+def _renamed_modality(old: str, new: str):
+    def transform(dataset):
+        import dataclasses
+
+        return dataclasses.replace(dataset, features={new if m == old else m: f for m, f in dataset.features.items()})
+    return transform
+
+
+#: Model -> variant name -> a change of the dataset our model is trained on.
+OURS_VARIANTS: dict[str, dict[str, Any]] = {
+    # MMRec's SLMRec has a visual and a textual slot: TikTok's audio goes into the textual one and
+    # becomes its coarse (d/2) FAC stage; ours, told it is audio, aligns it at full width.
+    "slmrec": {"audio_as_text": _renamed_modality("audio", "text")},
+}
+VARIANTS = {"ours": OURS_VARIANTS, "reference": REFERENCE_VARIANTS}
 
 
 def reference_model_class(name: str, model_class: type, config: dict[str, Any], fixup=None) -> type:
@@ -153,6 +172,8 @@ def run_one(job: dict) -> dict:
     cfg = TrainConfig.resolve({**job["train"], "seed": job["seed"], "device": "cpu"})
     t0 = time.perf_counter()
     if job["side"] == "ours":
+        if job.get("ours_variant"):
+            dataset = OURS_VARIANTS[job["model"]][job["ours_variant"]](dataset)
         result = fit(dataset, job["model"], job["ours_set"], cfg)
     else:
         src = Path(job["reference_src"])
@@ -180,7 +201,7 @@ def run_one(job: dict) -> dict:
                 os.environ.pop(CONFIG_DIR_ENV)
     return {
         **{k: job[k] for k in ("side", "model", "seed", "ours_set", "reference_set", "train")},
-        **({"reference_variant": job["reference_variant"]} if job.get("reference_variant") else {}),
+        **{f"{side}_variant": job[f"{side}_variant"] for side in SIDES if job.get(f"{side}_variant")},
         "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
         "valid": result.valid, "test": result.test,
         "median_train_seconds": result.median_train_seconds, "wall_seconds": time.perf_counter() - t0,
@@ -188,21 +209,21 @@ def run_one(job: dict) -> dict:
 
 
 def _key(row: dict) -> str:
-    # The variant joins the key only when set, so that rows written before it existed still match.
-    variant = [row["reference_variant"]] if row.get("reference_variant") else []
+    # A variant joins the key only when set, so that rows written before variants existed still match.
+    variant = [row[f"{side}_variant"] for side in SIDES if row.get(f"{side}_variant")]
     return json.dumps([row["side"], row["model"], row["seed"], row["ours_set"], row["reference_set"],
                        row["train"], *variant], sort_keys=True)
 
 
 def side_label(row: dict) -> str:
-    """``ours``, ``reference``, or ``reference: <variant>``."""
-    variant = row.get("reference_variant") if row["side"] == "reference" else None
-    return f"reference: {variant}" if variant else row["side"]
+    """``ours`` or ``reference``, with ``: <variant>`` when its side ran a variant."""
+    variant = row.get(f"{row['side']}_variant")
+    return f"{row['side']}: {variant}" if variant else row["side"]
 
 
 def summarise(rows: list[dict]) -> str:
-    """Per model and point: each side's mean ± std over seeds, and ours minus the reference (and
-    minus each variant of it) paired by seed (test; 95 % t interval)."""
+    """Per model and point: each side's mean ± std over seeds, and each ours-side label minus each
+    reference-side label (plain and variants) paired by seed (test; 95 % t interval)."""
     groups: dict[str, dict[str, list[dict]]] = {}
     for r in rows:
         point = json.dumps({"model": r["model"], "ours": r["ours_set"], "reference": r["reference_set"],
@@ -210,12 +231,11 @@ def summarise(rows: list[dict]) -> str:
         groups.setdefault(point, {}).setdefault(side_label(r), []).append(r)
     lines = ["| model | point | side | seeds | valid R@20 | test R@20 | test N@20 | best epoch (mean) |",
              "|---|---|---|---|---|---|---|---|"]
-    diffs = ["| model | against | seeds | ΔR@20 ours − ref [95 % CI] | ΔN@20 ours − ref [95 % CI] "
-             "| ours ahead R@20 / N@20 |",
+    diffs = ["| model | difference | seeds | ΔR@20 [95 % CI] | ΔN@20 [95 % CI] | first ahead R@20 / N@20 |",
              "|---|---|---|---|---|---|"]
     for point, sides in groups.items():
         p = json.loads(point)
-        labels = [*SIDES, *sorted(set(sides) - set(SIDES))]
+        labels = sorted(sides, key=lambda label: (label.split(":")[0] != "ours", ":" in label, label))
         for side in labels:
             rs = sorted(sides.get(side, []), key=lambda r: r["seed"])
             if not rs:
@@ -226,14 +246,15 @@ def summarise(rows: list[dict]) -> str:
             lines.append(f"| {p['model']} | ours {json.dumps(p['ours'])}; ref {json.dumps(p['reference'])}; "
                          f"lr {p['train'].get('learning_rate')} | {side} "
                          f"| {len(rs)} | {' | '.join(cells)} | {statistics.mean(r['best_epoch'] for r in rs):.0f} |")
-        for side in labels[1:]:
-            d = paired(sides.get("ours", []), sides.get(side, []))
-            if d is None:
-                continue
-            n = len(d["seeds"])
-            diffs.append(f"| {p['model']} | {side} | {n} | {fmt_interval(d[METRICS[0]]['interval'])} | "
-                         f"{fmt_interval(d[METRICS[1]]['interval'])} | "
-                         f"{d[METRICS[0]]['ahead']}/{n} / {d[METRICS[1]]['ahead']}/{n} |")
+        for ours in (label for label in labels if label.startswith("ours")):
+            for side in (label for label in labels if label.startswith("reference")):
+                d = paired(sides[ours], sides[side])
+                if d is None:
+                    continue
+                n = len(d["seeds"])
+                diffs.append(f"| {p['model']} | {ours} − {side} | {n} | {fmt_interval(d[METRICS[0]]['interval'])} | "
+                             f"{fmt_interval(d[METRICS[1]]['interval'])} | "
+                             f"{d[METRICS[0]]['ahead']}/{n} / {d[METRICS[1]]['ahead']}/{n} |")
     return "\n".join([*lines, "", *diffs])
 
 
@@ -251,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sides", nargs="+", choices=SIDES, default=list(SIDES))
     ap.add_argument("--reference-variant", default=None,
                     help="a named change of the reference side (REFERENCE_VARIANTS), e.g. zero_encoder_biases")
+    ap.add_argument("--ours-variant", default=None,
+                    help="a named change of our side (OURS_VARIANTS), e.g. audio_as_text")
     ap.add_argument("--seeds", type=int, nargs="+", default=[7, 42, 123])
     ap.add_argument("--max-epochs", type=int, default=protocol.max_epochs)
     ap.add_argument("--patience", type=int, default=protocol.patience)
@@ -266,10 +289,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if "reference" in args.sides and args.reference_src is None:
         ap.error("--reference-src is needed for the reference side")
-    variants = REFERENCE_VARIANTS.get(args.model, {})
-    if args.reference_variant is not None and args.reference_variant not in variants:
-        ap.error(f"--reference-variant {args.reference_variant!r}: {args.model} has "
-                 f"{', '.join(sorted(variants)) or 'none'}")
+    for side in SIDES:
+        chosen, known = getattr(args, f"{side}_variant"), VARIANTS[side].get(args.model, {})
+        if chosen is not None and chosen not in known:
+            ap.error(f"--{side}-variant {chosen!r}: {args.model} has {', '.join(sorted(known)) or 'none'}")
     common = {
         "model": args.model, "data": str(args.data), "threads": args.threads,
         "ours_set": parse_overrides(args.ours_set), "reference_set": parse_overrides(args.reference_set),
@@ -278,9 +301,8 @@ def main(argv: list[str] | None = None) -> int:
         "reference_site": str(args.reference_site.resolve()) if args.reference_site else None,
     }
     done = {_key(r) for r in done_rows(args.out)}
-    # The variant changes the reference only: ours runs (and is skipped when done) as without it.
-    jobs = [{**common, "side": side, "seed": seed,
-             "reference_variant": args.reference_variant if side == "reference" else None}
+    # A side's variant changes that side only: the other runs (and is skipped when done) as without it.
+    jobs = [{**common, "side": side, "seed": seed, f"{side}_variant": getattr(args, f"{side}_variant")}
             for seed in args.seeds for side in args.sides]
     jobs = [j for j in jobs if _key(j) not in done]
     args.out.parent.mkdir(parents=True, exist_ok=True)

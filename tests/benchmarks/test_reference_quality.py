@@ -114,14 +114,14 @@ def test_mmrecs_adam_weight_decay_becomes_the_loss_term_whose_gradient_it_adds(t
 def row(side, seed, test_r, test_n, valid=0.1, variant=None):
     return {"side": side, "model": "dualgnn", "seed": seed, "ours_set": {}, "reference_set": {},
             "train": {}, "valid": {"recall@20": valid}, "test": {"recall@20": test_r, "ndcg@20": test_n},
-            "best_epoch": 10, **({"reference_variant": variant} if variant else {})}
+            "best_epoch": 10, **({f"{side}_variant": variant} if variant else {})}
 
 
 def test_the_summary_pairs_ours_against_the_reference_by_seed_and_leaves_unpaired_seeds_out():
     rows = [row("ours", 1, 0.10, 0.05), row("ours", 2, 0.12, 0.06), row("ours", 3, 0.50, 0.50),
             row("reference", 2, 0.11, 0.05), row("reference", 1, 0.08, 0.05)]
     text = rq.summarise(rows)
-    diffs = [line for line in text.splitlines() if line.startswith("| dualgnn | reference | 2 |")]
+    diffs = [line for line in text.splitlines() if line.startswith("| dualgnn | ours − reference | 2 |")]
     assert len(diffs) == 1
     # Seeds 1 and 2: differences +0.02 and +0.01; mean +0.015, t(0.975, 1) = 12.706.
     half = 12.706 * (0.01 / math.sqrt(2)) / math.sqrt(2)
@@ -137,18 +137,38 @@ def test_a_reference_variant_is_paired_with_ours_beside_the_plain_reference():
             row("reference", 2, 0.12, 0.05, variant="zero_encoder_biases")]
     text = rq.summarise(rows)
     assert "| reference: zero_encoder_biases | 2 |" in text
-    plain = [line for line in text.splitlines() if line.startswith("| dualgnn | reference | 2 |")]
+    plain = [line for line in text.splitlines() if line.startswith("| dualgnn | ours − reference | 2 |")]
     variant = [line for line in text.splitlines()
-               if line.startswith("| dualgnn | reference: zero_encoder_biases | 2 |")]
+               if line.startswith("| dualgnn | ours − reference: zero_encoder_biases | 2 |")]
     assert len(plain) == 1 and "+0.0200" in plain[0]
     assert len(variant) == 1 and "-0.0050" in variant[0].replace("−", "-")
 
 
-def test_a_variant_keys_its_reference_rows_apart_and_leaves_earlier_keys_as_they_were():
+def test_an_ours_variant_is_paired_with_every_reference_label():
+    rows = [row("ours", 1, 0.10, 0.05), row("ours", 2, 0.12, 0.06),
+            row("ours", 1, 0.09, 0.05, variant="audio_as_text"), row("ours", 2, 0.10, 0.05, variant="audio_as_text"),
+            row("reference", 1, 0.08, 0.04), row("reference", 2, 0.10, 0.05),
+            row("reference", 1, 0.11, 0.05, variant="zero_encoder_biases"),
+            row("reference", 2, 0.12, 0.05, variant="zero_encoder_biases")]
+    diffs = [line.split(" | ")[1] for line in rq.summarise(rows).splitlines() if " − " in line]
+    assert diffs == ["ours − reference", "ours − reference: zero_encoder_biases",
+                     "ours: audio_as_text − reference", "ours: audio_as_text − reference: zero_encoder_biases"]
+
+
+def test_a_variant_keys_its_sides_rows_apart_and_leaves_earlier_keys_as_they_were():
     plain = row("reference", 1, 0.1, 0.05)
     assert rq._key(plain) == rq._key({**plain, "reference_variant": None})
     assert rq._key(plain) != rq._key({**plain, "reference_variant": "zero_encoder_biases"})
     assert rq.side_label({**row("ours", 1, 0.1, 0.05), "reference_variant": "zero_encoder_biases"}) == "ours"
+    assert rq.side_label(row("ours", 1, 0.1, 0.05, variant="audio_as_text")) == "ours: audio_as_text"
+
+
+def test_slmrecs_audio_as_text_variant_renames_the_modality_and_keeps_the_features():
+    data = generate_synthetic(n_users=30, n_items=20, n_interactions=300, seed=2,
+                              modalities={"audio": 6, "image": 5}, modality_pair=["audio", "image"]).dataset
+    renamed = rq.OURS_VARIANTS["slmrec"]["audio_as_text"](data)
+    assert sorted(renamed.features) == ["image", "text"]
+    assert renamed.features["text"] is data.features["audio"] and renamed.train is data.train
 
 
 def test_slmrecs_zero_encoder_biases_variant_zeroes_its_two_encoders_and_nothing_else():
