@@ -110,6 +110,7 @@ def reference_model_class(name: str, model_class: type, config: dict[str, Any], 
     import torch
 
     from clear_core.models.base import Recommender
+    from clear_core.models.losses import parameter_decay
 
     weight_decay = float(config.get("weight_decay") or 0.0)
 
@@ -134,8 +135,7 @@ def reference_model_class(name: str, model_class: type, config: dict[str, Any], 
             out = self.inner.calculate_loss(torch.stack((users, pos_items, neg_items)))
             loss = sum(out) if isinstance(out, tuple) else out
             if weight_decay:
-                loss = loss + weight_decay / 2 * sum(
-                    p.square().sum() for p in self.inner.parameters() if p.requires_grad)
+                loss = loss + weight_decay * parameter_decay(self.inner.parameters())
             return loss.reshape(())  # BM3 returns shape [1]; the trainer accumulates a scalar
 
         def score(self, users):

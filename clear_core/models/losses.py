@@ -1,6 +1,8 @@
-"""The training losses every model shares: BPR and MMRec's embedding penalty."""
+"""The training losses every model shares: BPR, MMRec's embedding penalty, and weight decay as a loss term."""
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -20,3 +22,10 @@ def embedding_penalty(*embeddings: torch.Tensor) -> torch.Tensor:
     divided by the batch size."""
     total = sum(torch.linalg.vector_norm(e) for e in embeddings)
     return total / embeddings[-1].shape[0]
+
+
+def parameter_decay(parameters: Iterable[torch.Tensor]) -> torch.Tensor:
+    """½ Σ‖θ‖² over the ``parameters`` that require a gradient: ``weight_decay`` times this has
+    the gradient that Adam's coupled weight decay adds (MMRec's ``weight_decay``), so a model
+    trained that way needs no optimiser setting of its own."""
+    return 0.5 * sum(p.square().sum() for p in parameters if p.requires_grad)

@@ -54,6 +54,7 @@ from torch import nn
 from clear_core.data.dataset import Dataset
 from clear_core.graph import normalized_adjacency, symmetric_propagate
 from clear_core.models import register
+from clear_core.models.losses import parameter_decay
 from clear_core.models.multimodal import MULTIMODAL_PARAMS, MultimodalRecommender
 
 #: Order of the FAC chain: the paper's visual, acoustic, textual; unknown modalities before text.
@@ -156,7 +157,7 @@ class SLMRec(MultimodalRecommender):
 
     def decay(self) -> torch.Tensor:
         """½ Σ‖θ‖² over the trainable parameters (Adam's coupled weight decay, as a loss term)."""
-        return 0.5 * sum(p.square().sum() for p in self.parameters() if p.requires_grad)
+        return parameter_decay(self.parameters())
 
     def loss(self, users: torch.Tensor, pos_items: torch.Tensor, neg_items: torch.Tensor) -> torch.Tensor:
         users_c, items_c = self.propagate()
