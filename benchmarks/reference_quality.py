@@ -237,9 +237,7 @@ def summarise(rows: list[dict]) -> str:
         p = json.loads(point)
         labels = sorted(sides, key=lambda label: (label.split(":")[0] != "ours", ":" in label, label))
         for side in labels:
-            rs = sorted(sides.get(side, []), key=lambda r: r["seed"])
-            if not rs:
-                continue
+            rs = sorted(sides[side], key=lambda r: r["seed"])
             cells = [mean_sd(v) for v in (
                 [r["valid"]["recall@20"] for r in rs], [r["test"]["recall@20"] for r in rs],
                 [r["test"]["ndcg@20"] for r in rs])]
