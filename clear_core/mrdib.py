@@ -83,9 +83,6 @@ MRDIB_PARAMS: dict[str, Any] = {
     "mrdib_redundancy_estimator": str,
     "mrdib_synergy_weight": float,
 }
-#: How L_R estimates the overlap of two modalities (module docstring, item 3).
-REDUNDANCY_ESTIMATORS = MRDIB_REDUNDANCY_ESTIMATORS
-
 #: log σ² the bottleneck starts from (σ = 0.1): training starts near the deterministic model and
 #: the KL term, not the initialisation, decides how much noise each modality carries.
 INITIAL_LOG_VARIANCE = math.log(1e-2)
@@ -162,8 +159,10 @@ class MRdIB(nn.Module):
         redundancy_estimator: str = "mine",
     ) -> None:
         super().__init__()
-        if redundancy_estimator not in REDUNDANCY_ESTIMATORS:
-            raise ValueError(f"redundancy_estimator: expected one of {REDUNDANCY_ESTIMATORS}, got {redundancy_estimator!r}")
+        # How L_R estimates the overlap of two modalities (module docstring, item 3).
+        if redundancy_estimator not in MRDIB_REDUNDANCY_ESTIMATORS:
+            raise ValueError(f"redundancy_estimator: expected one of {MRDIB_REDUNDANCY_ESTIMATORS}, "
+                             f"got {redundancy_estimator!r}")
         self.modalities = list(modalities)
         self.kl_weight = float(kl_weight)
         self.unique_weight = float(unique_weight)
@@ -293,7 +292,6 @@ __all__ = [
     "LOG_VARIANCE_RANGE",
     "MRDIB_PARAMS",
     "MRdIB",
-    "REDUNDANCY_ESTIMATORS",
     "cross_correlation",
     "donsker_varadhan",
     "gaussian_kl",
