@@ -26,9 +26,13 @@ Departures, and why:
 * MMRec passes ``concate='False'``, a non-empty string, which its ``if self.concate`` reads as
   true: the concatenating layers are what runs there, hence ``concatenate: true``.
 * MMRec maps only the visual features to the 256-d latent and feeds text raw (its preference
-  then has the text width); here every modality goes through φ_m to ``latent_size``, so the
-  projection has a learned transform to act on in each. MMRec penalises only the visual
-  preference; here every modality's.
+  then has the text width); here every modality goes through φ_m to ``latent_size`` by default,
+  so that the projection has a learned transform to act on in each. ``raw_modalities`` names
+  the modalities to feed raw as MMRec feeds its text (``[audio]`` on TikTok, whose audio takes
+  MMRec's textual slot): they keep an encoder that nothing reads, and neither plug-in may act
+  on them. On TikTok the departure costs test Recall@20 (benchmarks/RESULTS.md, "MMGCN against
+  MMRec's"). MMRec penalises only the visual preference; here every modality's (a constant
+  while the preferences are frozen).
 * ``mean_agg(x W) = mean_agg(x) W``: all modalities are aggregated in one sparse product before
   their own weights are applied (the same numbers up to rounding, one product instead of M).
 * MMRec scores with the representation of the last training batch (before its optimiser step);
@@ -49,7 +53,7 @@ from clear_core.graph import quiet_sparse_notices
 from clear_core.item_graph import propagate_with_transpose, to_csr_pair
 from clear_core.models import register
 from clear_core.models.losses import bpr_loss
-from clear_core.models.multimodal import MULTIMODAL_PARAMS, MultimodalRecommender
+from clear_core.models.multimodal import MULTIMODAL_PARAMS, MultimodalRecommender, default_pair
 
 
 def mean_adjacency(train: np.ndarray, n_users: int, n_items: int) -> torch.Tensor:
@@ -101,6 +105,7 @@ class MMGCN(MultimodalRecommender):
         "reg_weight": float,
         "concatenate": bool,
         "trainable_embeddings": bool,
+        "raw_modalities": list,
     }
 
     def encoded_size(self, params) -> int:
@@ -108,9 +113,24 @@ class MMGCN(MultimodalRecommender):
 
     def check_params(self, dataset: Dataset, params) -> list[str]:
         # Value ranges (latent_size, reg_weight, ...) live in param_rules; MMGCN needs a layer.
+        problems = []
         if params["n_layers"] == 0:
-            return ["n_layers: expected >= 1 for MMGCN (its output is the last layer), got 0"]
-        return []
+            problems.append("n_layers: expected >= 1 for MMGCN (its output is the last layer), got 0")
+        raw = list(params["raw_modalities"])
+        unknown = [m for m in raw if m not in dataset.features]
+        if unknown:
+            problems.append(f"raw_modalities: unknown modality {', '.join(map(str, unknown))}; "
+                            f"dataset has {', '.join(dataset.features)}")
+        # The plug-ins act on the learned transform of the features, which a raw modality lacks.
+        pair = params["projected_pair"] or default_pair(list(dataset.features))
+        clash = [m for m in raw if m in pair] if params["projection"] != "none" else []
+        if clash:
+            problems.append(f"raw_modalities: {', '.join(clash)} is fed raw, so CLEAR's projection "
+                            "has no learned transform of it to act on; project another pair or feed it encoded")
+        if raw and params["mrdib"]:
+            problems.append("raw_modalities: MRdIB compresses every modality's learned transform; "
+                            "a modality fed raw has none (use raw_modalities: [] with mrdib)")
+        return problems
 
     def __init__(self, dataset: Dataset, **params: Any) -> None:
         super().__init__(dataset, **params)
@@ -118,9 +138,12 @@ class MMGCN(MultimodalRecommender):
         self.n_layers = params["n_layers"]
         self.reg_weight = params["reg_weight"]
         self.trainable_embeddings = params["trainable_embeddings"]
+        self.raw_modalities = list(params["raw_modalities"])
+        # A modality fed raw enters its GCN at its feature width, as MMRec's text does.
+        width = {m: self.raw(m).shape[1] if m in self.raw_modalities else latent for m in self.modality_names}
         n_nodes = self.n_users + self.n_items
         ids = nn.init.xavier_normal_(torch.empty(n_nodes, d))
-        prefs = {m: nn.init.xavier_normal_(torch.empty(self.n_users, latent)) for m in self.modality_names}
+        prefs = {m: nn.init.xavier_normal_(torch.empty(self.n_users, width[m])) for m in self.modality_names}
         if self.trainable_embeddings:
             self.id_embedding = nn.Parameter(ids)
             self.preferences = nn.ParameterDict({m: nn.Parameter(p) for m, p in prefs.items()})
@@ -131,7 +154,7 @@ class MMGCN(MultimodalRecommender):
                 self.register_buffer(f"preference_{m}", p)
         self.layers = nn.ModuleDict({
             m: nn.ModuleList(
-                _ModalityLayer(latent if i == 0 else d, d, params["concatenate"], first=i == 0)
+                _ModalityLayer(width[m] if i == 0 else d, d, params["concatenate"], first=i == 0)
                 for i in range(self.n_layers)
             )
             for m in self.modality_names
@@ -149,6 +172,7 @@ class MMGCN(MultimodalRecommender):
     def propagate(self) -> torch.Tensor:
         """Every node's representation (users first): the mean over modalities of the last layer."""
         feats = self.encode()
+        feats.update({m: self.raw(m) for m in self.raw_modalities})
         xs = [F.normalize(torch.cat([self.preference(m), feats[m]]), dim=1) for m in self.modality_names]
         for layer in range(self.n_layers):
             widths = [x.shape[1] for x in xs]

@@ -4,11 +4,13 @@ MMRec unless asked; + CLEAR."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 from multimodal_support import all_scores, tiny_dataset, train_epochs
 from resume_support import assert_resume_matches
 
+from clear_core.errors import ConfigError
 from clear_core.models import build_model, resolve_params
 
 
@@ -96,3 +98,36 @@ def test_plugin_is_switched_on_by_configuration():
 
 def test_checkpoint_resume_gives_the_same_metrics(tmp_path):
     assert_resume_matches(tiny_dataset(), "mmgcn", {"latent_size": 32}, tmp_path, epochs=3, batch_size=256)
+
+
+def test_a_raw_modality_enters_its_gcn_at_its_feature_width_as_mmrecs_text():
+    ds = tiny_dataset()
+    model = build_model("mmgcn", ds, {"raw_modalities": ["text"], "latent_size": 16, "embedding_size": 8})
+    text_width = ds.features["text"].shape[1]
+    assert model.preference("text").shape == (ds.n_users, text_width) and model.preference("image").shape[1] == 16
+    assert model.layers["text"][0].conv.shape == (text_width, text_width)
+    # The text encoder is not read: changing it leaves every representation as it was.
+    before = model.propagate().detach()
+    with torch.no_grad():
+        model.encoders["text"].weight.add_(1.0)
+        torch.testing.assert_close(model.propagate(), before)
+        model.encoders["image"].weight.add_(1.0)
+        assert not torch.allclose(model.propagate(), before)
+    torch.manual_seed(0)
+    fresh = build_model("mmgcn", ds, {"raw_modalities": ["text"]})
+    # Its GCN input is fixed (raw features, frozen preference), so it learns slower than encoded.
+    losses = train_epochs(fresh, ds, 10)
+    assert losses[-1] < losses[0] * 0.95, losses
+
+
+def test_the_plugins_are_refused_on_a_raw_modality_with_every_bad_field_named():
+    ds = tiny_dataset()
+    with pytest.raises(ConfigError) as err:
+        build_model("mmgcn", ds, {"raw_modalities": ["text", "sound"], "projection": "fixed", "mrdib": True})
+    message = str(err.value)
+    assert "raw_modalities: unknown modality sound" in message
+    assert "text is fed raw, so CLEAR's projection" in message and "MRdIB compresses" in message
+    # A projection on a pair without the raw modality is allowed.
+    three = tiny_dataset((("image", 24), ("text", 16), ("audio", 12)))
+    model = build_model("mmgcn", three, {"raw_modalities": ["audio"], "projection": "fixed", "redundancy_rank": 2})
+    assert model.projected_pair == ["image", "text"]
