@@ -77,28 +77,48 @@ def _zero_biases(*names: str):
     return fixup
 
 
+def _mmgcn_text_through_latent(model) -> None:
+    """MMRec's MMGCN feeds its textual features raw (no linear map, a preference of the feature
+    width) and only the visual ones through the 256-d latent map; ours maps every modality."""
+    gcn, text = type(model.v_gcn), model.t_gcn
+    model.t_gcn = gcn(text.edge_index, text.batch_size, text.num_user, text.num_item, text.dim_feat, text.dim_id,
+                      text.aggr_mode, text.concate, num_layer=text.num_layer, has_id=text.has_id,
+                      dim_latent=model.v_gcn.dim_latent, device=text.device)
+
+
 #: Model -> variant name -> a change applied to the built reference model (after its own fixup):
 #: one of our departures from it, to measure what that departure is worth.
 REFERENCE_VARIANTS: dict[str, dict[str, Any]] = {
     # Our encoders start with zero biases (clear_core.models.multimodal); MMRec's SLMRec keeps
     # nn.Linear's uniform draw for v_dense / t_dense.
     "slmrec": {"zero_encoder_biases": _zero_biases("v_dense", "t_dense")},
+    "mmgcn": {"text_through_latent": _mmgcn_text_through_latent},
 }
 
 
 def _renamed_modality(old: str, new: str):
-    def transform(dataset):
+    def transform(dataset, params):
         import dataclasses
 
-        return dataclasses.replace(dataset, features={new if m == old else m: f for m, f in dataset.features.items()})
+        features = {new if m == old else m: f for m, f in dataset.features.items()}
+        return dataclasses.replace(dataset, features=features), params
     return transform
 
 
-#: Model -> variant name -> a change of the dataset our model is trained on.
+def _with_params(**extra: Any):
+    def transform(dataset, params):
+        return dataset, {**params, **extra}
+    return transform
+
+
+#: Model -> variant name -> a change of what our model is trained on or with:
+#: ``(dataset, keyword arguments) -> (dataset, keyword arguments)``.
 OURS_VARIANTS: dict[str, dict[str, Any]] = {
     # MMRec's SLMRec has a visual and a textual slot: TikTok's audio goes into the textual one and
     # becomes its coarse (d/2) FAC stage; ours, told it is audio, aligns it at full width.
     "slmrec": {"audio_as_text": _renamed_modality("audio", "text")},
+    # MMRec's MMGCN feeds its textual slot (TikTok's audio) raw; ours maps it to the latent.
+    "mmgcn": {"raw_audio": _with_params(raw_modalities=["audio"])},
 }
 VARIANTS = {"ours": OURS_VARIANTS, "reference": REFERENCE_VARIANTS}
 
@@ -172,9 +192,10 @@ def run_one(job: dict) -> dict:
     cfg = TrainConfig.resolve({**job["train"], "seed": job["seed"], "device": "cpu"})
     t0 = time.perf_counter()
     if job["side"] == "ours":
+        params = dict(job["ours_set"])
         if job.get("ours_variant"):
-            dataset = OURS_VARIANTS[job["model"]][job["ours_variant"]](dataset)
-        result = fit(dataset, job["model"], job["ours_set"], cfg)
+            dataset, params = OURS_VARIANTS[job["model"]][job["ours_variant"]](dataset, params)
+        result = fit(dataset, job["model"], params, cfg)
     else:
         src = Path(job["reference_src"])
         load = import_reference(src, Path(job["reference_site"]) if job["reference_site"] else None)

@@ -166,9 +166,16 @@ def test_a_variant_keys_its_sides_rows_apart_and_leaves_earlier_keys_as_they_wer
 def test_slmrecs_audio_as_text_variant_renames_the_modality_and_keeps_the_features():
     data = generate_synthetic(n_users=30, n_items=20, n_interactions=300, seed=2,
                               modalities={"audio": 6, "image": 5}, modality_pair=["audio", "image"]).dataset
-    renamed = rq.OURS_VARIANTS["slmrec"]["audio_as_text"](data)
-    assert sorted(renamed.features) == ["image", "text"]
+    renamed, params = rq.OURS_VARIANTS["slmrec"]["audio_as_text"](data, {"ssl_weight": 0.1})
+    assert sorted(renamed.features) == ["image", "text"] and params == {"ssl_weight": 0.1}
     assert renamed.features["text"] is data.features["audio"] and renamed.train is data.train
+
+
+def test_mmgcns_raw_audio_variant_adds_the_keyword_and_keeps_the_point():
+    data = generate_synthetic(n_users=30, n_items=20, n_interactions=300, seed=2,
+                              modalities={"audio": 6, "image": 5}, modality_pair=["audio", "image"]).dataset
+    same, params = rq.OURS_VARIANTS["mmgcn"]["raw_audio"](data, {"reg_weight": 1e-4})
+    assert same is data and params == {"reg_weight": 1e-4, "raw_modalities": ["audio"]}
 
 
 def test_slmrecs_zero_encoder_biases_variant_zeroes_its_two_encoders_and_nothing_else():
@@ -186,3 +193,25 @@ def test_an_unknown_variant_is_refused_with_the_models_variants_named(capsys):
     with pytest.raises(SystemExit):
         rq.main(["slmrec", "--reference-src", ".", "--reference-variant", "nope"])
     assert "zero_encoder_biases" in capsys.readouterr().err
+
+
+class _FakeMMGCNLayer(nn.Module):
+    """The constructor of MMRec's MMGCN ``GCN`` (its attributes, no computation)."""
+
+    def __init__(self, edge_index, batch_size, num_user, num_item, dim_feat, dim_id, aggr_mode, concate,
+                 num_layer, has_id, dim_latent=None, device="cpu"):
+        super().__init__()
+        self.edge_index, self.batch_size, self.num_user, self.num_item = edge_index, batch_size, num_user, num_item
+        self.dim_feat, self.dim_id, self.aggr_mode, self.concate = dim_feat, dim_id, aggr_mode, concate
+        self.num_layer, self.has_id, self.dim_latent, self.device = num_layer, has_id, dim_latent, device
+
+
+def test_mmgcns_text_through_latent_variant_rebuilds_the_text_gcn_with_the_visual_latent_width():
+    model = nn.Module()
+    edges = torch.tensor([[0, 1], [1, 0]])
+    model.v_gcn = _FakeMMGCNLayer(edges, 2048, 5, 4, 128, 64, "mean", "False", 3, True, dim_latent=256)
+    model.t_gcn = _FakeMMGCNLayer(edges, 2048, 5, 4, 96, 64, "mean", "False", 3, True)
+    rq.REFERENCE_VARIANTS["mmgcn"]["text_through_latent"](model)
+    text = model.t_gcn
+    assert text.dim_latent == 256 and text.dim_feat == 96 and text.edge_index is edges
+    assert (text.num_user, text.num_item, text.dim_id, text.concate, text.has_id) == (5, 4, 64, "False", True)
