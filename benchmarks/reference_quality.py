@@ -86,13 +86,23 @@ def _mmgcn_text_through_latent(model) -> None:
                       dim_latent=model.v_gcn.dim_latent, device=text.device)
 
 
+def _mmgcn_our_encoder_init(model) -> None:
+    """Our encoder initialisation (Xavier-uniform weights, zero biases; every multimodal model
+    here) on MMRec's MMGCN's visual map, which keeps nn.Linear's own draw."""
+    import torch
+
+    with torch.no_grad():
+        torch.nn.init.xavier_uniform_(model.v_gcn.MLP.weight)
+        model.v_gcn.MLP.bias.zero_()
+
+
 #: Model -> variant name -> a change applied to the built reference model (after its own fixup):
 #: one of our departures from it, to measure what that departure is worth.
 REFERENCE_VARIANTS: dict[str, dict[str, Any]] = {
     # Our encoders start with zero biases (clear_core.models.multimodal); MMRec's SLMRec keeps
     # nn.Linear's uniform draw for v_dense / t_dense.
     "slmrec": {"zero_encoder_biases": _zero_biases("v_dense", "t_dense")},
-    "mmgcn": {"text_through_latent": _mmgcn_text_through_latent},
+    "mmgcn": {"text_through_latent": _mmgcn_text_through_latent, "our_encoder_init": _mmgcn_our_encoder_init},
 }
 
 

@@ -215,3 +215,16 @@ def test_mmgcns_text_through_latent_variant_rebuilds_the_text_gcn_with_the_visua
     text = model.t_gcn
     assert text.dim_latent == 256 and text.dim_feat == 96 and text.edge_index is edges
     assert (text.num_user, text.num_item, text.dim_id, text.concate, text.has_id) == (5, 4, 64, "False", True)
+
+
+def test_mmgcns_our_encoder_init_variant_redraws_the_visual_map_only():
+    model = nn.Module()
+    model.v_gcn, model.t_gcn = nn.Module(), nn.Module()
+    model.v_gcn.MLP, model.t_gcn.other = nn.Linear(128, 256), nn.Linear(4, 3)
+    text_before = {n: t.clone() for n, t in model.t_gcn.state_dict().items()}
+    torch.manual_seed(0)
+    rq.REFERENCE_VARIANTS["mmgcn"]["our_encoder_init"](model)
+    assert torch.equal(model.v_gcn.MLP.bias, torch.zeros(256))
+    bound = (6 / (128 + 256)) ** 0.5  # Xavier-uniform, wider than nn.Linear's 1/sqrt(128)
+    assert model.v_gcn.MLP.weight.abs().max() <= bound and model.v_gcn.MLP.weight.abs().max() > 128 ** -0.5
+    assert all(torch.equal(t, text_before[n]) for n, t in model.t_gcn.state_dict().items())
