@@ -1,0 +1,58 @@
+"""benchmarks/results/: every committed record still summarises with the current scripts, and holds
+the whole protocol its RESULTS.md section quotes (a record cut short or reshaped fails here)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import plugin_table as pt  # noqa: E402
+import reference_quality as rq  # noqa: E402
+
+RESULTS = BENCH / "results"
+#: The protocol of every plug-in row in RESULTS.md: select on seed 999, then these held-out seeds.
+SELECT_SEEDS = [999]
+HELD_OUT = [7, 42, 123, 2024, 31337]
+
+PLUGIN_RECORDS = sorted(RESULTS.glob("plugin_table_*.jsonl"))
+REFERENCE_RECORDS = sorted(RESULTS.glob("reference_quality_*.jsonl"))
+
+
+def test_there_are_records_to_check():
+    assert PLUGIN_RECORDS
+
+
+@pytest.mark.parametrize("record", PLUGIN_RECORDS, ids=lambda p: p.name)
+def test_a_plugin_record_selects_every_method_and_pairs_it_on_the_held_out_seeds(record):
+    base_grid = json.loads(record.with_suffix(".base.json").read_text(encoding="utf-8"))
+    rows = pt.done_rows(record)
+    for model in base_grid:
+        chosen = pt.selected(rows, model, SELECT_SEEDS, base_grid)
+        assert set(chosen) == {None, *pt.PLUG_INS}, f"{record.name}: {model} lacks a selected method"
+        for plug, sel in chosen.items():
+            assert [r["seed"] for r in sel["held_out"]] == HELD_OUT, (record.name, plug)
+            if plug is not None:
+                assert pt.paired(sel["held_out"], chosen[None]["held_out"])["seeds"] == HELD_OUT
+        # Each plug-in searched its six settings on the base's selected point, nothing else.
+        for plug, grid in pt.PLUG_INS.items():
+            searched = [r["params"] for r in rows if r["method"] == pt.method_name(model, plug)
+                        and r["seed"] in SELECT_SEEDS]
+            assert sorted(map(json.dumps, searched)) == sorted(
+                json.dumps({**chosen[None]["params"], **setting}, sort_keys=True) for setting in grid)
+        assert f"| {model} | +clear | 5 |" in pt.summary_text({model: chosen})
+
+
+@pytest.mark.parametrize("record", REFERENCE_RECORDS, ids=lambda p: p.name)
+def test_a_reference_record_pairs_ours_with_mmrecs_on_every_seed(record):
+    rows = pt.done_rows(record)
+    sides = {rq.side_label(r) for r in rows}
+    assert {"ours", "reference"} <= sides, record.name
+    seeds = {label: sorted(r["seed"] for r in rows if rq.side_label(r) == label) for label in sides}
+    assert seeds["ours"] == seeds["reference"] and len(seeds["ours"]) >= 3, seeds
+    assert "| ours − reference | " + str(len(seeds["ours"])) + " |" in rq.summarise(rows)
