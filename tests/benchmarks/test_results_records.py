@@ -25,7 +25,7 @@ REFERENCE_RECORDS = sorted(RESULTS.glob("reference_quality_*.jsonl"))
 
 
 def test_there_are_records_to_check():
-    assert PLUGIN_RECORDS
+    assert PLUGIN_RECORDS and REFERENCE_RECORDS
 
 
 @pytest.mark.parametrize("record", PLUGIN_RECORDS, ids=lambda p: p.name)
