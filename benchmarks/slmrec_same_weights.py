@@ -14,25 +14,16 @@ Any difference printed is then the two models' code.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_reference import (  # noqa: E402
-    ReferenceTrainData,
-    import_reference,
-    prepare_reference_data,
-    reference_build_compat,
-    reference_config,
-)
+from same_weights import compare, reference_model, tiktok_and_reference  # noqa: E402
 
-from clear_core.data.loading import load_dataset  # noqa: E402
 from clear_core.models import build_model  # noqa: E402
 
 POINT = {"ssl_temperature": 0.1, "ssl_weight": 0.01}  # Table 2's SLMRec point on TikTok
@@ -53,24 +44,8 @@ def copied_state(ref) -> dict[str, torch.Tensor]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, required=True)
-    ap.add_argument("--reference-src", type=Path, required=True, help="a checkout of MMRec's src/")
-    ap.add_argument("--reference-site", type=Path, default=None, help="extra import directory")
-    ap.add_argument("--batch-size", type=int, default=2048)
-    args = ap.parse_args(argv)
-    torch.manual_seed(0)
-    dataset = load_dataset(args.data)
-    if set(dataset.features) != {"image", "audio"}:
-        ap.error(f"{args.data}: expected image and audio features (TikTok), found {sorted(dataset.features)}")
-    load = import_reference(args.reference_src, args.reference_site)
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) / "data"
-        prepare_reference_data(dataset, folder / dataset.name, with_user_graph=False)
-        config = reference_config(args.reference_src, "SLMRec", folder, dataset.name,
-                                  {**REFERENCE_POINT, "learning_rate": 1e-3, "seed": 0})
-        with reference_build_compat():
-            ref = load("SLMRec")(config, ReferenceTrainData(dataset)).double()
+    args, dataset, load = tiktok_and_reference(__doc__.splitlines()[0], argv)
+    ref = reference_model(load, args, dataset, "SLMRec", REFERENCE_POINT)
     # Plain tensor attributes, which .double() leaves as they are.
     ref.v_feat, ref.t_feat, ref.norm_adj = ref.v_feat.double(), ref.t_feat.double(), ref.norm_adj.double()
     as_text = dataclasses.replace(dataset, features={"image": dataset.features["image"],
@@ -80,14 +55,6 @@ def main(argv: list[str] | None = None) -> int:
     if result.unexpected_keys or any(not k.startswith("projection.") for k in result.missing_keys):
         raise SystemExit(f"weights did not map one to one: {result}")
 
-    g = torch.Generator().manual_seed(1)
-    users, pos, neg = (torch.randint(0, n, (args.batch_size,), generator=g)
-                       for n in (dataset.n_users, dataset.n_items, dataset.n_items))
-    ours_loss = ours.loss(users, pos, neg)
-    ours_loss.backward()
-    ref_loss = ref.calculate_loss(torch.stack((users, pos, neg)))
-    ref_loss.backward()
-    print(f"loss: ours {ours_loss.item():.12f}  MMRec {ref_loss.item():.12f}")
     ref_params = dict(ref.named_parameters())
     names = {"user_embedding": "embedding_user.weight", "item_embedding": "embedding_item.weight",
              "user_fusion.weight": "embedding_user_after_GCN.weight",
@@ -95,19 +62,9 @@ def main(argv: list[str] | None = None) -> int:
              "encoders.image.weight": "v_dense.weight", "encoders.text.weight": "t_dense.weight",
              "chain_heads.image.weight": "g_i_iv.weight", "modality_heads.image.weight": "g_v_iv.weight",
              "modality_heads.text.weight": "g_t_ivat.weight"}
-    for ours_name, param in ours.named_parameters():
-        if ours_name in names:
-            theirs = ref_params[names[ours_name]].grad
-            print(f"gradient {ours_name:28s} max |ours - MMRec| {(param.grad - theirs).abs().max().item():.2e}"
-                  f"  (max |MMRec| {theirs.abs().max().item():.2e})")
-    with torch.no_grad():
-        ours.prepare_scoring()
-        mine = ours.score(users[:512])
-        ours.finish_scoring()
-        # MMRec scores with the embeddings of its last loss call and a sigmoid; undo the sigmoid.
-        theirs = torch.logit(ref.full_sort_predict([users[:512], None]))
-    print(f"scores max |ours - MMRec| {(mine - theirs).abs().max().item():.2e}"
-          f"  (max |MMRec| {theirs.abs().max().item():.2e})")
+    # MMRec scores with the embeddings of its last loss call and a sigmoid; undo the sigmoid.
+    compare(ours, ref, dataset, args.batch_size, {ours_name: ref_params[theirs] for ours_name, theirs in names.items()},
+            reference_scores=torch.logit)
     return 0
 
 
