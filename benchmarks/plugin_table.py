@@ -150,14 +150,42 @@ def mean_valid(rows: list[dict], method: str, params: dict, seeds: list[int]) ->
 
 
 def points(rows: list[dict], method: str, select_seeds: list[int], base_grid: dict[str, list[dict]]) -> list[dict]:
-    """The points a method searches: its grid for a base; for a plug-in, the base's selected
-    point with each of the plug-in's settings (none until every base point has run)."""
+    """The points a method searches: its grid for a base; for a plug-in, the base's chosen point
+    (:func:`decided`) with each of the plug-in's settings (none until the base's is known)."""
     model, plug = split_method(method)
     grid = base_grid.get(model, [{}])
     if plug is None:
         return list(grid)
-    base = select(rows, model, grid, select_seeds)
+    base = decided(rows, model, grid, select_seeds)
     return [] if base is None else [{**base, **setting} for setting in PLUG_INS[plug]]
+
+
+def decided(rows: list[dict], method: str, candidates: list[dict], select_seeds: list[int]) -> dict | None:
+    """The point whose held-out seeds (and, for a base, whose plug-ins) can run now: the only
+    candidate of a one-point grid before any run, else what :func:`select` chose. Only the
+    schedule uses this shortcut; the summary still reports a point once its selection runs exist."""
+    if len(candidates) == 1:
+        return candidates[0]
+    return select(rows, method, candidates, select_seeds)
+
+
+def ready_jobs(rows: list[dict], models: list[str], plug_ins: list[str], select_seeds: list[int],
+               held_out: list[int], base_grid: dict[str, list[dict]]) -> list[tuple[str, dict, int]]:
+    """Every ``(method, params, seed)`` not yet in ``rows`` whose point is known from them: each
+    method's points on the selection seeds, and its decided point on the held-out seeds. Running
+    these and asking again until nothing is left is the whole table, with no stage waiting on
+    runs it does not need (a one-point base's held-out seeds and plug-ins start at once)."""
+    done = {_key(r["method"], r["params"], r["seed"]) for r in rows}
+    todo: list[tuple[str, dict, int]] = []
+    for model in models:
+        for plug in (None, *plug_ins):
+            method = method_name(model, plug)
+            candidates = points(rows, method, select_seeds, base_grid)
+            todo += [(method, p, s) for s in select_seeds for p in candidates]
+            chosen = decided(rows, method, candidates, select_seeds) if candidates else None
+            if chosen is not None:
+                todo += [(method, chosen, s) for s in held_out]
+    return [job for job in todo if _key(*job) not in done]
 
 
 def select(rows: list[dict], method: str, candidates: list[dict], select_seeds: list[int]) -> dict | None:
@@ -376,27 +404,12 @@ def main(argv: list[str] | None = None) -> int:
               "train": {"max_epochs": args.max_epochs, "patience": args.patience,
                         "batch_size": args.batch_size, "learning_rate": args.learning_rate}}
 
-    def jobs(methods: list[str], seeds: list[int]) -> list[dict]:
-        rows = done_rows(args.out)
-        return [{**common, "method": m, "params": p, "seed": s}
-                for s in seeds for m in methods for p in points(rows, m, args.select_seeds, base_grid)]
-
-    # Bases first, then the plug-ins from the bases' selected points, on the selection seeds.
-    run_jobs(jobs([method_name(m, None) for m in models], args.select_seeds), args.out, args.workers)
-    mirror()
-    run_jobs(jobs([method_name(m, p) for m in models for p in args.plug_ins], args.select_seeds), args.out, args.workers)
-    mirror()
-    rows = done_rows(args.out)
-    final = []
-    for model in models:
-        for plug in (None, *args.plug_ins):
-            method = method_name(model, plug)
-            chosen = select(rows, method, points(rows, method, args.select_seeds, base_grid), args.select_seeds)
-            if chosen is not None:
-                final += [{**common, "method": method, "params": chosen, "seed": s}
-                          for s in args.seeds if s not in args.select_seeds]
-    run_jobs(final, args.out, args.workers)
-    mirror()
+    held_out = [s for s in args.seeds if s not in args.select_seeds]
+    # Bases, then each plug-in from its base's selected point, then the selected points on the
+    # held-out seeds: each round runs everything the rows so far determine.
+    while todo := ready_jobs(done_rows(args.out), models, args.plug_ins, args.select_seeds, held_out, base_grid):
+        run_jobs([{**common, "method": m, "params": p, "seed": s} for m, p, s in todo], args.out, args.workers)
+        mirror()
     print(summarise(done_rows(args.out), models, args.select_seeds, base_grid))
     return 0
 

@@ -64,6 +64,35 @@ def test_selection_reads_validation_only_and_waits_for_every_selection_seed():
     assert pt.points(rows, "lattice", seeds, GRID) == [{}]
 
 
+def test_each_round_schedules_every_run_the_rows_so_far_determine():
+    select_seeds, held_out = [1], [7, 8]
+    # Two base points: only their selection runs are known until both have run.
+    assert pt.ready_jobs([], ["vbpr"], ["clear"], select_seeds, held_out, GRID) == [
+        ("vbpr", {"reg_weight": 0.1}, 1), ("vbpr", {"reg_weight": 1.0}, 1)]
+    rows = [run("vbpr", {"reg_weight": 0.1}, 1, 0.10, 0.9, 0.9), run("vbpr", {"reg_weight": 1.0}, 1, 0.13, 0.1, 0.1)]
+    chosen = {"reg_weight": 1.0}
+    assert pt.ready_jobs(rows, ["vbpr"], ["clear"], select_seeds, held_out, GRID) == [
+        ("vbpr", chosen, 7), ("vbpr", chosen, 8), *[("vbpr+clear", {**chosen, **c}, 1) for c in pt.CLEAR_GRID]]
+    rows += [run("vbpr+clear", {**chosen, **c}, 1, 0.1 + i / 100, 0.3, 0.2) for i, c in enumerate(pt.CLEAR_GRID)]
+    rows += [run("vbpr", chosen, s, 0.1, 0.1, 0.1) for s in held_out]
+    best_clear = {**chosen, **pt.CLEAR_GRID[-1]}
+    assert pt.ready_jobs(rows, ["vbpr"], ["clear"], select_seeds, held_out, GRID) == [
+        ("vbpr+clear", best_clear, 7), ("vbpr+clear", best_clear, 8)]
+    rows += [run("vbpr+clear", best_clear, s, 0.1, 0.1, 0.1) for s in held_out]
+    assert pt.ready_jobs(rows, ["vbpr"], ["clear"], select_seeds, held_out, GRID) == []
+
+
+def test_a_one_point_base_starts_its_plugins_and_held_out_seeds_at_once():
+    # Nothing to select between, so no run waits for the base's selection run to finish.
+    one = {"vbpr": [{"reg_weight": 0.1}]}
+    first = pt.ready_jobs([], ["vbpr"], ["clear", "mrdib"], [1], [7], one)
+    assert ("vbpr", {"reg_weight": 0.1}, 1) in first and ("vbpr", {"reg_weight": 0.1}, 7) in first
+    assert sum(m == "vbpr+clear" for m, _, _ in first) == sum(m == "vbpr+mrdib" for m, _, _ in first) == 6
+    assert len(first) == 14
+    # The summary still waits for the runs: no base row is reported before it has run.
+    assert "| vbpr |" not in pt.summarise([], ["vbpr"], [1], one)
+
+
 def test_both_plugins_search_the_same_number_of_points():
     assert len(pt.CLEAR_GRID) == len(pt.MRDIB_GRID) == 6
 
