@@ -49,7 +49,7 @@ import sys
 import tempfile
 import time
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -273,6 +273,31 @@ def prepare_reference_data(dataset, folder: Path, with_user_graph: bool) -> None
         write_user_graph(dataset, folder / FEATURE_FILES["user_graph_dict_file"])
 
 
+@contextlib.contextmanager
+def reference_inputs(name: str, dataset, src: Path, overrides: dict[str, Any] | None = None) -> Iterator[ReferenceConfig]:
+    """MMRec's configuration of our model ``name`` on ``dataset`` (:func:`reference_config` with
+    :data:`REFERENCE_OVERRIDES`, then ``overrides``) and the files it reads, written to a temporary
+    folder (:func:`prepare_reference_data`) that lives while the context is open."""
+    with tempfile.TemporaryDirectory(prefix=f"mmrec_{name}_") as tmp:
+        folder = Path(tmp)
+        prepare_reference_data(dataset, folder / dataset.name, with_user_graph=(name == "dualgnn"))
+        yield reference_config(src, REFERENCE_CLASSES[name], folder, dataset.name,
+                               {**REFERENCE_OVERRIDES.get(name, {}), **(overrides or {})})
+
+
+def build_reference(name: str, model_class: type, config: ReferenceConfig, dataset,
+                    fixups: Iterable[Callable[[Any], None] | None] = ()) -> torch.nn.Module:
+    """MMRec's ``model_class`` built as its trainer builds it (``model_class(config, train_data)``)
+    under :func:`reference_build_compat`, then made to run on CPU as on CUDA
+    (:data:`REFERENCE_FIXUPS` of our model ``name``) and changed by ``fixups`` (None is skipped)."""
+    with reference_build_compat():
+        model = model_class(config, ReferenceTrainData(dataset))
+    for fixup in (REFERENCE_FIXUPS.get(name), *fixups):
+        if fixup is not None:
+            fixup(model)
+    return model
+
+
 def _timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:
     c0, t0 = time.process_time(), time.perf_counter()
     out = fn()
@@ -328,12 +353,7 @@ def our_side(name: str, dataset, learning_rate: float) -> Side:
                 lambda: model.on_epoch_start(1), score_all)
 
 
-def reference_side(model_class: type, config: ReferenceConfig, data: ReferenceTrainData,
-                   learning_rate: float, fixup: Callable[[Any], None] | None = None) -> Side:
-    with reference_build_compat():
-        model = model_class(config, data)
-    if fixup is not None:
-        fixup(model)
+def reference_side(model: torch.nn.Module, config: ReferenceConfig, learning_rate: float) -> Side:
     model.train()
     weight_decay = config["weight_decay"] or 0.0
     optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate, weight_decay=float(weight_decay))
@@ -349,21 +369,18 @@ def reference_side(model_class: type, config: ReferenceConfig, data: ReferenceTr
 
 
 def compare(name: str, dataset, reference_src: Path, load_class: Callable[[str], type],
-            work_dir: Path, steps: int, batch_size: int, seed: int, learning_rate: float) -> dict:
+            steps: int, batch_size: int, seed: int, learning_rate: float) -> dict:
     class_name = REFERENCE_CLASSES[name]
-    folder = work_dir / name / dataset.name
-    prepare_reference_data(dataset, folder, with_user_graph=(name == "dualgnn"))
-    config = reference_config(reference_src, class_name, work_dir / name, dataset.name,
-                              REFERENCE_OVERRIDES.get(name, {}))
     model_class = load_class(class_name)
 
     torch.manual_seed(seed)
     ours, ours_build, _ = _timed(lambda: our_side(name, dataset, learning_rate))
-    torch.manual_seed(seed)
-    np.random.seed(seed)
-    random.seed(seed)
-    ref, ref_build, _ = _timed(lambda: reference_side(model_class, config, ReferenceTrainData(dataset),
-                                                      learning_rate, REFERENCE_FIXUPS.get(name)))
+    with reference_inputs(name, dataset, reference_src) as config:
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        random.seed(seed)
+        ref, ref_build, _ = _timed(lambda: reference_side(build_reference(name, model_class, config, dataset),
+                                                          config, learning_rate))
 
     batches = training_batches(dataset, steps + 1, batch_size, seed)
 
@@ -453,14 +470,13 @@ def main() -> None:
     load_class = import_reference(args.reference_src.resolve(),
                                   args.reference_site.resolve() if args.reference_site else None)
     results, failures = [], {}
-    with tempfile.TemporaryDirectory(prefix="bench_reference_") as tmp:
-        for name in args.models:
-            try:
-                results.append(compare(name, dataset, args.reference_src.resolve(), load_class, Path(tmp),
-                                       args.steps, args.batch_size, args.seed, args.learning_rate))
-            except Exception as exc:  # report the model as not measurable and go on
-                log.exception("%s failed", name)
-                failures[name] = f"{type(exc).__name__}: {exc}".replace("|", "/").replace("\n", " ")[:300]
+    for name in args.models:
+        try:
+            results.append(compare(name, dataset, args.reference_src.resolve(), load_class,
+                                   args.steps, args.batch_size, args.seed, args.learning_rate))
+        except Exception as exc:  # report the model as not measurable and go on
+            log.exception("%s failed", name)
+            failures[name] = f"{type(exc).__name__}: {exc}".replace("|", "/").replace("\n", " ")[:300]
     load = load_average()
     print(f"# {dataset.name}: {dataset.n_users} users, {dataset.n_items} items, {len(dataset.train)} train "
           f"pairs, batch {args.batch_size}, median of {args.steps} steps after one, torch threads "

@@ -43,22 +43,14 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, ClassVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_reference import (  # noqa: E402
-    REFERENCE_CLASSES,
-    REFERENCE_FIXUPS,
-    REFERENCE_OVERRIDES,
-    ReferenceTrainData,
-    import_reference,
-    prepare_reference_data,
-    reference_build_compat,
-    reference_config,
-)
+from bench_reference import REFERENCE_CLASSES, build_reference, import_reference, reference_inputs  # noqa: E402
 from plugin_table import METRICS, done_rows, fmt_interval, mean_sd, paired  # noqa: E402
 
 from clear_core.config import CONFIG_DIR_ENV, config_dir, parse_overrides  # noqa: E402
@@ -133,10 +125,11 @@ OURS_VARIANTS: dict[str, dict[str, Any]] = {
 VARIANTS = {"ours": OURS_VARIANTS, "reference": REFERENCE_VARIANTS}
 
 
-def reference_model_class(name: str, model_class: type, config: dict[str, Any], fixup=None) -> type:
+def reference_model_class(name: str, model_class: type, config: dict[str, Any], fixups: Sequence = ()) -> type:
     """A :class:`~clear_core.models.base.Recommender` named ``reference_<name>`` that holds
-    MMRec's ``model_class`` built with ``config``; ``config['weight_decay']`` (MMRec's Adam
-    decay) becomes the equivalent squared-parameter term of the loss."""
+    MMRec's ``model_class`` built with ``config`` (:func:`bench_reference.build_reference`, with
+    ``fixups``); ``config['weight_decay']`` (MMRec's Adam decay) becomes the equivalent
+    squared-parameter term of the loss."""
     import torch
 
     from clear_core.models.base import Recommender
@@ -150,10 +143,7 @@ def reference_model_class(name: str, model_class: type, config: dict[str, Any], 
 
         def __init__(self, dataset, **params: Any) -> None:
             super().__init__(dataset, **params)
-            with reference_build_compat():
-                self.inner = model_class(config, ReferenceTrainData(dataset))
-            if fixup is not None:
-                fixup(self.inner)
+            self.inner = build_reference(name, model_class, config, dataset, fixups)
 
         def on_epoch_start(self, epoch: int) -> None:
             hook = getattr(self.inner, "pre_epoch_processing", None)
@@ -209,22 +199,12 @@ def run_one(job: dict) -> dict:
     else:
         src = Path(job["reference_src"])
         load = import_reference(src, Path(job["reference_site"]) if job["reference_site"] else None)
-        class_name = REFERENCE_CLASSES[job["model"]]
-        with tempfile.TemporaryDirectory(prefix="reference_quality_") as tmp:
-            folder = Path(tmp) / "data"
-            prepare_reference_data(dataset, folder / dataset.name, with_user_graph=(job["model"] == "dualgnn"))
-            config = reference_config(src, class_name, folder, dataset.name,
-                                      {**REFERENCE_OVERRIDES.get(job["model"], {}), **job["reference_set"],
-                                       "learning_rate": cfg.learning_rate, "seed": job["seed"]})
-            fixups = [f for f in (REFERENCE_FIXUPS.get(job["model"]),
-                                  REFERENCE_VARIANTS.get(job["model"], {}).get(job.get("reference_variant")))
-                      if f is not None]
-
-            def fixup(model) -> None:
-                for f in fixups:
-                    f(model)
-
-            cls = register(reference_model_class(job["model"], load(class_name), config, fixup))
+        fixups = [REFERENCE_VARIANTS.get(job["model"], {}).get(job.get("reference_variant"))]
+        overrides = {**job["reference_set"], "learning_rate": cfg.learning_rate, "seed": job["seed"]}
+        # The model is built inside fit, so its files and the trainer's config folder outlive it.
+        with (reference_inputs(job["model"], dataset, src, overrides) as config,
+              tempfile.TemporaryDirectory(prefix="reference_quality_") as tmp):
+            cls = register(reference_model_class(job["model"], load(REFERENCE_CLASSES[job["model"]]), config, fixups))
             os.environ[CONFIG_DIR_ENV] = str(_config_dir_with(cls.name, Path(tmp)))
             try:
                 result = fit(dataset, cls.name, {}, cfg)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,13 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_reference import (  # noqa: E402
-    ReferenceTrainData,
-    import_reference,
-    prepare_reference_data,
-    reference_build_compat,
-    reference_config,
-)
+from bench_reference import REFERENCE_CLASSES, build_reference, import_reference, reference_inputs  # noqa: E402
 
 from clear_core.data.dataset import Dataset  # noqa: E402
 from clear_core.data.loading import load_dataset  # noqa: E402
@@ -46,17 +39,12 @@ def tiktok_and_reference(description: str, argv: list[str] | None) -> tuple[argp
     return args, dataset, import_reference(args.reference_src, args.reference_site)
 
 
-def reference_model(load: Callable, args: argparse.Namespace, dataset: Dataset, class_name: str,
+def reference_model(load: Callable, args: argparse.Namespace, dataset: Dataset, name: str,
                     config_set: dict[str, Any]) -> torch.nn.Module:
-    """MMRec's ``class_name`` on ``dataset`` (its image as visual, its audio as textual features),
-    in float64; its plain tensor attributes are left for the caller to convert."""
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) / "data"
-        prepare_reference_data(dataset, folder / dataset.name, with_user_graph=False)
-        config = reference_config(args.reference_src, class_name, folder, dataset.name,
-                                  {**config_set, "learning_rate": 1e-3, "seed": 0})
-        with reference_build_compat():
-            return load(class_name)(config, ReferenceTrainData(dataset)).double()
+    """MMRec's implementation of our model ``name`` on ``dataset`` (its image as visual, its audio
+    as textual features), in float64; its plain tensor attributes are left for the caller to convert."""
+    with reference_inputs(name, dataset, args.reference_src, {**config_set, "learning_rate": 1e-3, "seed": 0}) as config:
+        return build_reference(name, load(REFERENCE_CLASSES[name]), config, dataset).double()
 
 
 def compare(ours, ref, dataset: Dataset, batch_size: int, reference_tensors: dict[str, torch.Tensor],
