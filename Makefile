@@ -14,7 +14,7 @@ SYNTH_DIR ?= data/synthetic
 SWEEP_CONFIG ?= configs/sweeps/default.yaml
 MODEL ?= lightgcn
 
-.PHONY: setup test test-slow test-cluster lint train sweep table ui repro repro-update bench images sweep-k8s pipeline k8s-validate \
+.PHONY: setup test test-slow test-cluster lint train sweep table plugin-table ui repro repro-update bench images sweep-k8s pipeline k8s-validate \
 	cluster-up sweep-cluster cluster-down clean
 
 # constraints.txt pins every other package to the versions the tests last passed with.
@@ -61,6 +61,18 @@ table: setup ## every model's sweep on TABLE_CONFIG in turn, then `clearrec tabl
 		$(BIN)/clearrec sweep --config $(TABLE_CONFIG) --model $$model --no-progress $(SWEEP_ARGS) || exit $$?; \
 	done
 	$(BIN)/clearrec table $(TABLE_EXPERIMENT) $(if $(TABLE_AGAINST),--against $(TABLE_AGAINST)) --out runs/table
+
+# Each multimodal baseline at its Table-2 point on TikTok (selected on validation by `make table`,
+# lr 1e-3; a model not in the file runs its YAML defaults), alone, + CLEAR's projection and +
+# MRdIB, paired by seed; resumes from PLUGIN_OUT. Hours per model on 2 CPU cores (RESULTS.md).
+PLUGIN_MODELS ?=
+PLUGIN_OUT ?= runs/plugin_table.jsonl
+PLUGIN_DATA ?= ../shared/data/tiktok
+plugin-table: setup ## the plug-in table (benchmarks/plugin_table.py): PLUGIN_MODELS="mmgcn lattice" (default: every multimodal baseline)
+	$(BIN)/python benchmarks/plugin_table.py --out $(PLUGIN_OUT) --data $(PLUGIN_DATA) \
+		$(if $(PLUGIN_MODELS),--models $(PLUGIN_MODELS)) --base-grid benchmarks/results/table2_points_tiktok.json \
+		--select-seeds 999 --seeds 7 42 123 2024 31337 --workers 2 --experiment clearrec-tiktok-plugins \
+		--tracking-uri "$$($(BIN)/python -c 'from pipeline.tracking import resolve_tracking_uri; print(resolve_tracking_uri())')"
 
 UI_PORT ?= 5000
 ui: setup ## the MLflow UI over the default tracking store (a tracking server has its own UI)
