@@ -182,7 +182,7 @@ def ready_jobs(rows: list[dict], models: list[str], plug_ins: list[str], select_
             method = method_name(model, plug)
             candidates = points(rows, method, select_seeds, base_grid)
             todo += [(method, p, s) for s in select_seeds for p in candidates]
-            chosen = decided(rows, method, candidates, select_seeds) if candidates else None
+            chosen = decided(rows, method, candidates, select_seeds)
             if chosen is not None:
                 todo += [(method, chosen, s) for s in held_out]
     return [job for job in todo if _key(*job) not in done]
