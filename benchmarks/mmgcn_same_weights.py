@@ -43,7 +43,7 @@ def layer_names(modality: str, gcn) -> dict[str, torch.Tensor]:
 
 def main(argv: list[str] | None = None) -> int:
     args, dataset, load = tiktok_and_reference(__doc__.splitlines()[0], argv)
-    ref = reference_model(load, args, dataset, "mmgcn", {"reg_weight": POINT["reg_weight"]})
+    ref = reference_model(load, args.reference_src, dataset, "mmgcn", {"reg_weight": POINT["reg_weight"]})
     # Plain tensor attributes, which .double() leaves as they are.
     ref.v_feat, ref.t_feat, ref.weight = ref.v_feat.double(), ref.t_feat.double(), ref.weight.double()
     ref.id_embedding = ref.id_embedding.detach().double().requires_grad_()

@@ -39,11 +39,11 @@ def tiktok_and_reference(description: str, argv: list[str] | None) -> tuple[argp
     return args, dataset, import_reference(args.reference_src, args.reference_site)
 
 
-def reference_model(load: Callable, args: argparse.Namespace, dataset: Dataset, name: str,
+def reference_model(load: Callable, reference_src: str, dataset: Dataset, name: str,
                     config_set: dict[str, Any]) -> torch.nn.Module:
     """MMRec's implementation of our model ``name`` on ``dataset`` (its image as visual, its audio
     as textual features), in float64; its plain tensor attributes are left for the caller to convert."""
-    with reference_inputs(name, dataset, args.reference_src, {**config_set, "learning_rate": 1e-3, "seed": 0}) as config:
+    with reference_inputs(name, dataset, reference_src, {**config_set, "learning_rate": 1e-3, "seed": 0}) as config:
         return build_reference(name, load(REFERENCE_CLASSES[name]), config, dataset).double()
 
 

@@ -45,7 +45,7 @@ def copied_state(ref) -> dict[str, torch.Tensor]:
 
 def main(argv: list[str] | None = None) -> int:
     args, dataset, load = tiktok_and_reference(__doc__.splitlines()[0], argv)
-    ref = reference_model(load, args, dataset, "slmrec", REFERENCE_POINT)
+    ref = reference_model(load, args.reference_src, dataset, "slmrec", REFERENCE_POINT)
     # Plain tensor attributes, which .double() leaves as they are.
     ref.v_feat, ref.t_feat, ref.norm_adj = ref.v_feat.double(), ref.t_feat.double(), ref.norm_adj.double()
     as_text = dataclasses.replace(dataset, features={"image": dataset.features["image"],
