@@ -125,8 +125,9 @@ def sweep_error(watcher: Any, exc: BaseException | None, fallback: str) -> DiskF
 
 
 # --- Tune's own state, kept whole --------------------------------------------------------------
-# Tune rewrites its experiment state in place on the storage: on a full disk the newest copy is
-# cut short and a resume fails on it ("Unterminated string"). So the last copy that parsed is
+# Tune rewrites its experiment state in place on the storage, file by file: on a full disk or a
+# driver killed mid-write the newest copy is cut short and a resume fails on it ("Unterminated
+# string" in the JSON, "Ran out of input" in the searcher's pickle). So the last whole copy is
 # kept beside it, written by rename (whole or not at all), and put back before a resume. Where
 # the disk filled before any whole copy was seen (seconds into a sweep), the state is set aside
 # and the sweep's Tune trials start afresh, taking over the trials Optuna holds as unfinished.
@@ -140,7 +141,7 @@ BACKUP_POLL_S = 0.25
 class SavedState(enum.Enum):
     """What :func:`restore_last_complete_state` found and did."""
 
-    WHOLE = "whole"  # the newest state parses, or there is none: resume from it as it is
+    WHOLE = "whole"  # every file of the newest state is whole, or there is none: resume from it as it is
     RESTORED = "restored"  # it was cut short; its last whole copy was put back
     LOST = "lost"  # cut short with no whole copy: set aside, so Tune must start its trials afresh
 
@@ -158,15 +159,33 @@ def _newest_state_files(fs, folder: str) -> list[Any]:
             and any(i.base_name.startswith(p + stamp) for p in _STATE_PREFIXES)]
 
 
-def _parses(fs, path: str) -> bool:
+def _whole(fs, path: str) -> bool:
+    """Whether one state file was written to its end: the experiment state's JSON parses, or
+    the searcher's pickle stream reaches its STOP opcode (``search_gen_state-*.json`` is a
+    pickle too, whatever its name). The pickle is walked, not loaded: loading would rebuild the
+    Optuna searcher, which opens the study's database and so fails for other reasons than a cut."""
+    import io
     import json
+    import pickletools
+    import posixpath
 
     try:
         with fs.open_input_stream(path) as stream:
-            json.loads(stream.read().decode("utf-8"))
-        return True
+            data = stream.read()
+        if posixpath.basename(path).startswith("experiment_state-"):
+            json.loads(data.decode("utf-8"))
+            return True
+        ops = [op.name for op, _, _ in pickletools.genops(io.BytesIO(data))]
+        return bool(ops) and ops[-1] == "STOP"
     except (OSError, ValueError):
         return False
+
+
+def _snapshot_whole(fs, files: list[Any]) -> bool:
+    # Every file counts: Tune uploads a snapshot file by file, so a kill can land between a
+    # whole experiment state and the searcher's pickle being written out.
+    return any(i.base_name.startswith("experiment_state-") for i in files) and all(
+        _whole(fs, i.path) for i in files)
 
 
 def back_up_state(fs, folder: str, files: list[Any] | None = None) -> bool:
@@ -176,8 +195,7 @@ def back_up_state(fs, folder: str, files: list[Any] | None = None) -> bool:
     import posixpath
 
     files = _newest_state_files(fs, folder) if files is None else files
-    state = [i for i in files if i.base_name.startswith("experiment_state-")]
-    if not state or not _parses(fs, state[0].path):
+    if not _snapshot_whole(fs, files):
         return False
     backup = posixpath.join(folder, BACKUP_DIR)
     fs.create_dir(backup, recursive=True)
@@ -204,14 +222,14 @@ def _signature(files: list[Any]) -> tuple:
 
 
 def restore_last_complete_state(fs, folder: str) -> SavedState:
-    """Before a resume: if the newest experiment state does not parse (cut short by a full
-    disk), set it aside and put back the last whole copy, or, where none was kept, leave it set
+    """Before a resume: if any file of the newest experiment state is cut short (a full disk, a
+    driver killed while writing it), set it aside and put back the last whole copy, or, where none was kept, leave it set
     aside (``SavedState.LOST``: the caller starts Tune afresh)."""
     import posixpath
 
     files = _newest_state_files(fs, folder)
     state = [i for i in files if i.base_name.startswith("experiment_state-")]
-    if not state or _parses(fs, state[0].path):
+    if not state or _snapshot_whole(fs, files):
         return SavedState.WHOLE
     backup = posixpath.join(folder, BACKUP_DIR)
     saved = [i for i in fs.get_file_info(_selector(backup)) if not i.base_name.startswith(".")]
@@ -219,7 +237,7 @@ def restore_last_complete_state(fs, folder: str) -> SavedState:
     # Set aside either way: Tune finds its state by the ".json" ending, and must not read this.
     for info in files:
         fs.move(info.path, info.path + ".incomplete")
-    if not saved_state or not _parses(fs, saved_state[0].path):
+    if not _snapshot_whole(fs, saved):
         log.warning("the sweep's saved state %s was cut short (a full disk?) before any whole copy "
                     "was kept; its trials start afresh: those Optuna holds as unfinished are taken "
                     "over from their first epoch, finished ones stay in the study", state[0].path)

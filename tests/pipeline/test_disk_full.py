@@ -14,6 +14,7 @@ import errno
 import json
 import logging
 import os
+import pickle
 import shutil
 import sqlite3
 import subprocess
@@ -134,8 +135,39 @@ def test_a_sweep_that_fills_its_disk_stops_once_and_resumes_after_space_is_freed
 
 def _state_files(folder: Path, stamp: str, experiment_state: str) -> None:
     (folder / f"experiment_state-{stamp}.json").write_text(experiment_state)
-    (folder / f"search_gen_state-{stamp}.json").write_text("{}")
-    (folder / f"searcher-state-{stamp}.pkl").write_bytes(b"pickle")
+    # Tune names the search generator's state .json and writes a pickle there.
+    (folder / f"search_gen_state-{stamp}.json").write_bytes(pickle.dumps({"counter": 1}))
+    (folder / f"searcher-state-{stamp}.pkl").write_bytes(pickle.dumps({"_ot_trials": {}, "n": 1}))
+
+
+def test_a_searcher_pickle_cut_short_beside_a_whole_state_is_replaced_too(tmp_path):
+    # A driver killed while Tune uploaded its snapshot: the JSON made it, the pickle did not,
+    # and Tune's restore would die on it ("Ran out of input").
+    fs = pafs.LocalFileSystem()
+    _state_files(tmp_path, "2026-12-05_08-00-00", '{"trial_data": []}')
+    assert disk_full.back_up_state(fs, str(tmp_path))
+    searcher = tmp_path / "searcher-state-2026-12-05_08-00-00.pkl"
+    whole = searcher.read_bytes()
+    searcher.write_bytes(pickle.dumps({"_ot_trials": {"t": 1}, "n": 2})[:-1])
+    assert not disk_full.back_up_state(fs, str(tmp_path))  # the whole copy is kept, not this
+
+    assert disk_full.restore_last_complete_state(fs, str(tmp_path)) is disk_full.SavedState.RESTORED
+    assert pickle.loads(searcher.read_bytes()) == pickle.loads(whole)
+
+
+def test_a_searcher_pickle_is_checked_without_being_loaded(tmp_path):
+    # Loading Tune's real searcher pickle rebuilds the Optuna study and opens its database, which
+    # fails outside the sweep; a whole pickle of an object whose class is gone must still pass.
+    fs = pafs.LocalFileSystem()
+    _state_files(tmp_path, "2026-12-05_08-00-00", '{"trial_data": []}')
+    data = pickle.dumps(_Unloadable())
+    (tmp_path / "searcher-state-2026-12-05_08-00-00.pkl").write_bytes(
+        data.replace(b"_Unloadable", b"_NoSuchCls_"))
+    assert disk_full.restore_last_complete_state(fs, str(tmp_path)) is disk_full.SavedState.WHOLE
+
+
+class _Unloadable:
+    pass
 
 
 def test_a_state_cut_short_is_replaced_by_its_last_whole_copy(tmp_path):
