@@ -141,7 +141,7 @@ BACKUP_POLL_S = 0.25
 class SavedState(enum.Enum):
     """What :func:`restore_last_complete_state` found and did."""
 
-    WHOLE = "whole"  # every file of the newest state is whole, or there is none: resume from it as it is
+    WHOLE = "whole"  # each file of the newest state is whole, or there is none: resume from it
     RESTORED = "restored"  # it was cut short; its last whole copy was put back
     LOST = "lost"  # cut short with no whole copy: set aside, so Tune must start its trials afresh
 
@@ -223,8 +223,8 @@ def _signature(files: list[Any]) -> tuple:
 
 def restore_last_complete_state(fs, folder: str) -> SavedState:
     """Before a resume: if any file of the newest experiment state is cut short (a full disk, a
-    driver killed while writing it), set it aside and put back the last whole copy, or, where none was kept, leave it set
-    aside (``SavedState.LOST``: the caller starts Tune afresh)."""
+    driver killed while writing it), set it aside and put back the last whole copy, or, where
+    none was kept, leave it set aside (``SavedState.LOST``: the caller starts Tune afresh)."""
     import posixpath
 
     files = _newest_state_files(fs, folder)
