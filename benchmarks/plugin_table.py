@@ -17,7 +17,9 @@ base paired by seed with a 95 % t interval, both over the held-out seeds only (`
 ``--select-seeds``): on a selection seed the plug-in's figure is the best of six tries and the
 base's (with a one-point grid) of one, so pairing there would favour the plug-in. The training protocol is
 ``configs/train.yaml`` (MMRec's, ../shared/docs/protocol.md) unless overridden. Each run is
-appended as one JSON line to ``--out``, so an interrupted table resumes where it stopped. With
+appended as one JSON line to ``--out`` as soon as it finishes, so an interrupted table resumes
+where it stopped; each run in progress keeps its last epoch in ``<out>.checkpoints/``, so a killed
+run resumes from that epoch (with the metrics an uninterrupted run gives) instead of from the first. With
 ``--tracking-uri`` the table is mirrored into MLflow as well (experiment ``--experiment``): a run
 per row under one parent per table, whose description is the summary below, so the plug-in rows
 sit in the UI beside the sweeps' (``mirror_to_mlflow``).
@@ -34,10 +36,11 @@ import hashlib
 import json
 import logging
 import math
+import shutil
 import statistics
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,7 +98,8 @@ def run_one(job: dict) -> dict:
     ds = load_dataset(job["data"])
     cfg = TrainConfig.resolve({**job["train"], "seed": job["seed"], "device": "cpu"})
     t0 = time.perf_counter()
-    result = fit(ds, split_method(job["method"])[0], job["params"], cfg)
+    result = fit(ds, split_method(job["method"])[0], job["params"], cfg,
+                 checkpoint_dir=job.get("checkpoint_dir"))
     return {
         **{k: job[k] for k in ("method", "params", "seed", "train")},
         "best_epoch": result.best_epoch,
@@ -127,16 +131,38 @@ def done_rows(out: Path) -> list[dict]:
     return [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def run_jobs(jobs: list[dict], out: Path, workers: int) -> None:
+def checkpoints_of(out: Path) -> Path:
+    """Where the runs in progress of the table recorded in ``out`` keep their last epoch."""
+    return out.with_name(out.name + ".checkpoints")
+
+
+def run_jobs(jobs: list[dict], out: Path, workers: int, run=run_one) -> None:
+    """Train each job not yet in ``out`` (``run``: one job to its row, in a worker process)."""
     done = {_key(r["method"], r["params"], r["seed"]) for r in done_rows(out)}
-    todo = [j for j in jobs if _key(j["method"], j["params"], j["seed"]) not in done]
+    # A run's folder is named by all that defines it, so another table's run never resumes there.
+    todo = [{**j, "checkpoint_dir": str(checkpoints_of(out) / _digest(
+                {k: j[k] for k in ("data", "train", "method", "params", "seed")}))}
+            for j in jobs if _key(j["method"], j["params"], j["seed"]) not in done]
+    failed = []
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        for row in pool.map(run_one, todo):
+        # Each row is written the moment its run ends, not in submission order: a table stopped
+        # while a long run is still going keeps the shorter ones that ended after it started.
+        running = {pool.submit(run, job): job for job in todo}
+        for future in as_completed(running):
+            try:
+                row = future.result()
+            except Exception as exc:  # the others' rows are still written; the table stops after
+                logging.error("a run of the table failed: %r", exc)
+                failed.append(exc)
+                continue
             with out.open("a", encoding="utf-8") as fh:
                 fh.write(json.dumps(row, sort_keys=True) + "\n")
+            shutil.rmtree(running[future]["checkpoint_dir"], ignore_errors=True)
             logging.info("%s %s seed %d: valid R@20 %.4f test R@20 %.4f (best epoch %d of %d)",
                          row["method"], row["params"], row["seed"], row["valid"]["recall@20"],
                          row["test"]["recall@20"], row["best_epoch"], row["epochs_run"])
+    if failed:
+        raise failed[0]
 
 
 # --- selection (validation only) ----------------------------------------------------------------
