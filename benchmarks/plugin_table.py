@@ -18,11 +18,12 @@ base paired by seed with a 95 % t interval, both over the held-out seeds only (`
 base's (with a one-point grid) of one, so pairing there would favour the plug-in. The training protocol is
 ``configs/train.yaml`` (MMRec's, ../shared/docs/protocol.md) unless overridden. Each run is
 appended as one JSON line to ``--out`` as soon as it finishes, so an interrupted table resumes
-where it stopped; each run in progress keeps its last epoch in ``<out>.checkpoints/``, so a killed
-run resumes from that epoch (with the metrics an uninterrupted run gives) instead of from the first. With
-``--tracking-uri`` the table is mirrored into MLflow as well (experiment ``--experiment``): a run
-per row under one parent per table, whose description is the summary below, so the plug-in rows
-sit in the UI beside the sweeps' (``mirror_to_mlflow``).
+where it stopped; each run in progress keeps its last epoch in ``<out>.checkpoints/`` (removed
+once its row is written), so a killed run resumes from that epoch, with the metrics an unbroken
+run gives, instead of from the first. With ``--tracking-uri`` the table is mirrored into MLflow
+as well (experiment ``--experiment``): a run per row under one parent per table, whose
+description is the summary below, so the plug-in rows sit in the UI beside the sweeps'
+(``mirror_to_mlflow``).
 
     nice -n 10 .venv/bin/python benchmarks/plugin_table.py --out runs/plugin_table.jsonl
     .venv/bin/python benchmarks/plugin_table.py --out runs/plugin_table.jsonl --summarise \
