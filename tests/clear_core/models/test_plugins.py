@@ -223,3 +223,14 @@ def test_the_trainer_adds_mrdib_and_a_resumed_run_gives_the_same_numbers(tmp_pat
     # The bottleneck's noise comes from the global generator, which the checkpoint carries.
     assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in whole.history]
     assert resumed.valid == whole.valid and resumed.test == whole.test
+
+
+@pytest.mark.parametrize("model", MULTIMODAL)
+def test_a_run_resumed_between_two_projector_refreshes_gives_the_same_numbers(model, tmp_path):
+    # tau 3: refreshes at epochs 1 and 4, so the run resumed at epoch 3 must project with the
+    # basis of epoch 1 (from its checkpoint), not one computed from the weights it resumes with.
+    from resume_support import assert_resume_matches
+
+    assert_resume_matches(tiny_dataset(), model, {"projection": "fixed", "redundancy_rank": 2,
+                                                  "projection_strength": 0.9, "refresh_every": 3},
+                          tmp_path, epochs=4, batch_size=256)
