@@ -159,33 +159,44 @@ def _newest_state_files(fs, folder: str) -> list[Any]:
             and any(i.base_name.startswith(p + stamp) for p in _STATE_PREFIXES)]
 
 
-def _whole(fs, path: str) -> bool:
-    """Whether one state file was written to its end: the experiment state's JSON parses, or
-    the searcher's pickle stream reaches its STOP opcode (``search_gen_state-*.json`` is a
-    pickle too, whatever its name). The pickle is walked, not loaded: loading would rebuild the
-    Optuna searcher, which opens the study's database and so fails for other reasons than a cut."""
+def _whole(name: str, data: bytes) -> bool:
+    """Whether the state file ``name`` holding ``data`` was written to its end: the experiment
+    state's JSON parses, or the searcher's pickle stream reaches its STOP opcode (``search_gen_
+    state-*.json`` is a pickle too, whatever its name). The pickle is walked, not loaded: loading
+    would rebuild the Optuna searcher, which opens the study's database and so fails for other
+    reasons than a cut."""
     import io
     import json
     import pickletools
-    import posixpath
 
     try:
-        with fs.open_input_stream(path) as stream:
-            data = stream.read()
-        if posixpath.basename(path).startswith("experiment_state-"):
+        if name.startswith("experiment_state-"):
             json.loads(data.decode("utf-8"))
-            return True
-        ops = [op.name for op, _, _ in pickletools.genops(io.BytesIO(data))]
-        return bool(ops) and ops[-1] == "STOP"
-    except (OSError, ValueError):
+        else:
+            # genops stops after STOP and raises where the stream ends before it.
+            for _ in pickletools.genops(io.BytesIO(data)):
+                pass
+        return True
+    except ValueError:
         return False
 
 
-def _snapshot_whole(fs, files: list[Any]) -> bool:
-    # Every file counts: Tune uploads a snapshot file by file, so a kill can land between a
-    # whole experiment state and the searcher's pickle being written out.
-    return any(i.base_name.startswith("experiment_state-") for i in files) and all(
-        _whole(fs, i.path) for i in files)
+def _whole_snapshot(fs, files: list[Any]) -> dict[str, bytes] | None:
+    """The contents of each of ``files`` by name if every one is whole, else None. Every file
+    counts: Tune uploads a snapshot file by file, so a kill can land between a whole experiment
+    state and the searcher's pickle being written out."""
+    if not any(i.base_name.startswith("experiment_state-") for i in files):
+        return None
+    contents = {}
+    for info in files:
+        try:
+            with fs.open_input_stream(info.path) as stream:
+                contents[info.base_name] = stream.read()
+        except OSError:
+            return None
+        if not _whole(info.base_name, contents[info.base_name]):
+            return None
+    return contents
 
 
 def back_up_state(fs, folder: str, files: list[Any] | None = None) -> bool:
@@ -195,19 +206,20 @@ def back_up_state(fs, folder: str, files: list[Any] | None = None) -> bool:
     import posixpath
 
     files = _newest_state_files(fs, folder) if files is None else files
-    if not _snapshot_whole(fs, files):
+    # What is kept is the bytes just checked: Tune may be rewriting the files meanwhile.
+    contents = _whole_snapshot(fs, files)
+    if contents is None:
         return False
     backup = posixpath.join(folder, BACKUP_DIR)
     fs.create_dir(backup, recursive=True)
     for old in fs.get_file_info(_selector(backup)):
-        if old.base_name not in {i.base_name for i in files} and not old.base_name.startswith("."):
+        if old.base_name not in contents and not old.base_name.startswith("."):
             fs.delete_file(old.path)
-    for info in files:
-        target = posixpath.join(backup, info.base_name)
-        tmp = posixpath.join(backup, f".{info.base_name}.tmp")
-        with fs.open_input_stream(info.path) as src, fs.open_output_stream(tmp) as dst:
-            dst.write(src.read())
-        fs.move(tmp, target)
+    for name, data in contents.items():
+        tmp = posixpath.join(backup, f".{name}.tmp")
+        with fs.open_output_stream(tmp) as dst:
+            dst.write(data)
+        fs.move(tmp, posixpath.join(backup, name))
     return True
 
 
@@ -229,25 +241,25 @@ def restore_last_complete_state(fs, folder: str) -> SavedState:
 
     files = _newest_state_files(fs, folder)
     state = [i for i in files if i.base_name.startswith("experiment_state-")]
-    if not state or _snapshot_whole(fs, files):
+    if not state or _whole_snapshot(fs, files) is not None:
         return SavedState.WHOLE
     backup = posixpath.join(folder, BACKUP_DIR)
     saved = [i for i in fs.get_file_info(_selector(backup)) if not i.base_name.startswith(".")]
-    saved_state = [i for i in saved if i.base_name.startswith("experiment_state-")]
     # Set aside either way: Tune finds its state by the ".json" ending, and must not read this.
     for info in files:
         fs.move(info.path, info.path + ".incomplete")
-    if not _snapshot_whole(fs, saved):
+    contents = _whole_snapshot(fs, saved)
+    if contents is None:
         log.warning("the sweep's saved state %s was cut short (a full disk?) before any whole copy "
                     "was kept; its trials start afresh: those Optuna holds as unfinished are taken "
                     "over from their first epoch, finished ones stay in the study", state[0].path)
         return SavedState.LOST
-    for info in saved:
-        with fs.open_input_stream(info.path) as src, fs.open_output_stream(
-                posixpath.join(folder, info.base_name)) as dst:
-            dst.write(src.read())
+    for name, data in contents.items():
+        with fs.open_output_stream(posixpath.join(folder, name)) as dst:
+            dst.write(data)
     log.warning("the sweep's saved state %s was cut short (a full disk?); resuming from its last "
-                "whole copy, %s", state[0].path, saved_state[0].base_name)
+                "whole copy, %s", state[0].path,
+                next(name for name in contents if name.startswith("experiment_state-")))
     return SavedState.RESTORED
 
 
