@@ -1,6 +1,6 @@
 """Shared base for models that read item features: per-modality encoders and the projection hook.
 
-Every feature-using model (``clear``, ``vbpr``, ``freedom``) gets from this base:
+Every feature-using model (the twelve multimodal ones, from ``vbpr`` to ``clear``) gets from this base:
 
 * the raw features of every modality as buffers (or parameters when ``trainable_features``),
   so ``model.to(device)`` moves them; ``feature_centering`` subtracts each modality's mean item
