@@ -217,7 +217,8 @@ def ready_jobs(rows: list[dict], models: list[str], plug_ins: list[str], select_
 
 def select(rows: list[dict], method: str, candidates: list[dict], select_seeds: list[int]) -> dict | None:
     """The candidate with the best mean validation Recall@20; None while any has not run on
-    every selection seed (a partial grid must not select)."""
+    every selection seed (a partial grid must not select). Equal scores (the same hit count on
+    the same users) go to the first candidate in grid order, so a re-run selects the same point."""
     scored = [(mean_valid(rows, method, p, select_seeds), p) for p in candidates]
     if not scored or any(score is None for score, _ in scored):
         return None

@@ -64,6 +64,13 @@ def test_selection_reads_validation_only_and_waits_for_every_selection_seed():
     assert pt.points(rows, "lattice", seeds, GRID) == [{}]
 
 
+def test_a_validation_tie_goes_to_the_first_point_of_the_grid_whatever_order_the_runs_ended_in():
+    # LATTICE + MRdIB on TikTok: two points with the same hit count on seed 999.
+    tied = [run("vbpr", {"reg_weight": r}, 1, 0.0946, t, t) for r, t in ((1.0, 0.2), (0.1, 0.1))]
+    assert pt.select(tied, "vbpr", GRID["vbpr"], [1]) == {"reg_weight": 0.1}
+    assert pt.select(tied[::-1], "vbpr", GRID["vbpr"], [1]) == {"reg_weight": 0.1}
+
+
 def test_each_round_schedules_every_run_the_rows_so_far_determine():
     select_seeds, held_out = [1], [7, 8]
     # Two base points: only their selection runs are known until both have run.
