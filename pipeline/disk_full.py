@@ -149,7 +149,7 @@ class SavedState(enum.Enum):
 def _newest_state_files(fs, folder: str) -> list[Any]:
     import pyarrow.fs as pafs
 
-    infos = fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
+    infos = fs.get_file_info(_selector(folder))
     states = sorted(i.base_name for i in infos if i.base_name.startswith("experiment_state-")
                     and i.base_name.endswith(".json"))
     if not states:
