@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import reference_quality as rq  # noqa: E402
 
 from clear_core.config import CONFIG_DIR_ENV  # noqa: E402
-from clear_core.data.synthetic import generate_synthetic  # noqa: E402
+from clear_core.data.synthetic import generate_synthetic, write_synthetic  # noqa: E402
 from clear_core.models import _REGISTRY  # noqa: E402
 from clear_core.models.losses import bpr_loss, embedding_penalty  # noqa: E402
 from clear_core.trainer import TrainConfig, fit  # noqa: E402
@@ -69,6 +69,19 @@ def test_a_reference_model_that_computes_what_ours_computes_gets_the_same_figure
     assert [h["train_loss"] for h in reference.history] == [h["train_loss"] for h in ours.history]
     assert [h["valid"] for h in reference.history] == [h["valid"] for h in ours.history]
     assert reference.test == ours.test
+
+
+def test_a_row_keeps_its_whole_validation_curve_so_sides_that_stop_apart_can_be_read_epoch_by_epoch(tmp_path):
+    write_synthetic(tmp_path / "data", n_users=120, n_items=80, n_interactions=2400, seed=5)
+    job = {"side": "ours", "model": "mf", "data": str(tmp_path / "data"), "seed": 3, "threads": 1,
+           "ours_set": {}, "reference_set": {},
+           "train": {"max_epochs": 6, "patience": 2, "batch_size": 256, "learning_rate": 1e-2}}
+
+    row = rq.run_one(job)
+
+    assert len(row["valid_curve"]) == row["epochs_run"]
+    assert max(row["valid_curve"]) == pytest.approx(row["valid"]["recall@20"], abs=1e-6)
+    assert row["valid_curve"].index(max(row["valid_curve"])) + 1 == row["best_epoch"]
 
 
 def test_the_reference_hears_every_epoch_start_and_its_loss_terms_are_summed(tiny):
