@@ -215,9 +215,11 @@ def run_one(job: dict) -> dict:
         **{f"{side}_variant": job[f"{side}_variant"] for side in SIDES if job.get(f"{side}_variant")},
         "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
         "valid": result.valid, "test": result.test,
-        # The whole validation curve, so that two sides that stop at different epochs can be
-        # compared epoch by epoch (is one slower, or did patience stop it on a noisy dip?).
+        # The whole validation and test curves, so that two sides that stop at different epochs
+        # can be compared epoch by epoch (is one slower, or did patience stop it on a noisy
+        # dip?), and a long run also gives what any shorter patience would have selected.
         "valid_curve": [round(h["valid"][cfg.valid_metric], 6) for h in result.history],
+        "test_curve": [round(h["test"][cfg.valid_metric], 6) for h in result.history],
         "median_train_seconds": result.median_train_seconds, "wall_seconds": time.perf_counter() - t0,
     }
 

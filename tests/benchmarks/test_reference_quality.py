@@ -82,6 +82,7 @@ def test_a_row_keeps_its_whole_validation_curve_so_sides_that_stop_apart_can_be_
     assert len(row["valid_curve"]) == row["epochs_run"]
     assert max(row["valid_curve"]) == pytest.approx(row["valid"]["recall@20"], abs=1e-6)
     assert row["valid_curve"].index(max(row["valid_curve"])) + 1 == row["best_epoch"]
+    assert row["test_curve"][row["best_epoch"] - 1] == pytest.approx(row["test"]["recall@20"], abs=1e-6)
 
 
 def test_the_reference_hears_every_epoch_start_and_its_loss_terms_are_summed(tiny):
