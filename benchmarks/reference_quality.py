@@ -28,7 +28,8 @@ e.g. SLMRec's encoders with our zero biases), ``--ours-variant NAME`` one of our
 find which departure a gap between the sides comes from; their rows are labelled with it and
 every ours-side label is compared with every reference-side label.
 
-Each run is one JSON line in ``--out``; a rerun skips the runs already there.
+Each run is one JSON line in ``--out`` (with its validation and test curves of the early-stopping
+metric, one value per epoch); a rerun skips the runs already there.
 """
 
 from __future__ import annotations

@@ -71,7 +71,7 @@ def test_a_reference_model_that_computes_what_ours_computes_gets_the_same_figure
     assert reference.test == ours.test
 
 
-def test_a_row_keeps_its_whole_validation_curve_so_sides_that_stop_apart_can_be_read_epoch_by_epoch(tmp_path):
+def test_a_row_keeps_its_validation_and_test_curves_so_sides_that_stop_apart_can_be_read_epoch_by_epoch(tmp_path):
     write_synthetic(tmp_path / "data", n_users=120, n_items=80, n_interactions=2400, seed=5)
     job = {"side": "ours", "model": "mf", "data": str(tmp_path / "data"), "seed": 3, "threads": 1,
            "ours_set": {}, "reference_set": {},
